@@ -1,0 +1,1 @@
+"""Verifiers: programs that check a model answer (math, code). No torch imports here."""
