@@ -1,0 +1,6 @@
+"""Typed, validated recipe sections (pydantic, no torch).
+
+Importing this package registers every stage kind's config class.
+"""
+
+from posttrain.config import stages  # noqa: F401

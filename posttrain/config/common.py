@@ -1,0 +1,111 @@
+"""Building blocks of a recipe: model, data, training and LoRA settings.
+
+Pydantic models with ``extra="forbid"`` so a misspelt key is an error, and a description on every field
+(which also documents the recipe format). No torch import here: `posttrain validate` must answer fast.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Strict(BaseModel):
+    """Base of every recipe section: unknown keys are errors, values are not coerced silently."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class ModelSpec(Strict):
+    """Where the first stage's weights come from."""
+
+    name_or_path: str = Field(
+        "builtin:tiny",
+        description="`builtin:tiny` / `builtin:micro` (a model the project builds offline), a local "
+        "folder in HF format, or a hub id such as `Qwen/Qwen2.5-0.5B`.",
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to load.")
+    trust_remote_code: bool = Field(
+        False, description="Allow model code from the hub. Off by default: it runs arbitrary code."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weight dtype when loading; `auto` = bfloat16 on a GPU that supports it, else float32."
+    )
+    seed: int = Field(0, description="Seed for building a built-in model (initial weights and tokenizer).")
+
+
+class DataSpec(Strict):
+    """One dataset: a built-in task, a local JSONL/Parquet/JSON file, or a `datasets` dataset."""
+
+    source: str = Field(
+        description="`builtin:arithmetic`, `builtin:corpus`, a path to a .jsonl/.json/.parquet file "
+        "(relative to the recipe file), or `hf:NAME` for a `datasets` hub dataset or local dataset folder."
+    )
+    split: str = Field("train", description="Split to read (`train`/`test` for built-in tasks).")
+    count: int | None = Field(
+        None, gt=0, description="Rows to take (built-in tasks: how many to generate; files: a limit)."
+    )
+    format: Literal["auto", "messages", "prompt_completion", "text"] = Field(
+        "auto",
+        description="Row layout: chat `messages`, `prompt`/`completion` strings, or plain `text`; "
+        "`auto` picks by the keys of the first row.",
+    )
+    subset: str | None = Field(None, description="`datasets` configuration name (hf: sources only).")
+    levels: list[int] | None = Field(
+        None, description="Built-in arithmetic only: difficulty levels to include (1-4); default all."
+    )
+    on_bad_row: Literal["error", "skip"] = Field(
+        "error", description="A malformed row stops with an error naming file and line, or is skipped and counted."
+    )
+
+
+class LoraSpec(Strict):
+    """Low-rank adapters (peft). With LoRA only the adapters train; the base stays frozen."""
+
+    r: int = Field(16, gt=0, description="Adapter rank.")
+    alpha: float = Field(32.0, gt=0, description="Scaling numerator: updates are scaled by alpha / r.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter input.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Module names to adapt, or `all-linear`."
+    )
+    merge: bool = Field(
+        True,
+        description="Merge adapters into the weights when saving, so the checkpoint is a plain model; "
+        "the adapter is saved beside it in `adapter/` as well.",
+    )
+
+
+class TrainSpec(Strict):
+    """Optimisation settings shared by the training stages."""
+
+    steps: int | None = Field(None, gt=0, description="Optimizer steps. Exactly one of steps/epochs.")
+    epochs: float | None = Field(None, gt=0, description="Passes over the data. Exactly one of steps/epochs.")
+    batch_size: int = Field(16, gt=0, description="Sequences per micro-batch on each process.")
+    grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
+    seq_len: int = Field(256, gt=0, description="Tokens per sequence; longer examples are truncated.")
+    packing: bool = Field(
+        True, description="Pack several examples into each sequence (attention kept within each example)."
+    )
+    lr: float = Field(1e-4, gt=0, description="Peak learning rate (AdamW).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
+    schedule: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="Learning-rate decay after warm-up (to 10% of the peak for cosine/linear)."
+    )
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping norm; null disables.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="`auto`: bf16 autocast on a GPU that supports it, fp32 on CPU."
+    )
+    log_every: int = Field(10, gt=0, description="Log metrics every N optimizer steps.")
+    on_nan: Literal["stop", "skip"] = Field(
+        "stop", description="A NaN/inf loss or gradient norm stops the stage, or skips the step (counted)."
+    )
+
+    @model_validator(mode="after")
+    def _steps_or_epochs(self) -> "TrainSpec":
+        if (self.steps is None) == (self.epochs is None):
+            raise ValueError("set exactly one of `steps` and `epochs`")
+        return self

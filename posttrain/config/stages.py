@@ -1,0 +1,79 @@
+"""Stage configurations, one class per stage kind, and the registry that maps `kind:` to its class.
+
+A stage kind registers its config class here (no torch) and its implementation in `posttrain.stages`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, TypeVar
+
+from pydantic import Field
+
+from posttrain.config.common import DataSpec, LoraSpec, Strict, TrainSpec
+
+_STAGE_CONFIGS: dict[str, type["StageConfig"]] = {}
+C = TypeVar("C", bound=type["StageConfig"])
+
+
+def register_stage_config(kind: str) -> Callable[[C], C]:
+    """Class decorator: makes ``kind:`` in a recipe resolve to this config class."""
+
+    def decorate(cls: C) -> C:
+        if kind in _STAGE_CONFIGS:
+            raise ValueError(f"stage kind {kind!r} is registered twice")
+        _STAGE_CONFIGS[kind] = cls
+        return cls
+
+    return decorate
+
+
+def stage_config_class(kind: str) -> type["StageConfig"]:
+    """The config class of a stage kind; an unknown kind names the valid ones."""
+    try:
+        return _STAGE_CONFIGS[kind]
+    except KeyError:
+        raise ValueError(f"unknown stage kind {kind!r}; valid kinds: {', '.join(sorted(_STAGE_CONFIGS))}") from None
+
+
+def stage_kinds() -> list[str]:
+    return sorted(_STAGE_CONFIGS)
+
+
+class StageConfig(Strict):
+    """Fields every stage has."""
+
+    name: str = Field(description="Unique name; other stages refer to it in `from:` and overrides use it.")
+    kind: str = Field(description=f"What the stage does; one of the registered kinds.")
+    from_: str | None = Field(
+        None,
+        alias="from",
+        description="Stage whose checkpoint this stage starts from; `base` for the recipe's model. "
+        "Default: the previous stage (the recipe's model for the first stage).",
+    )
+    evaluate: bool = Field(True, description="Run the recipe's evaluations after this stage.")
+
+
+class ReplaySpec(Strict):
+    """Continued pre-training: keep a share of an earlier corpus in the mix against forgetting."""
+
+    data: DataSpec = Field(description="The earlier corpus to replay.")
+    ratio: float = Field(gt=0, lt=1, description="Share of training documents drawn from the replay corpus.")
+
+
+@register_stage_config("pretrain")
+class PretrainConfig(StageConfig):
+    """Causal language modelling on plain text (pre-training or continued pre-training)."""
+
+    data: DataSpec = Field(description="Corpus with a `text` column (or built-in `builtin:corpus`).")
+    replay: ReplaySpec | None = Field(None, description="Optional replay mix of an earlier corpus.")
+    train: TrainSpec = Field(description="Optimisation settings.")
+
+
+@register_stage_config("sft")
+class SFTConfig(StageConfig):
+    """Supervised fine-tuning on chat or prompt/completion data; loss on assistant tokens only."""
+
+    data: DataSpec = Field(description="Chat `messages` or `prompt`/`completion` rows.")
+    train: TrainSpec = Field(description="Optimisation settings.")
+    lora: LoraSpec | None = Field(None, description="Train LoRA adapters instead of all weights.")
+    loss_on_prompt: bool = Field(False, description="Also train on user/system tokens (default: assistant only).")

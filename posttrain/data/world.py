@@ -1,0 +1,185 @@
+"""The built-in tiny world: arithmetic problems and a text corpus generated from a seed.
+
+Everything here is plain Python (no torch) so that the recipe validator and the data tools can use it
+without loading a model. A problem is identified by ``(operation, a, b)``; the train/test split is decided
+by a hash of that identity, so the same problem never appears in both splits whatever its wording.
+
+Difficulty levels (chosen so that a ~1M-parameter model learns the easy ones quickly during SFT and the
+hard ones only partly, which leaves room for RL to improve it):
+
+    1: one-digit addition            3 + 5
+    2: two-digit addition            23 + 45
+    3: two-digit subtraction         71 - 28   (never negative)
+    4: three-digit plus two-digit    312 + 47
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+from typing import Iterator
+
+LEVELS = (1, 2, 3, 4)
+_NAMES = ("Ann", "Bob", "Cat", "Dan", "Eve", "Fay", "Gus", "Hal", "Ivy", "Jon", "Kim", "Lou")
+_ITEMS = ("apples", "pens", "books", "coins", "cards", "eggs", "shells", "stamps", "cups", "rocks")
+TEST_SHARE = 0.1  # share of the problem space held out for evaluation
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One arithmetic problem of the built-in world."""
+
+    level: int
+    op: str  # "+" or "-"
+    a: int
+    b: int
+
+    @property
+    def answer(self) -> int:
+        return self.a + self.b if self.op == "+" else self.a - self.b
+
+    @property
+    def split(self) -> str:
+        """``"test"`` or ``"train"``, fixed by the problem's identity (not its wording)."""
+        digest = hashlib.sha256(f"{self.op}{self.a},{self.b}".encode()).digest()
+        return "test" if digest[0] < 256 * TEST_SHARE else "train"
+
+    def question(self, rng: random.Random) -> str:
+        """The problem in words: either a bare sum or a short story."""
+        if rng.random() < 0.5:
+            return f"What is {self.a} {self.op} {self.b}?"
+        name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
+        if self.op == "+":
+            return f"{name} has {self.a} {item} and gets {self.b} more. How many now?"
+        return f"{name} has {self.a} {item} and gives away {self.b}. How many now?"
+
+
+def answer_text(problem: Problem) -> str:
+    """The reference answer the built-in SFT data teaches: the sum written out, then its result.
+
+    Writing the operands next to the result lets a ~1M-parameter model add digits that sit a few
+    tokens apart instead of searching the question for them; the result is the last number.
+    """
+    return f"{problem.a} {problem.op} {problem.b} = {problem.answer}."
+
+
+def sample_problem(level: int, rng: random.Random) -> Problem:
+    """Draws one problem of the given difficulty level."""
+    if level == 1:
+        return Problem(1, "+", rng.randint(0, 9), rng.randint(0, 9))
+    if level == 2:
+        return Problem(2, "+", rng.randint(10, 99), rng.randint(10, 99))
+    if level == 3:
+        a, b = rng.randint(10, 99), rng.randint(10, 99)
+        return Problem(3, "-", max(a, b), min(a, b))
+    if level == 4:
+        return Problem(4, "+", rng.randint(100, 999), rng.randint(10, 99))
+    raise ValueError(f"unknown difficulty level {level}; levels are {LEVELS}")
+
+
+def arithmetic_problems(
+    split: str, count: int, seed: int, levels: tuple[int, ...] = LEVELS
+) -> list[tuple[Problem, str]]:
+    """``count`` problems of one split, levels in turn, each with its wording.
+
+    The train split samples with replacement (a problem may recur with other wording, like a second
+    epoch); the test split holds distinct problems only. Level 1 has just 100 problems in all (about 10
+    in the test split), so once those are used the test split continues with the other levels.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    rng = random.Random(f"arithmetic/{split}/{seed}")
+    out: list[tuple[Problem, str]] = []
+    seen: set[Problem] = set()
+    exhausted: set[int] = set()
+    misses = {level: 0 for level in levels}
+    turn = 0
+    while len(out) < count:
+        active = [level for level in levels if level not in exhausted]
+        if not active:
+            raise ValueError(f"the {split} split has fewer than {count} distinct problems at levels {levels}")
+        level = active[turn % len(active)]
+        turn += 1
+        problem = sample_problem(level, rng)
+        if problem.split != split or (split == "test" and problem in seen):
+            misses[level] += 1
+            if misses[level] > 5000:  # so many misses in a row: this level's share of the split is used up
+                exhausted.add(level)
+            continue
+        misses[level] = 0
+        seen.add(problem)
+        out.append((problem, problem.question(rng)))
+    return out
+
+
+def arithmetic_rows(split: str, count: int, seed: int, levels: tuple[int, ...] = LEVELS) -> list[dict]:
+    """Chat rows ``{"messages", "answer", "level"}`` for SFT and evaluation."""
+    rows = []
+    for problem, question in arithmetic_problems(split, count, seed, levels):
+        rows.append(
+            {
+                "messages": [
+                    {"role": "user", "content": question},
+                    {"role": "assistant", "content": answer_text(problem)},
+                ],
+                "answer": str(problem.answer),
+                "level": problem.level,
+            }
+        )
+    return rows
+
+
+_FILLER = (
+    "The sun is warm.",
+    "{name} likes {item}.",
+    "{name} walks to the shop.",
+    "The shop sells {item}.",
+    "{name} and {other} play cards.",
+    "It rains in the morning.",
+    "{name} counts the {item}.",
+    "A box holds many {item}.",
+)
+
+
+def corpus_documents(split: str, count: int, seed: int) -> Iterator[str]:
+    """Pre-training documents: short stories and worked sums in plain text (no chat format).
+
+    Sums come from the same split as the arithmetic problems, so pre-training never sees a test problem.
+    """
+    rng = random.Random(f"corpus/{split}/{seed}")
+    made = 0
+    while made < count:
+        sentences = []
+        for _ in range(rng.randint(3, 6)):
+            kind = rng.random()
+            if kind < 0.55:
+                problem = sample_problem(rng.choice(LEVELS), rng)
+                if problem.split != split:
+                    continue
+                if rng.random() < 0.5:
+                    sentences.append(f"{problem.a} {problem.op} {problem.b} = {problem.answer}.")
+                else:
+                    name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
+                    verb = "gets" if problem.op == "+" else "gives away"
+                    sentences.append(
+                        f"{name} has {problem.a} {item} and {verb} {problem.b}. "
+                        f"Now {name} has {problem.answer} {item}."
+                    )
+            else:
+                template = rng.choice(_FILLER)
+                sentences.append(
+                    template.format(name=rng.choice(_NAMES), other=rng.choice(_NAMES), item=rng.choice(_ITEMS))
+                )
+        if sentences:
+            made += 1
+            yield " ".join(sentences)
+
+
+def tokenizer_training_text(seed: int = 0) -> Iterator[str]:
+    """Text the built-in tokenizer is trained on: both corpus splits and every question template."""
+    yield from corpus_documents("train", 3000, seed)
+    yield from corpus_documents("test", 300, seed)
+    for split in ("train", "test"):
+        for problem, question in arithmetic_problems(split, 400, seed):
+            yield question + " " + answer_text(problem)

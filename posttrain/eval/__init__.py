@@ -1,0 +1,5 @@
+"""Evaluation between stages."""
+
+from posttrain.eval.evaluators import evaluator, register_evaluator
+
+__all__ = ["evaluator", "register_evaluator"]

@@ -1,0 +1,111 @@
+"""Evaluators run after every stage: exact-match accuracy with greedy decoding, and perplexity.
+
+Each evaluator is a function ``(model, tokenizer, rows, config) -> dict of metrics`` registered by name;
+the pipeline prefixes metric names with the evaluation's name (``arithmetic.accuracy``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Callable
+
+import torch
+
+from posttrain.config.evaluation import EvalConfig
+from posttrain.data.packing import IGNORE_INDEX, ChatRenderer, encode_texts, pack, render_prompt
+
+Evaluator = Callable[[Any, Any, list[dict[str, Any]], EvalConfig], dict[str, float]]
+_EVALUATORS: dict[str, Evaluator] = {}
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def register_evaluator(kind: str) -> Callable[[Evaluator], Evaluator]:
+    def decorate(fn: Evaluator) -> Evaluator:
+        _EVALUATORS[kind] = fn
+        return fn
+
+    return decorate
+
+
+def evaluator(kind: str) -> Evaluator:
+    try:
+        return _EVALUATORS[kind]
+    except KeyError:
+        raise ValueError(f"unknown evaluator {kind!r}; valid: {', '.join(sorted(_EVALUATORS))}") from None
+
+
+def last_number(text: str) -> str | None:
+    """The last number in ``text`` with thousands separators removed.
+
+    >>> last_number("The answer is 1,024.")
+    '1024'
+    """
+    found = _NUMBER.findall(text)
+    return found[-1].replace(",", "") if found else None
+
+
+@torch.no_grad()
+def greedy_generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
+    """Greedy completions of ``prompts`` (left-padded batches, stopping at the model's end tokens)."""
+    model.eval()
+    device = next(model.parameters()).device
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    outputs: list[str] = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start : start + batch_size]
+            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            generated = model.generate(
+                **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+            )
+            new = generated[:, enc["input_ids"].shape[1] :]
+            outputs += tokenizer.batch_decode(new, skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = side
+    return outputs
+
+
+@register_evaluator("exact_match")
+def exact_match(model: Any, tokenizer: Any, rows: list[dict[str, Any]], config: EvalConfig) -> dict[str, float]:
+    """Share of rows whose greedy answer matches the row's ``answer`` (last number, or whole text)."""
+    missing = [i for i, row in enumerate(rows) if "answer" not in row]
+    if missing:
+        raise ValueError(f"evaluation {config.name!r}: rows {missing[:5]} have no `answer` field")
+    renderer = ChatRenderer(tokenizer)
+    prompts = [render_prompt(tokenizer, row["messages"], renderer) for row in rows]
+    completions = greedy_generate(model, tokenizer, prompts, config.max_new_tokens, config.batch_size)
+    correct = 0
+    for row, completion in zip(rows, completions):
+        gold = str(row["answer"]).strip()
+        if config.match == "last_number":
+            correct += last_number(completion) == (last_number(gold) or gold)
+        else:
+            correct += completion.strip() == gold
+    return {"accuracy": correct / len(rows), "n": float(len(rows))}
+
+
+@register_evaluator("perplexity")
+@torch.no_grad()
+def perplexity(model: Any, tokenizer: Any, rows: list[dict[str, Any]], config: EvalConfig) -> dict[str, float]:
+    """exp(mean token negative log-likelihood) over held-out text."""
+    model.eval()
+    device = next(model.parameters()).device
+    renderer = ChatRenderer(tokenizer)
+    texts = [row if "text" in row else {"text": renderer(row["messages"])} for row in rows]
+    eos = tokenizer.eos_token_id
+    packed = pack(encode_texts(tokenizer, texts, eos), config.seq_len, tokenizer.pad_token_id, split_examples=True)
+    total, count = 0.0, 0
+    for start in range(0, len(packed), config.batch_size):
+        chunk = packed[start : start + config.batch_size]
+        batch = {k: torch.tensor([r[k] for r in chunk], device=device) for k in chunk[0]}
+        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+        labels = batch["labels"][:, 1:]
+        loss = torch.nn.functional.cross_entropy(
+            logits[:, :-1].float().reshape(-1, logits.size(-1)), labels.reshape(-1),
+            ignore_index=IGNORE_INDEX, reduction="sum",
+        )
+        total += float(loss)
+        count += int((labels != IGNORE_INDEX).sum())
+    return {"perplexity": math.exp(total / max(count, 1))}

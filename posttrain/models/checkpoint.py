@@ -1,0 +1,135 @@
+"""Loading models by name and saving checkpoints atomically in HF format.
+
+A checkpoint folder is written under a temporary name, every file flushed to disk, then renamed into
+place, so a process killed mid-save never leaves a folder that a later run would take for complete.
+Weights are read from safetensors only (no pickle); remote model code needs an explicit opt-in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from posttrain.config.common import LoraSpec, ModelSpec
+from posttrain.errors import CheckpointError
+
+WEIGHT_SUFFIX = ".safetensors"
+
+
+def load_model_and_tokenizer(spec: ModelSpec, path: str | Path | None = None, device: str = "cpu"):
+    """Loads a causal LM and its tokenizer.
+
+    Args:
+        spec: the recipe's model section (used for a built-in model, remote-code policy and dtype).
+        path: a checkpoint folder written by an earlier stage; overrides ``spec.name_or_path``.
+        device: where to put the model.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = str(path) if path is not None else spec.name_or_path
+    if source.startswith("builtin:"):
+        from posttrain.models.tiny import build_tiny_model
+
+        model, tokenizer = build_tiny_model(source.removeprefix("builtin:"), seed=spec.seed)
+        return model.to(device), tokenizer
+    if spec.trust_remote_code and path is None and spec.revision is None:
+        raise CheckpointError(
+            "trust_remote_code: true runs code from the hub; pin `model.revision` to a commit so the code is "
+            "the one you reviewed"
+        )
+    local = Path(source)
+    if local.exists() and not any(local.glob(f"*{WEIGHT_SUFFIX}")):
+        raise CheckpointError(f"{local}: no {WEIGHT_SUFFIX} weights found (pickle checkpoints are not loaded)")
+    dtype = _resolve_dtype(spec.dtype, device)
+    kwargs: dict[str, Any] = dict(
+        revision=spec.revision, trust_remote_code=spec.trust_remote_code, use_safetensors=True
+    )
+    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.to(device), tokenizer
+
+
+def _resolve_dtype(name: str, device: str):
+    import torch
+
+    if name == "auto":
+        on_gpu = device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if on_gpu else torch.float32
+    return getattr(torch, name)
+
+
+def apply_lora(model: Any, spec: LoraSpec):
+    """Wraps a model with trainable LoRA adapters (peft); the base weights are frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=spec.r,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
+        target_modules=spec.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for file in folder.rglob("*"):
+        if file.is_file():
+            with file.open("rb") as handle:
+                os.fsync(handle.fileno())
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def weights_hash(folder: Path) -> str:
+    """SHA-256 over the safetensors files of a checkpoint folder (sorted by name)."""
+    digest = hashlib.sha256()
+    files = sorted(folder.glob(f"*{WEIGHT_SUFFIX}"))
+    if not files:
+        raise CheckpointError(f"{folder}: no {WEIGHT_SUFFIX} files")
+    for file in files:
+        digest.update(file.name.encode())
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def save_checkpoint(model: Any, tokenizer: Any, folder: Path, lora_merge: bool = True) -> str:
+    """Saves ``model`` (merging LoRA adapters when asked) and ``tokenizer`` to ``folder`` atomically.
+
+    Returns:
+        the hash of the saved weights.
+    """
+    folder = Path(folder)
+    staging = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    to_save = model
+    if hasattr(model, "peft_config"):
+        model.save_pretrained(staging / "adapter")
+        if lora_merge:
+            to_save = model.merge_and_unload()
+    to_save.save_pretrained(staging, safe_serialization=True)
+    tokenizer.save_pretrained(staging)
+    _fsync_tree(staging)
+    digest = weights_hash(staging)
+    if folder.exists():
+        # keep the old folder until the new one is in place
+        old = folder.with_name(f"{folder.name}.old-{os.getpid()}")
+        folder.rename(old)
+        staging.rename(folder)
+        shutil.rmtree(old)
+    else:
+        staging.rename(folder)
+    return digest

@@ -1,0 +1,316 @@
+"""Running a recipe: chain stages, reuse unchanged ones, evaluate every checkpoint, apply gates.
+
+Run directory layout (``runs/NAME`` by default)::
+
+    recipe.yaml                      the recipe as run (after overrides)
+    evaluations.json                 the per-stage evaluation table
+    stages/<stage>/checkpoint/       HF-format model + tokenizer (safetensors)
+    stages/<stage>/manifest.json     fingerprint, input hash, data hashes, versions, summary
+    stages/<stage>/metrics.jsonl     per-step training metrics
+    stages/<stage>/eval.json         evaluation results of this checkpoint
+
+A stage's fingerprint hashes its config, the fingerprint of the checkpoint it starts from, its data and the
+seed. A stage whose manifest records the same fingerprint (and whose checkpoint is complete) is reused;
+otherwise it and everything downstream of it re-run. The manifest is written last, after the checkpoint is
+in place, so a crash mid-stage leaves nothing that a later run would take as finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from posttrain.config.common import DataSpec, Strict
+from posttrain.errors import GateFailed
+from posttrain.recipe import LoadedRecipe, data_specs, resolve_data_path
+
+
+@dataclass
+class StageRecord:
+    name: str
+    fingerprint: str
+    checkpoint: Path
+    reused: bool
+    metrics: dict[str, float] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _dump(model: Strict) -> Any:
+    return model.model_dump(mode="json", by_alias=True)
+
+
+def data_fingerprint(spec: DataSpec, recipe_dir: Path, seed: int) -> str:
+    """Built-in data: its spec and the seed; files: their content; hub datasets: their name and split."""
+    path = resolve_data_path(spec.source, recipe_dir)
+    if path is None:
+        return _hash([_dump(spec), seed])
+    digest = hashlib.sha256(json.dumps(_dump(spec), sort_keys=True).encode())
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def base_model_fingerprint(loaded: LoadedRecipe) -> str:
+    spec = loaded.recipe.model
+    local = Path(spec.name_or_path)
+    if not spec.name_or_path.startswith("builtin:") and local.exists():
+        from posttrain.models.checkpoint import weights_hash
+
+        return _hash([_dump(spec), weights_hash(local)])
+    import posttrain
+
+    return _hash([_dump(spec), posttrain.__version__])
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    versions = {"python": platform.python_version()}
+    for name in ("posttrain", "torch", "transformers", "trl", "peft", "accelerate", "datasets"):
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    """Writes JSON atomically (temporary file, flush, rename)."""
+    temp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    with temp.open("w") as handle:
+        json.dump(obj, handle, indent=2, default=str)
+        handle.flush()
+        os.fsync(handle.fileno())
+    temp.replace(path)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+class Pipeline:
+    """Runs a loaded recipe stage by stage."""
+
+    def __init__(self, loaded: LoadedRecipe, accelerator: Any | None = None, log=print):
+        self.loaded = loaded
+        self.recipe = loaded.recipe
+        self.run_dir = loaded.run_dir()
+        self.log = log
+        self._accelerator = accelerator
+        self.records: dict[str, StageRecord] = {}
+        self.table: list[dict[str, Any]] = []
+
+    @property
+    def accelerator(self):
+        if self._accelerator is None:
+            from accelerate import Accelerator
+
+            self._accelerator = Accelerator()
+        return self._accelerator
+
+    def stage_dir(self, name: str) -> Path:
+        return self.run_dir / "stages" / name
+
+    def fingerprints(self) -> list[str]:
+        """The fingerprint of every stage, in order (cheap: hashes configs and data files only)."""
+        out: list[str] = []
+        base = base_model_fingerprint(self.loaded)
+        by_name: dict[str, str] = {}
+        for index, stage in enumerate(self.recipe.stages):
+            parent = self.recipe.parent_of(index)
+            data = [
+                data_fingerprint(spec, self.loaded.directory, self.recipe.seed)
+                for _, spec in data_specs(stage)
+            ]
+            fingerprint = _hash([_dump(stage), by_name[parent] if parent else base, data, self.recipe.seed])
+            by_name[stage.name] = fingerprint
+            out.append(fingerprint)
+        return out
+
+    def is_complete(self, name: str, fingerprint: str) -> bool:
+        manifest = _read_json(self.stage_dir(name) / "manifest.json")
+        checkpoint = self.stage_dir(name) / "checkpoint"
+        return bool(manifest and manifest.get("fingerprint") == fingerprint and manifest.get("complete") and checkpoint.is_dir())
+
+    def run(self) -> list[dict[str, Any]]:
+        """Runs (or reuses) every stage and its evaluations; returns the evaluation table."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        _check_writable(self.run_dir)
+        (self.run_dir / "recipe.yaml").write_text(yaml.safe_dump(self.loaded.raw, sort_keys=False))
+        fingerprints = self.fingerprints()
+        if self.recipe.evaluate_base and self.recipe.evaluations:
+            self._evaluate("base", None, _hash(["base", base_model_fingerprint(self.loaded)]))
+        for index, (stage, fingerprint) in enumerate(zip(self.recipe.stages, fingerprints)):
+            parent = self.recipe.parent_of(index)
+            record = self._run_stage(index, fingerprint, self.records[parent].checkpoint if parent else None)
+            self.records[stage.name] = record
+            if stage.evaluate and self.recipe.evaluations:
+                manifest = _read_json(self.stage_dir(stage.name) / "manifest.json")
+                record.metrics = self._evaluate(stage.name, record.checkpoint, manifest["checkpoint_hash"])
+                self._check_gates(stage.name, parent or "base", record.metrics)
+        return self.table
+
+    def _run_stage(self, index: int, fingerprint: str, input_checkpoint: Path | None) -> StageRecord:
+        stage = self.recipe.stages[index]
+        folder = self.stage_dir(stage.name)
+        checkpoint = folder / "checkpoint"
+        if self.is_complete(stage.name, fingerprint):
+            self.log(f"[{stage.name}] reused (config, inputs and data unchanged): {checkpoint}")
+            manifest = _read_json(folder / "manifest.json")
+            return StageRecord(stage.name, fingerprint, checkpoint, True, summary=manifest.get("summary", {}))
+        from posttrain.stages import StageContext, stage_class
+        from posttrain.training.metrics import MetricsWriter
+
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in ("manifest.json", "eval.json", "metrics.jsonl"):
+            (folder / stale).unlink(missing_ok=True)
+        self.log(f"[{stage.name}] running {stage.kind} (from {self.recipe.parent_of(index) or 'base model'})")
+        accelerator = self.accelerator
+        context = StageContext(
+            config=stage,
+            model_spec=self.recipe.model,
+            input_checkpoint=input_checkpoint,
+            stage_dir=folder,
+            recipe_dir=self.loaded.directory,
+            seed=self.recipe.seed,
+            accelerator=accelerator,
+            metrics=MetricsWriter(folder / "metrics.jsonl", stage.name, accelerator.is_main_process),
+        )
+        _seed_everything(self.recipe.seed)
+        started = time.time()
+        runner = stage_class(stage.kind)(context)
+        summary = runner.train()
+        checkpoint_hash = runner.save(checkpoint) if accelerator.is_main_process else None
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            _write_json(
+                folder / "manifest.json",
+                {
+                    "stage": stage.name,
+                    "kind": stage.kind,
+                    "fingerprint": fingerprint,
+                    "config_hash": _hash(_dump(stage)),
+                    "config": _dump(stage),
+                    "input": str(input_checkpoint) if input_checkpoint else self.recipe.model.name_or_path,
+                    "input_hash": _input_hash(input_checkpoint),
+                    "data": {path: data_fingerprint(spec, self.loaded.directory, self.recipe.seed) for path, spec in data_specs(stage)},
+                    "checkpoint_hash": checkpoint_hash,
+                    "versions": library_versions(),
+                    "summary": summary,
+                    "started": started,
+                    "finished": time.time(),
+                    "complete": True,
+                },
+            )
+        self.log(f"[{stage.name}] finished in {time.time() - started:.1f}s -> {checkpoint}")
+        del runner
+        return StageRecord(stage.name, fingerprint, checkpoint, False, summary=summary)
+
+    def _evaluate(self, name: str, checkpoint: Path | None, model_hash: str) -> dict[str, float]:
+        """Runs every evaluation on one checkpoint, reusing results stored for the same model and config."""
+        from posttrain.data.loading import load_dataset
+        from posttrain.eval.evaluators import evaluator
+        from posttrain.models.checkpoint import load_model_and_tokenizer
+
+        folder = self.stage_dir(name)
+        folder.mkdir(parents=True, exist_ok=True)
+        key = _hash([model_hash, [_dump(e) for e in self.recipe.evaluations], self.recipe.seed])
+        stored = _read_json(folder / "eval.json")
+        if stored and stored.get("key") == key:
+            metrics = stored["metrics"]
+        else:
+            metrics = {}
+            started = time.time()
+            model, tokenizer = load_model_and_tokenizer(self.recipe.model, checkpoint)
+            for config in self.recipe.evaluations:
+                rows = load_dataset(config.data, self.loaded.directory, self.recipe.seed).rows
+                for metric, value in evaluator(config.kind)(model, tokenizer, rows, config).items():
+                    metrics[f"{config.name}.{metric}"] = value
+            del model
+            _write_json(folder / "eval.json", {"key": key, "metrics": metrics, "seconds": time.time() - started})
+        self.log(f"[{name}] eval: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if not k.endswith(".n")))
+        self.table.append({"stage": name, **metrics})
+        _write_json(self.run_dir / "evaluations.json", self.table)
+        return metrics
+
+    def _check_gates(self, name: str, parent: str, metrics: dict[str, float]) -> None:
+        previous = next((row for row in self.table if row["stage"] == parent), None)
+        for gate in self.recipe.gates:
+            if gate.stages is not None and name not in gate.stages:
+                continue
+            value = metrics.get(gate.metric)
+            if value is None:
+                raise GateFailed(f"gate on {gate.metric!r}: stage {name!r} produced no such metric ({sorted(metrics)})")
+            if gate.min is not None and value < gate.min:
+                raise GateFailed(f"gate failed after stage {name!r}: {gate.metric} = {value:.4g} < min {gate.min}")
+            if gate.max_drop is not None and previous is not None and gate.metric in previous:
+                drop = previous[gate.metric] - value
+                if drop > gate.max_drop:
+                    raise GateFailed(
+                        f"gate failed after stage {name!r}: {gate.metric} fell from {previous[gate.metric]:.4g} "
+                        f"({parent}) to {value:.4g}, a drop of {drop:.4g} > max_drop {gate.max_drop}; "
+                        f"the checkpoint is kept at {self.stage_dir(name) / 'checkpoint'}"
+                    )
+
+
+def _input_hash(checkpoint: Path | None) -> str | None:
+    if checkpoint is None:
+        return None
+    manifest = _read_json(checkpoint.parent / "manifest.json")
+    return manifest.get("checkpoint_hash") if manifest else None
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _check_writable(folder: Path) -> None:
+    probe = folder / f".write-test-{os.getpid()}"
+    try:
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(f"run directory {folder} is not writable: {err}") from None
+
+
+def format_table(table: list[dict[str, Any]]) -> str:
+    """The evaluation table as aligned plain text (metrics as columns, one row per stage)."""
+    columns = [c for c in dict.fromkeys(k for row in table for k in row) if c != "stage" and not c.endswith(".n")]
+    header = ["stage"] + columns
+    body = [[row["stage"]] + [_cell(row.get(c)) for c in columns] for row in table]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(header, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(str(x).ljust(w) for x, w in zip(line, widths)) for line in body]
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

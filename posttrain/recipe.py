@@ -1,0 +1,299 @@
+"""Recipes: load a YAML file, apply `--set` overrides, validate, and report errors with file and line.
+
+A recipe is checked completely before any training starts: unknown keys, wrong types, a `from:` naming
+no earlier stage, duplicate stage names and missing data files are all reported together, each naming the
+key path and, where the YAML gives it, the line. No torch import here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError
+
+import posttrain.config  # noqa: F401  (registers every stage kind)
+from posttrain.config.common import DataSpec, ModelSpec, Strict
+from posttrain.config.evaluation import EvalConfig, GateConfig
+from posttrain.config.stages import StageConfig, stage_config_class
+from posttrain.errors import RecipeError
+
+
+class Recipe(Strict):
+    """A whole pipeline: a model, stages that chain checkpoints, and evaluations between them."""
+
+    name: str = Field(description="Run name; the run directory defaults to `runs/NAME`.")
+    model: ModelSpec = Field(ModelSpec(), description="The starting model.")
+    output_dir: str | None = Field(None, description="Run directory (default `runs/NAME`, relative to the working directory).")
+    seed: int = Field(0, description="Seed for data order, dropout and sampling.")
+    stages: list[StageConfig] = Field(description="Stages in order.")
+    evaluations: list[EvalConfig] = Field(default_factory=list, description="Evaluators run after every stage.")
+    gates: list[GateConfig] = Field(default_factory=list, description="Conditions that stop the pipeline.")
+    evaluate_base: bool = Field(True, description="Also evaluate the starting model, as the table's first row.")
+
+    def stage(self, name: str) -> StageConfig:
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise KeyError(name)
+
+    def parent_of(self, index: int) -> str | None:
+        """Name of the stage that stage ``index`` starts from; None for the recipe's model."""
+        stage = self.stages[index]
+        if stage.from_ == "base":
+            return None
+        if stage.from_ is not None:
+            return stage.from_
+        return self.stages[index - 1].name if index > 0 else None
+
+
+@dataclass(frozen=True)
+class LoadedRecipe:
+    """A validated recipe and where it came from (relative data paths resolve against `directory`)."""
+
+    recipe: Recipe
+    path: Path
+    raw: dict[str, Any]
+
+    @property
+    def directory(self) -> Path:
+        return self.path.parent
+
+    def run_dir(self) -> Path:
+        return Path(self.recipe.output_dir or Path("runs") / self.recipe.name)
+
+
+def resolve_data_path(source: str, recipe_dir: Path) -> Path | None:
+    """The file a data source names, or None for built-in and `hf:` sources. Relative paths are tried
+    against the recipe's folder first, then the working directory."""
+    if source.startswith(("builtin:", "hf:")):
+        return None
+    path = Path(source).expanduser()
+    if path.is_absolute():
+        return path
+    for base in (recipe_dir, Path.cwd()):
+        if (base / path).exists():
+            return base / path
+    return recipe_dir / path
+
+
+def _line_index(text: str) -> dict[tuple, int]:
+    """Maps key paths (tuples of keys / list indices) to 1-based line numbers in the YAML text."""
+    lines: dict[tuple, int] = {}
+
+    def walk(node: yaml.Node, path: tuple) -> None:
+        lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                key_path = path + (key_node.value,)
+                lines[key_path] = key_node.start_mark.line + 1
+                walk(value_node, key_path)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, path + (i,))
+
+    root = yaml.compose(text)
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Applies ``key.sub=value`` overrides; list items (stages, evaluations) are addressed by name or index.
+
+    >>> apply_overrides({"stages": [{"name": "sft", "train": {"lr": 1}}]}, ["stages.sft.train.lr=1e-4"])
+    {'stages': [{'name': 'sft', 'train': {'lr': 0.0001}}]}
+    """
+    for item in overrides:
+        if "=" not in item:
+            raise RecipeError(f"override {item!r} is not of the form key.sub=value")
+        dotted, value_text = item.split("=", 1)
+        keys = dotted.split(".")
+        node: Any = raw
+        for depth, key in enumerate(keys):
+            last = depth == len(keys) - 1
+            where = ".".join(keys[: depth + 1])
+            if isinstance(node, list):
+                matches = [i for i, x in enumerate(node) if isinstance(x, dict) and x.get("name") == key]
+                if matches:
+                    index = matches[0]
+                elif key.isdigit() and int(key) < len(node):
+                    index = int(key)
+                else:
+                    names = [x.get("name") for x in node if isinstance(x, dict)]
+                    raise RecipeError(f"override {dotted!r}: no item named {key!r} at {where}; names: {names}")
+                if last:
+                    node[index] = yaml.safe_load(value_text)
+                node = node[index]
+            elif isinstance(node, dict):
+                if last:
+                    node[key] = yaml.safe_load(value_text)
+                else:
+                    node = node.setdefault(key, {})
+            else:
+                raise RecipeError(f"override {dotted!r}: {'.'.join(keys[:depth])} is not a section")
+    return raw
+
+
+def _format_loc(loc: tuple, lines: dict[tuple, int], raw: dict[str, Any]) -> str:
+    """Turns a pydantic error location into `stages[1] (sft).train.lr (line 12)`."""
+    parts: list[str] = []
+    path: list[Any] = []
+    node: Any = raw
+    for key in loc:
+        if isinstance(key, int):
+            label = f"[{key}]"
+            if isinstance(node, list) and key < len(node) and isinstance(node[key], dict) and "name" in node[key]:
+                label += f" ({node[key]['name']})"
+            parts.append(label)
+        else:
+            parts.append(("." if parts else "") + str(key))
+        path.append(key)
+        node = node[key] if isinstance(node, (dict, list)) and _has(node, key) else None
+    line = None
+    for cut in range(len(path), -1, -1):
+        if tuple(path[:cut]) in lines:
+            line = lines[tuple(path[:cut])]
+            break
+    return "".join(parts) + (f" (line {line})" if line else "")
+
+
+def _has(node: Any, key: Any) -> bool:
+    if isinstance(node, dict):
+        return key in node
+    return isinstance(key, int) and key < len(node)
+
+
+def _validate_structure(raw: dict[str, Any], lines: dict[tuple, int]) -> tuple[Recipe | None, list[str]]:
+    problems: list[str] = []
+    stages: list[StageConfig] = []
+    raw_stages = raw.get("stages")
+    if not isinstance(raw_stages, list) or not raw_stages:
+        problems.append(f"stages{_line_suffix(lines, ('stages',))}: a recipe needs a non-empty list of stages")
+        raw_stages = []
+    for i, raw_stage in enumerate(raw_stages):
+        if not isinstance(raw_stage, dict):
+            problems.append(f"stages[{i}]{_line_suffix(lines, ('stages', i))}: a stage must be a mapping")
+            continue
+        try:
+            cls = stage_config_class(str(raw_stage.get("kind")))
+        except ValueError as err:
+            loc = _format_loc(("stages", i, "kind"), lines, raw)
+            problems.append(f"{loc}: {err}")
+            continue
+        try:
+            stages.append(cls.model_validate(raw_stage))
+        except ValidationError as err:
+            for e in err.errors():
+                problems.append(f"{_format_loc(('stages', i) + tuple(e['loc']), lines, raw)}: {_message(e)}")
+    rest = {k: v for k, v in raw.items() if k != "stages"}
+    try:
+        recipe = Recipe.model_validate({**rest, "stages": stages})
+    except ValidationError as err:
+        for e in err.errors():
+            if e["loc"][:1] != ("stages",):
+                problems.append(f"{_format_loc(tuple(e['loc']), lines, raw)}: {_message(e)}")
+        recipe = None
+    return recipe, problems
+
+
+def _message(error: dict[str, Any]) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown key"
+    if error["type"] == "missing":
+        return "required key missing"
+    return error["msg"]
+
+
+def _line_suffix(lines: dict[tuple, int], path: tuple) -> str:
+    return f" (line {lines[path]})" if path in lines else ""
+
+
+def _check_semantics(recipe: Recipe, recipe_dir: Path, lines: dict[tuple, int]) -> list[str]:
+    problems: list[str] = []
+    seen: set[str] = set()
+    for i, stage in enumerate(recipe.stages):
+        where = f"stages[{i}] ({stage.name})"
+        if stage.name in seen or stage.name == "base":
+            problems.append(f"{where}{_line_suffix(lines, ('stages', i, 'name'))}: stage name {stage.name!r} is used twice or reserved")
+        if stage.from_ is not None and stage.from_ != "base" and stage.from_ not in seen:
+            problems.append(
+                f"{where}.from{_line_suffix(lines, ('stages', i, 'from'))}: {stage.from_!r} names no earlier stage "
+                f"(earlier stages: {sorted(seen) or 'none'}; `base` is the recipe's model)"
+            )
+        seen.add(stage.name)
+    for path, spec in data_specs(recipe):
+        file = resolve_data_path(spec.source, recipe_dir)
+        if file is not None and not file.exists():
+            problems.append(f"{path}.source{_line_suffix(lines, _tuple_path(path, recipe))}: data file not found: {file}")
+        if spec.source.startswith("builtin:") and spec.source not in BUILTIN_SOURCES:
+            problems.append(f"{path}.source: unknown built-in dataset {spec.source!r}; built-in: {sorted(BUILTIN_SOURCES)}")
+    eval_names = [e.name for e in recipe.evaluations]
+    if len(set(eval_names)) != len(eval_names):
+        problems.append(f"evaluations: names must be unique, got {eval_names}")
+    for i, gate in enumerate(recipe.gates):
+        prefix = gate.metric.split(".")[0]
+        if prefix not in eval_names:
+            problems.append(f"gates[{i}].metric: {gate.metric!r} names no evaluation (evaluations: {eval_names})")
+        for name in gate.stages or []:
+            if name not in seen:
+                problems.append(f"gates[{i}].stages: {name!r} names no stage")
+    return problems
+
+
+BUILTIN_SOURCES = {"builtin:arithmetic", "builtin:corpus"}
+
+
+def data_specs(recipe: Strict) -> list[tuple[str, DataSpec]]:
+    """Every DataSpec in the recipe with its dotted location."""
+    found: list[tuple[str, DataSpec]] = []
+
+    def walk(obj: Any, path: str) -> None:
+        if isinstance(obj, DataSpec):
+            found.append((path, obj))
+        elif isinstance(obj, Strict):
+            for key in type(obj).model_fields:
+                walk(getattr(obj, key), f"{path}.{key}" if path else key)
+        elif isinstance(obj, (list, tuple)):
+            for i, item in enumerate(obj):
+                label = f"{path}[{i}]" + (f" ({item.name})" if hasattr(item, "name") and isinstance(getattr(item, "name"), str) else "")
+                walk(item, label)
+
+    walk(recipe, "")
+    return found
+
+
+def _tuple_path(dotted: str, recipe: Recipe) -> tuple:
+    """`stages[1] (sft).data` -> ('stages', 1, 'data', 'source') for line lookup."""
+    out: list[Any] = []
+    for part in dotted.replace("]", "").split("."):
+        name, _, index = part.partition("[")
+        out.append(name)
+        if index:
+            out.append(int(index.split(" ")[0]))
+    return tuple(out) + ("source",)
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> LoadedRecipe:
+    """Reads, overrides and validates a recipe; raises `RecipeError` listing every problem found."""
+    path = Path(path)
+    if not path.exists():
+        raise RecipeError(f"recipe file not found: {path}")
+    text = path.read_text()
+    try:
+        raw = yaml.safe_load(text)
+        lines = _line_index(text)
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: a recipe must be a YAML mapping")
+    raw = apply_overrides(raw, overrides or [])
+    recipe, problems = _validate_structure(raw, lines)
+    if recipe is not None:
+        problems += _check_semantics(recipe, path.parent, lines)
+    if problems:
+        listing = "\n".join(f"  - {p}" for p in problems)
+        raise RecipeError(f"{path}: {len(problems)} problem(s):\n{listing}")
+    return LoadedRecipe(recipe=recipe, path=path, raw=raw)

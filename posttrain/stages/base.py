@@ -1,0 +1,86 @@
+"""The stage interface and the registry of stage kinds.
+
+A stage is built from a context (its config, the checkpoint it starts from, where it writes), trains, and
+saves a HF-format checkpoint. Stages never import one another; what they share lives in library modules
+(`posttrain.training`, `posttrain.data`, `posttrain.models`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from posttrain.config.common import ModelSpec
+from posttrain.config.stages import StageConfig
+from posttrain.models.checkpoint import load_model_and_tokenizer, save_checkpoint
+from posttrain.training.metrics import MetricsWriter
+
+
+@dataclass
+class StageContext:
+    """Everything a stage needs from the pipeline."""
+
+    config: StageConfig
+    model_spec: ModelSpec
+    input_checkpoint: Path | None  # None: start from the recipe's model
+    stage_dir: Path
+    recipe_dir: Path
+    seed: int
+    accelerator: Any
+    metrics: MetricsWriter
+
+
+class Stage:
+    """Base of every stage kind: ``train()`` then ``save(folder)``.
+
+    Subclasses set ``self.model`` and ``self.tokenizer`` in ``__init__`` (usually through
+    `load_start_model`) and implement ``train``.
+    """
+
+    def __init__(self, context: StageContext):
+        self.context = context
+        self.config = context.config
+        self.model: Any = None
+        self.tokenizer: Any = None
+
+    def load_start_model(self) -> None:
+        self.model, self.tokenizer = load_model_and_tokenizer(
+            self.context.model_spec, self.context.input_checkpoint, device=str(self.context.accelerator.device)
+        )
+
+    def train(self) -> dict[str, Any]:
+        """Runs the stage; returns a summary (steps, tokens, seconds, ...) for the manifest."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement train()")
+
+    def save(self, folder: Path) -> str:
+        """Writes the output checkpoint (plain HF format); returns the weights hash."""
+        model = self.context.accelerator.unwrap_model(self.model)
+        merge = getattr(getattr(self.config, "lora", None), "merge", True)
+        return save_checkpoint(model, self.tokenizer, folder, lora_merge=merge)
+
+
+_STAGES: dict[str, type[Stage]] = {}
+S = TypeVar("S", bound=type[Stage])
+
+
+def register_stage(kind: str) -> Callable[[S], S]:
+    """Class decorator registering the implementation of a stage kind."""
+
+    def decorate(cls: S) -> S:
+        if kind in _STAGES:
+            raise ValueError(f"stage kind {kind!r} is registered twice")
+        _STAGES[kind] = cls
+        return cls
+
+    return decorate
+
+
+def stage_class(kind: str) -> type[Stage]:
+    """The implementation of a stage kind; an unknown kind names the valid ones."""
+    import posttrain.stages  # noqa: F401  (registers the built-in kinds)
+
+    try:
+        return _STAGES[kind]
+    except KeyError:
+        raise ValueError(f"no implementation for stage kind {kind!r}; implemented: {', '.join(sorted(_STAGES))}") from None

@@ -1,0 +1,1 @@
+"""Training machinery shared by stages: the optimisation loop and metric logging."""
