@@ -5,45 +5,22 @@ A stage kind registers its config class here (no torch) and its implementation i
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
-
 from pydantic import Field
 
 from posttrain.config.common import DataSpec, LoraSpec, Strict, TrainSpec
+from posttrain.registry import Registry
 
-_STAGE_CONFIGS: dict[str, type["StageConfig"]] = {}
-C = TypeVar("C", bound=type["StageConfig"])
-
-
-def register_stage_config(kind: str) -> Callable[[C], C]:
-    """Class decorator: makes ``kind:`` in a recipe resolve to this config class."""
-
-    def decorate(cls: C) -> C:
-        if kind in _STAGE_CONFIGS:
-            raise ValueError(f"stage kind {kind!r} is registered twice")
-        _STAGE_CONFIGS[kind] = cls
-        return cls
-
-    return decorate
-
-
-def stage_config_class(kind: str) -> type["StageConfig"]:
-    """The config class of a stage kind; an unknown kind names the valid ones."""
-    try:
-        return _STAGE_CONFIGS[kind]
-    except KeyError:
-        raise ValueError(f"unknown stage kind {kind!r}; valid kinds: {', '.join(sorted(_STAGE_CONFIGS))}") from None
-
-
-def stage_kinds() -> list[str]:
-    return sorted(_STAGE_CONFIGS)
+STAGE_CONFIGS: Registry[type["StageConfig"]] = Registry("stage kind")
+# `@register_stage_config("kind")` makes `kind:` in a recipe resolve to the decorated config class.
+register_stage_config = STAGE_CONFIGS.register
+stage_config_class = STAGE_CONFIGS.get
 
 
 class StageConfig(Strict):
     """Fields every stage has."""
 
     name: str = Field(description="Unique name; other stages refer to it in `from:` and overrides use it.")
-    kind: str = Field(description=f"What the stage does; one of the registered kinds.")
+    kind: str = Field(description="What the stage does; one of the registered kinds.")
     from_: str | None = Field(
         None,
         alias="from",

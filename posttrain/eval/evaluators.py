@@ -14,25 +14,13 @@ import torch
 
 from posttrain.config.evaluation import EvalConfig
 from posttrain.data.packing import IGNORE_INDEX, ChatRenderer, encode_texts, pack, render_prompt
+from posttrain.registry import Registry
 
 Evaluator = Callable[[Any, Any, list[dict[str, Any]], EvalConfig], dict[str, float]]
-_EVALUATORS: dict[str, Evaluator] = {}
+EVALUATORS: Registry[Evaluator] = Registry("evaluator")
+register_evaluator = EVALUATORS.register
+evaluator = EVALUATORS.get
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-
-
-def register_evaluator(kind: str) -> Callable[[Evaluator], Evaluator]:
-    def decorate(fn: Evaluator) -> Evaluator:
-        _EVALUATORS[kind] = fn
-        return fn
-
-    return decorate
-
-
-def evaluator(kind: str) -> Evaluator:
-    try:
-        return _EVALUATORS[kind]
-    except KeyError:
-        raise ValueError(f"unknown evaluator {kind!r}; valid: {', '.join(sorted(_EVALUATORS))}") from None
 
 
 def last_number(text: str) -> str | None:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any
 
 from posttrain.config.common import ModelSpec
 from posttrain.config.stages import StageConfig
 from posttrain.models.checkpoint import load_model_and_tokenizer, save_checkpoint
+from posttrain.registry import Registry
 from posttrain.training.metrics import MetricsWriter
 
 
@@ -60,27 +61,13 @@ class Stage:
         return save_checkpoint(model, self.tokenizer, folder, lora_merge=merge)
 
 
-_STAGES: dict[str, type[Stage]] = {}
-S = TypeVar("S", bound=type[Stage])
-
-
-def register_stage(kind: str) -> Callable[[S], S]:
-    """Class decorator registering the implementation of a stage kind."""
-
-    def decorate(cls: S) -> S:
-        if kind in _STAGES:
-            raise ValueError(f"stage kind {kind!r} is registered twice")
-        _STAGES[kind] = cls
-        return cls
-
-    return decorate
+STAGES: Registry[type[Stage]] = Registry("stage implementation")
+# `@register_stage("kind")` registers the class that runs stages of that kind.
+register_stage = STAGES.register
 
 
 def stage_class(kind: str) -> type[Stage]:
     """The implementation of a stage kind; an unknown kind names the valid ones."""
     import posttrain.stages  # noqa: F401  (registers the built-in kinds)
 
-    try:
-        return _STAGES[kind]
-    except KeyError:
-        raise ValueError(f"no implementation for stage kind {kind!r}; implemented: {', '.join(sorted(_STAGES))}") from None
+    return STAGES.get(kind)
