@@ -88,12 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
-    if argv and argv[0] == "verify" or (debug and "verify" in argv[:2]):
-        rest = argv[argv.index("verify") + 1 :]
-        return handle_errors(lambda: _verify(rest), debug)
+    argv = [a for a in argv if a != "--debug"]  # accepted anywhere on the line
+    if argv and argv[0] == "verify":
+        return handle_errors(lambda: _verify(argv[1:]), debug)
     args = build_parser().parse_args(argv)
+    args.debug = debug
     if args.command == "run":
         from posttrain.run import run
 

@@ -143,10 +143,18 @@ class Pipeline:
             out.append(fingerprint)
         return out
 
-    def is_complete(self, name: str, fingerprint: str) -> bool:
+    def is_complete(self, name: str, fingerprint: str, input_checkpoint: Path | None) -> bool:
+        """A stage is finished when its manifest is complete, matches its fingerprint, and was trained from
+        the weights its parent holds now (a parent re-trained to other weights invalidates it)."""
         manifest = _read_json(self.stage_dir(name) / "manifest.json")
         checkpoint = self.stage_dir(name) / "checkpoint"
-        return bool(manifest and manifest.get("fingerprint") == fingerprint and manifest.get("complete") and checkpoint.is_dir())
+        return bool(
+            manifest
+            and manifest.get("complete")
+            and manifest.get("fingerprint") == fingerprint
+            and manifest.get("input_hash") == _input_hash(input_checkpoint)
+            and checkpoint.is_dir()
+        )
 
     def run(self) -> list[dict[str, Any]]:
         """Runs (or reuses) every stage and its evaluations; returns the evaluation table."""
@@ -170,7 +178,7 @@ class Pipeline:
         stage = self.recipe.stages[index]
         folder = self.stage_dir(stage.name)
         checkpoint = folder / "checkpoint"
-        if self.is_complete(stage.name, fingerprint):
+        if self.is_complete(stage.name, fingerprint, input_checkpoint):
             self.log(f"[{stage.name}] reused (config, inputs and data unchanged): {checkpoint}")
             manifest = _read_json(folder / "manifest.json")
             return StageRecord(stage.name, fingerprint, checkpoint, True, summary=manifest.get("summary", {}))
@@ -223,10 +231,15 @@ class Pipeline:
         return StageRecord(stage.name, fingerprint, checkpoint, False, summary=summary)
 
     def _evaluate(self, name: str, checkpoint: Path | None, model_hash: str) -> dict[str, float]:
-        """Runs every evaluation on one checkpoint, reusing results stored for the same model and config."""
-        from posttrain.data.loading import load_dataset
+        """Runs every evaluation on one checkpoint, reusing results stored for the same model and config.
+
+        A reward-model checkpoint is loaded as a sequence classifier and gets only the evaluations that
+        score reward models (`pairwise_accuracy`); a language model gets all the others.
+        """
         from posttrain.eval.evaluators import evaluator
+        from posttrain.eval.preference import evaluated_model_type, evaluation_rows
         from posttrain.models.checkpoint import load_model_and_tokenizer
+        from posttrain.models.reward_head import is_reward_model_checkpoint, load_reward_model
 
         folder = self.stage_dir(name)
         folder.mkdir(parents=True, exist_ok=True)
@@ -237,9 +250,15 @@ class Pipeline:
         else:
             metrics = {}
             started = time.time()
-            model, tokenizer = load_model_and_tokenizer(self.recipe.model, checkpoint)
+            model_type = "reward_model" if is_reward_model_checkpoint(checkpoint) else "causal_lm"
+            if model_type == "reward_model":
+                model, tokenizer = load_reward_model(checkpoint)
+            else:
+                model, tokenizer = load_model_and_tokenizer(self.recipe.model, checkpoint)
             for config in self.recipe.evaluations:
-                rows = load_dataset(config.data, self.loaded.directory, self.recipe.seed).rows
+                if evaluated_model_type(config.kind) != model_type:
+                    continue
+                rows = evaluation_rows(config, self.loaded.directory, self.recipe.seed)
                 for metric, value in evaluator(config.kind)(model, tokenizer, rows, config).items():
                     metrics[f"{config.name}.{metric}"] = value
             del model

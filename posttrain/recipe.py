@@ -7,6 +7,7 @@ key path and, where the YAML gives it, the line. No torch import here.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,17 @@ class LoadedRecipe:
 
     def run_dir(self) -> Path:
         return Path(self.recipe.output_dir or Path("runs") / self.recipe.name)
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 floats: `1e-4` is a number, not the string '1e-4'."""
+
+
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
 
 
 def resolve_data_path(source: str, recipe_dir: Path) -> Path | None:
@@ -125,11 +137,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
                     names = [x.get("name") for x in node if isinstance(x, dict)]
                     raise RecipeError(f"override {dotted!r}: no item named {key!r} at {where}; names: {names}")
                 if last:
-                    node[index] = yaml.safe_load(value_text)
+                    node[index] = yaml.load(value_text, Loader=RecipeLoader)
                 node = node[index]
             elif isinstance(node, dict):
                 if last:
-                    node[key] = yaml.safe_load(value_text)
+                    node[key] = yaml.load(value_text, Loader=RecipeLoader)
                 else:
                     node = node.setdefault(key, {})
             else:
@@ -182,12 +194,15 @@ def _validate_structure(raw: dict[str, Any], lines: dict[tuple, int]) -> tuple[R
         except ValueError as err:
             loc = _format_loc(("stages", i, "kind"), lines, raw)
             problems.append(f"{loc}: {err}")
+            stages.append(StageConfig.model_construct(**_identity(raw_stage, i)))
             continue
         try:
             stages.append(cls.model_validate(raw_stage))
         except ValidationError as err:
             for e in err.errors():
                 problems.append(f"{_format_loc(('stages', i) + tuple(e['loc']), lines, raw)}: {_message(e)}")
+            # keep the stage's place (name, from) so later cross-reference checks see the right stages
+            stages.append(StageConfig.model_construct(**_identity(raw_stage, i)))
     rest = {k: v for k, v in raw.items() if k != "stages"}
     try:
         recipe = Recipe.model_validate({**rest, "stages": stages})
@@ -197,6 +212,16 @@ def _validate_structure(raw: dict[str, Any], lines: dict[tuple, int]) -> tuple[R
                 problems.append(f"{_format_loc(tuple(e['loc']), lines, raw)}: {_message(e)}")
         recipe = None
     return recipe, problems
+
+
+def _identity(raw_stage: dict[str, Any], index: int) -> dict[str, Any]:
+    """Name, kind and `from` of a stage that failed validation, for a placeholder in its place."""
+    name, kind, parent = raw_stage.get("name"), raw_stage.get("kind"), raw_stage.get("from")
+    return {
+        "name": name if isinstance(name, str) else f"<stage {index}>",
+        "kind": str(kind),
+        "from_": parent if isinstance(parent, str) else None,
+    }
 
 
 def _message(error: dict[str, Any]) -> str:
@@ -243,7 +268,7 @@ def _check_semantics(recipe: Recipe, recipe_dir: Path, lines: dict[tuple, int]) 
     return problems
 
 
-BUILTIN_SOURCES = {"builtin:arithmetic", "builtin:corpus"}
+BUILTIN_SOURCES = {"builtin:arithmetic", "builtin:corpus", "builtin:preferences"}
 
 
 def data_specs(recipe: Strict) -> list[tuple[str, DataSpec]]:
@@ -283,7 +308,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> LoadedR
         raise RecipeError(f"recipe file not found: {path}")
     text = path.read_text()
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=RecipeLoader)
         lines = _line_index(text)
     except yaml.YAMLError as err:
         raise RecipeError(f"{path}: not valid YAML: {err}") from None

@@ -10,7 +10,7 @@ from posttrain.config.common import DataSpec, Strict
 
 
 # Evaluator kinds a recipe may name; each has an implementation registered in `posttrain.eval`.
-EVALUATOR_KINDS: list[str] = ["exact_match", "perplexity"]
+EVALUATOR_KINDS: list[str] = ["exact_match", "perplexity", "pairwise_accuracy", "preference_accuracy"]
 
 
 class EvalConfig(Strict):
@@ -19,7 +19,9 @@ class EvalConfig(Strict):
     name: str = Field(description="Short name; metrics appear as `NAME.metric` in the table.")
     kind: str = Field(
         description="`exact_match`: greedy answers compared with the `answer` column (the final number, "
-        "or the whole text); `perplexity`: on held-out text; other registered kinds."
+        "or the whole text); `perplexity`: on held-out text; `pairwise_accuracy`: a reward model's "
+        "chosen-over-rejected accuracy on preference pairs (runs on reward-model checkpoints only); "
+        "`preference_accuracy`: the same for a language model's response log-probabilities."
     )
     data: DataSpec = Field(description="Held-out data.")
     max_new_tokens: int = Field(16, gt=0, description="exact_match: generation budget per answer.")
@@ -27,7 +29,7 @@ class EvalConfig(Strict):
     match: Literal["last_number", "full_text"] = Field(
         "last_number", description="exact_match: compare the last number in the answer, or the stripped text."
     )
-    seq_len: int = Field(256, gt=0, description="perplexity: tokens per window.")
+    seq_len: int = Field(256, gt=0, description="perplexity: tokens per window; preference evaluators: tokens per text.")
 
     @field_validator("kind")
     @classmethod

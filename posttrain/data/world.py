@@ -8,9 +8,13 @@ Difficulty levels (chosen so that a ~1M-parameter model learns the easy ones qui
 hard ones only partly, which leaves room for RL to improve it):
 
     1: one-digit addition            3 + 5
-    2: two-digit addition            23 + 45
-    3: two-digit subtraction         71 - 28   (never negative)
-    4: three-digit plus two-digit    312 + 47
+    2: two-digit plus one-digit      23 + 5
+    3: two-digit addition            23 + 45
+    4: two-digit subtraction         71 - 28   (never negative)
+    5: three-digit plus two-digit    312 + 47
+
+Measured on the ~0.85M-parameter built-in model: level 1 is solved after a few hundred SFT steps, level 3
+needs several times more data than level 2, and levels 4 and 5 stay mostly unsolved by a short SFT.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import random
 from dataclasses import dataclass
 from typing import Iterator
 
-LEVELS = (1, 2, 3, 4)
+LEVELS = (1, 2, 3, 4, 5)
 _NAMES = ("Ann", "Bob", "Cat", "Dan", "Eve", "Fay", "Gus", "Hal", "Ivy", "Jon", "Kim", "Lou")
 _ITEMS = ("apples", "pens", "books", "coins", "cards", "eggs", "shells", "stamps", "cups", "rocks")
 TEST_SHARE = 0.1  # share of the problem space held out for evaluation
@@ -47,7 +51,7 @@ class Problem:
 
     def question(self, rng: random.Random) -> str:
         """The problem in words: either a bare sum or a short story."""
-        if rng.random() < 0.5:
+        if rng.random() < 0.7:
             return f"What is {self.a} {self.op} {self.b}?"
         name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
         if self.op == "+":
@@ -56,12 +60,13 @@ class Problem:
 
 
 def answer_text(problem: Problem) -> str:
-    """The reference answer the built-in SFT data teaches: the sum written out, then its result.
+    """The reference answer the built-in SFT data teaches: just the number.
 
-    Writing the operands next to the result lets a ~1M-parameter model add digits that sit a few
-    tokens apart instead of searching the question for them; the result is the last number.
+    A ~1M-parameter model learns to add digits that sit at fixed distances from the end of the question
+    within a few hundred steps; a longer answer format only costs tokens (measured: writing the sum out
+    before the result made the tiny model learn far more slowly, as it first has to learn to copy).
     """
-    return f"{problem.a} {problem.op} {problem.b} = {problem.answer}."
+    return str(problem.answer)
 
 
 def sample_problem(level: int, rng: random.Random) -> Problem:
@@ -69,12 +74,14 @@ def sample_problem(level: int, rng: random.Random) -> Problem:
     if level == 1:
         return Problem(1, "+", rng.randint(0, 9), rng.randint(0, 9))
     if level == 2:
-        return Problem(2, "+", rng.randint(10, 99), rng.randint(10, 99))
+        return Problem(2, "+", rng.randint(10, 99), rng.randint(0, 9))
     if level == 3:
-        a, b = rng.randint(10, 99), rng.randint(10, 99)
-        return Problem(3, "-", max(a, b), min(a, b))
+        return Problem(3, "+", rng.randint(10, 99), rng.randint(10, 99))
     if level == 4:
-        return Problem(4, "+", rng.randint(100, 999), rng.randint(10, 99))
+        a, b = rng.randint(10, 99), rng.randint(10, 99)
+        return Problem(4, "-", max(a, b), min(a, b))
+    if level == 5:
+        return Problem(5, "+", rng.randint(100, 999), rng.randint(10, 99))
     raise ValueError(f"unknown difficulty level {level}; levels are {LEVELS}")
 
 

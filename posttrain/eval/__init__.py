@@ -1,5 +1,6 @@
 """Evaluation between stages."""
 
 from posttrain.eval.evaluators import evaluator, register_evaluator
+from posttrain.eval import preference  # noqa: F401,E402  (registers the preference evaluators)
 
 __all__ = ["evaluator", "register_evaluator"]

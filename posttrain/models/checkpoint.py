@@ -64,8 +64,11 @@ def _resolve_dtype(name: str, device: str):
     return getattr(torch, name)
 
 
-def apply_lora(model: Any, spec: LoraSpec):
-    """Wraps a model with trainable LoRA adapters (peft); the base weights are frozen."""
+def apply_lora(model: Any, spec: LoraSpec, task_type: str = "CAUSAL_LM"):
+    """Wraps a model with trainable LoRA adapters (peft); the base weights are frozen.
+
+    ``task_type="SEQ_CLS"`` (reward models) also keeps the new score head fully trainable.
+    """
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
@@ -73,7 +76,7 @@ def apply_lora(model: Any, spec: LoraSpec):
         lora_alpha=spec.alpha,
         lora_dropout=spec.dropout,
         target_modules=spec.target_modules,
-        task_type="CAUSAL_LM",
+        task_type=task_type,
     )
     return get_peft_model(model, config)
 

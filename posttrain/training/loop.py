@@ -58,6 +58,11 @@ def causal_lm_loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torc
     return loss, int((labels != IGNORE_INDEX).sum())
 
 
+def labelled_token_count(batch: dict[str, torch.Tensor]) -> int:
+    """Tokens with a label in a causal-LM batch (the first position of a row is never predicted)."""
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+
 def total_steps(spec: TrainSpec, num_rows: int, world_size: int) -> int:
     """Optimizer steps for the configured `steps` or `epochs`."""
     if spec.steps is not None:
@@ -115,11 +120,15 @@ def train_loop(
     accelerator: Any,
     metrics: MetricsWriter,
     loss_sum_fn: Callable[[Any, dict[str, torch.Tensor]], tuple[torch.Tensor, int]] = causal_lm_loss_sum,
+    count_fn: Callable[[dict[str, torch.Tensor]], int] = labelled_token_count,
+    step_metrics: Callable[[], dict[str, float]] | None = None,
 ) -> LoopResult:
     """Trains ``model`` on packed ``rows`` for the configured number of optimizer steps.
 
     Each process takes its share of every optimizer step's global batch; the loss of each micro-batch is
-    its summed token loss divided by the token count of the whole step across processes.
+    its summed loss divided by the count (``count_fn``: labelled tokens by default, pairs for preference
+    stages) of the whole step across processes. ``step_metrics``, if given, is called once per optimizer
+    step and its values are logged with the loop's own.
     """
     world, rank = accelerator.num_processes, accelerator.process_index
     steps = total_steps(spec, len(rows), world)
@@ -129,10 +138,16 @@ def train_loop(
     model.train()
     optimizer = make_optimizer(model, spec)
     model, optimizer = accelerator.prepare(model, optimizer)
+    # We normalise every micro-batch loss by the step's token count ourselves; Accelerate's gradient state is
+    # a process-wide singleton that another trainer (TRL's) may have left at N > 1, which would make
+    # `accelerator.backward` divide by N once more.
+    accelerator.gradient_accumulation_steps = 1
     device = accelerator.device
     use_bf16 = spec.precision == "bf16" or (
         spec.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
     )
+    # positions per row: every `*input_ids` list (pair rows hold a chosen and a rejected sequence)
+    row_tokens = sum(len(value) for key, value in rows[0].items() if key.endswith("input_ids"))
     tokens_seen, skipped, started = 0, 0, time.perf_counter()
     window_start, window_tokens = started, 0
     last: dict[str, float] = {}
@@ -142,7 +157,7 @@ def train_loop(
         micro_batches = [local[i : i + spec.batch_size] for i in range(0, len(local), spec.batch_size)]
         tensors = [_to_tensors([rows[i] for i in mb], device) for mb in micro_batches]
         step_tokens = torch.tensor(
-            sum(int((t["labels"][:, 1:] != IGNORE_INDEX).sum()) for t in tensors), device=device
+            sum(count_fn(t) for t in tensors), device=device
         )
         if world > 1:
             step_tokens = accelerator.reduce(step_tokens, reduction="sum")
@@ -161,6 +176,7 @@ def train_loop(
         if world > 1:
             loss_total = accelerator.reduce(loss_total, reduction="sum")
         loss_value = float(loss_total) / denominator
+        extra = step_metrics() if step_metrics is not None else {}
         grad_norm = _clip(model, accelerator, spec.max_grad_norm)
         if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
             what = f"loss={loss_value} grad_norm={grad_norm} at step {step + 1} (rows {indices[:8]}...)"
@@ -173,7 +189,7 @@ def train_loop(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         # throughput counts every position processed (padding included), like other trainers report it
-        processed = global_batch * len(rows[0]["input_ids"])
+        processed = global_batch * row_tokens
         tokens_seen += processed
         window_tokens += processed
         last = {
@@ -181,6 +197,7 @@ def train_loop(
             "grad_norm": grad_norm,
             "lr": optimizer.param_groups[0]["lr"],
             "loss_tokens": int(step_tokens),
+            **extra,
         }
         if (step + 1) % spec.log_every == 0 or step + 1 == steps:
             now = time.perf_counter()

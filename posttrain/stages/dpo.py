@@ -1,0 +1,53 @@
+"""Direct preference optimisation (Rafailov et al., arXiv 2305.18290) of a causal LM, full or LoRA.
+
+The reference is the starting model. Its response log-probabilities are computed once before training
+(with LoRA: through the same model with its adapters disabled) and stored with the pairs, so no second
+model is kept in memory; training then runs the shared loop with `dpo_loss`.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any
+
+from posttrain.config.preference import DPOConfig
+from posttrain.data.preferences import encode_pairs, load_preferences
+from posttrain.errors import CheckpointError
+from posttrain.models.checkpoint import apply_lora
+from posttrain.models.reward_head import is_reward_model_checkpoint
+from posttrain.stages.base import Stage, register_stage
+from posttrain.training.loop import train_loop
+from posttrain.training.pairs import DPOObjective, add_reference_logprobs, pair_count
+
+
+@register_stage("dpo")
+class DPOStage(Stage):
+    """DPO against the frozen starting model."""
+
+    config: DPOConfig
+
+    def __init__(self, context):
+        super().__init__(context)
+        if is_reward_model_checkpoint(context.input_checkpoint):
+            raise CheckpointError(
+                f"stage {self.config.name!r} starts from a reward model ({context.input_checkpoint}); DPO "
+                "trains a language model: set `from:` to a language-model stage"
+            )
+        self.load_start_model()
+        if self.config.lora is not None:
+            self.model = apply_lora(self.model, self.config.lora)
+
+    def train(self) -> dict[str, Any]:
+        ctx, spec = self.context, self.config.train
+        data = load_preferences(self.config.data, ctx.recipe_dir, ctx.seed)
+        rows = encode_pairs(self.tokenizer, data.pairs, spec.seq_len)
+        # the reference is the starting model: with LoRA, the base weights under disabled adapters
+        reference = self.model.disable_adapter() if self.config.lora is not None else nullcontext()
+        with reference:
+            add_reference_logprobs(self.model, rows, spec.batch_size)
+        objective = DPOObjective(self.config.beta, self.config.label_smoothing)
+        result = train_loop(
+            self.model, rows, spec, seed=ctx.seed, accelerator=ctx.accelerator, metrics=ctx.metrics,
+            loss_sum_fn=objective, count_fn=pair_count, step_metrics=objective.step_metrics,
+        )
+        return result.summary(pairs=len(rows), skipped_data_rows=data.skipped)

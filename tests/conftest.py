@@ -1,0 +1,103 @@
+"""Shared fixtures: the built-in micro model (built offline), a CPU accelerator, recipe files in tmp dirs.
+
+Everything is tiny and seeded; torch uses one thread because the test machines are small and shared
+(tiny matmuls only get slower with more threads competing for two cores).
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _restore_accelerate_state():
+    """Accelerate keeps one process-wide state; TRL's trainers switch it to bf16 mixed precision on a CPU
+    with bf16 support. Restore it after every test so no test trains in another test's precision."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    saved = dict(AcceleratorState._shared_state), dict(GradientState._shared_state)
+    yield
+    for cls, values in zip((AcceleratorState, GradientState), saved):
+        cls._shared_state.clear()
+        cls._shared_state.update(values)
+
+# A two-stage recipe on the micro model that trains in about a second: pretrain -> sft, one exact-match
+# evaluation. Tests format it with the run directory and change it through `--set` overrides.
+MICRO_RECIPE = """\
+name: micro
+seed: 0
+output_dir: {output_dir}
+model:
+  name_or_path: builtin:micro
+stages:
+  - name: pretrain
+    kind: pretrain
+    data: {{source: "builtin:corpus", count: 16}}
+    train: {{steps: 3, batch_size: 4, seq_len: 32, lr: 1.0e-3, log_every: 1}}
+  - name: sft
+    kind: sft
+    data: {{source: "builtin:arithmetic", count: 32, levels: [1]}}
+    train: {{steps: 3, batch_size: 4, seq_len: 32, lr: 1.0e-3, log_every: 1}}
+evaluations:
+  - name: arith
+    kind: exact_match
+    data: {{source: "builtin:arithmetic", split: test, count: 8, levels: [1, 2]}}
+    max_new_tokens: 4
+"""
+
+
+def _write_recipe(folder: Path, text: str, name: str = "recipe.yaml") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.fixture(scope="session")
+def write_recipe():
+    """``write_recipe(folder, text, name="recipe.yaml") -> path``: writes a (dedented) recipe file."""
+    return _write_recipe
+
+
+@pytest.fixture(scope="session")
+def micro_recipe():
+    """The two-stage micro recipe text; format it with ``output_dir=...``."""
+    return MICRO_RECIPE
+
+
+@pytest.fixture
+def micro():
+    """A fresh micro model (seed 0, ~0.1M parameters) and the built-in tokenizer."""
+    from posttrain.models.tiny import build_tiny_model
+
+    torch.manual_seed(0)
+    model, tokenizer = build_tiny_model("micro", seed=0)
+    return model.eval(), tokenizer
+
+
+@pytest.fixture(scope="session")
+def micro_dir(tmp_path_factory) -> Path:
+    """The micro model saved once as an ordinary HF folder (safetensors)."""
+    from posttrain.models.tiny import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("micro") / "model", size="micro", seed=0)
+
+
+@pytest.fixture(scope="session")
+def accelerator():
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=True)

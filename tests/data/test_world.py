@@ -1,0 +1,125 @@
+"""The built-in world: train and test problems never overlap, output is a pure function of the seed,
+answers are right, and the pre-training corpus holds no test problem."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+
+from posttrain.data import world
+from posttrain.data.world import LEVELS, Problem, arithmetic_problems, arithmetic_rows, corpus_documents
+
+BARE = re.compile(r"^What is (\d+) ([+-]) (\d+)\?$")
+STORY = re.compile(r"^\w+ has (\d+) \w+ and (gets|gives away) (\d+)(?: more)?\. How many now\?$")
+SUM_SENTENCE = re.compile(r"(\d+) ([+-]) (\d+) = (-?\d+)\.")
+STORY_SENTENCE = re.compile(r"(\w+) has (\d+) (\w+) and (gets|gives away) (\d+)\. Now \1 has (-?\d+) \3\.")
+RANGES = {
+    1: ((0, 9), (0, 9)),
+    2: ((10, 99), (0, 9)),
+    3: ((10, 99), (10, 99)),
+    4: ((10, 99), (10, 99)),
+    5: ((100, 999), (10, 99)),
+}
+
+
+def identity(problem: Problem) -> tuple[str, int, int]:
+    return (problem.op, problem.a, problem.b)
+
+
+def parse_question(question: str) -> tuple[str, int, int]:
+    bare = BARE.match(question)
+    if bare:
+        return bare.group(2), int(bare.group(1)), int(bare.group(3))
+    story = STORY.match(question)
+    assert story, question
+    return ("+" if story.group(2) == "gets" else "-"), int(story.group(1)), int(story.group(3))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+@pytest.mark.parametrize("level", LEVELS)
+def test_train_and_test_problems_never_overlap(seed: int, level: int) -> None:
+    train = arithmetic_problems("train", 400, seed, (level,))
+    test = arithmetic_problems("test", 5 if level == 1 else 60, seed, (level,))
+    train_ids = {identity(p) for p, _ in train}
+    test_ids = {identity(p) for p, _ in test}
+    assert train_ids and test_ids and not train_ids & test_ids
+    assert all(p.level == level for p, _ in train + test)
+    # the test split holds distinct problems only
+    assert len(test_ids) == len(test)
+
+
+def test_split_depends_on_identity_only() -> None:
+    problem = Problem(2, "+", 23, 45)
+    assert problem.split == Problem(4, "+", 23, 45).split  # the level is not part of the identity
+    level_one = [Problem(1, "+", a, b) for a in range(10) for b in range(10)]
+    held_out = [p for p in level_one if p.split == "test"]
+    assert 0 < len(held_out) < 30  # about 10% of the 100 level-1 problems
+    # the test split of level 1 is exactly the held-out problems; asking for more is an error...
+    test = arithmetic_problems("test", len(held_out), 0, (1,))
+    assert {identity(p) for p, _ in test} == {identity(p) for p in held_out}
+    with pytest.raises(ValueError, match="fewer than"):
+        arithmetic_problems("test", len(held_out) + 1, 0, (1,))
+    # ...unless other levels can continue once level 1 is used up
+    mixed = arithmetic_problems("test", len(held_out) + 100, 0, (1, 3))
+    assert len({identity(p) for p, _ in mixed}) == len(mixed)
+    assert sum(p.level == 1 for p, _ in mixed) <= len(held_out)
+
+
+def test_deterministic_for_a_seed() -> None:
+    assert arithmetic_rows("train", 40, 3) == arithmetic_rows("train", 40, 3)
+    assert arithmetic_rows("train", 40, 3) != arithmetic_rows("train", 40, 4)
+    assert list(corpus_documents("train", 20, 3)) == list(corpus_documents("train", 20, 3))
+    assert list(corpus_documents("train", 20, 3)) != list(corpus_documents("train", 20, 4))
+    # the global random state plays no part
+    random.seed(123)
+    first = arithmetic_rows("test", 20, 3)
+    random.seed(456)
+    assert arithmetic_rows("test", 20, 3) == first
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_every_level_has_right_answers(split: str) -> None:
+    rows = arithmetic_rows(split, 200, 0)
+    assert {row["level"] for row in rows} == set(LEVELS)
+    for row in rows:
+        user, assistant = row["messages"]
+        assert user["role"] == "user" and assistant["role"] == "assistant"
+        op, a, b = parse_question(user["content"])
+        expected = a + b if op == "+" else a - b
+        assert row["answer"] == assistant["content"] == str(expected)
+        (a_lo, a_hi), (b_lo, b_hi) = RANGES[row["level"]]
+        assert a_lo <= a <= a_hi and b_lo <= b <= b_hi
+        assert op == ("-" if row["level"] == 4 else "+")
+        assert expected >= 0
+
+
+def test_levels_filter_and_bad_arguments() -> None:
+    assert {row["level"] for row in arithmetic_rows("train", 30, 0, (2, 3))} == {2, 3}
+    with pytest.raises(ValueError, match="split must be"):
+        arithmetic_problems("valid", 3, 0)
+    with pytest.raises(ValueError, match="unknown difficulty level 6"):
+        world.sample_problem(6, random.Random(0))
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_train_corpus_holds_no_test_problem(seed: int) -> None:
+    documents = list(corpus_documents("train", 400, seed))
+    assert len(documents) == 400
+    mentioned: set[tuple[str, int, int]] = set()
+    for document in documents:
+        for a, op, b, result in SUM_SENTENCE.findall(document):
+            mentioned.add((op, int(a), int(b)))
+            assert int(result) == (int(a) + int(b) if op == "+" else int(a) - int(b))
+        for _, a, _, verb, b, result in STORY_SENTENCE.findall(document):
+            op = "+" if verb == "gets" else "-"
+            mentioned.add((op, int(a), int(b)))
+            assert int(result) == (int(a) + int(b) if op == "+" else int(a) - int(b))
+    assert len(mentioned) > 200
+    assert all(Problem(0, *key).split == "train" for key in mentioned)
+    test_ids = {identity(p) for p, _ in arithmetic_problems("test", 300, seed)}
+    assert not mentioned & test_ids
+    # and the test corpus is built from test problems only
+    held_out = {(op, int(a), int(b)) for doc in corpus_documents("test", 50, seed) for a, op, b, _ in SUM_SENTENCE.findall(doc)}
+    assert held_out and all(Problem(0, *key).split == "test" for key in held_out)

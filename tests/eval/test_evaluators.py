@@ -1,0 +1,128 @@
+"""Evaluators: number extraction, exact-match accuracy over known completions, greedy generation and
+perplexity against a hand computation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import posttrain.eval.evaluators as evaluators
+from posttrain.config.common import DataSpec
+from posttrain.config.evaluation import EvalConfig
+from posttrain.data.world import arithmetic_rows
+from posttrain.eval import evaluator
+from posttrain.eval.evaluators import exact_match, greedy_generate, last_number, perplexity
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("The answer is 1,024.", "1024"),
+        ("12", "12"),
+        ("3 apples and then 7", "7"),
+        ("it is -5", "-5"),
+        ("x = 2.50", "2.50"),
+        ("12abc", "12"),
+        ("no digits here", None),
+        ("", None),
+    ],
+)
+def test_last_number(text: str, expected: str | None) -> None:
+    assert last_number(text) == expected
+
+
+def config(**overrides) -> EvalConfig:
+    values = dict(name="arith", kind="exact_match", data=DataSpec(source="builtin:arithmetic", split="test"), batch_size=2)
+    values.update(overrides)
+    return EvalConfig(**values)
+
+
+def rows_with_answers(answers: list[str]) -> list[dict]:
+    return [
+        {"messages": [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": a}], "answer": a}
+        for i, a in enumerate(answers)
+    ]
+
+
+def test_exact_match_accuracy_on_known_completions(micro, monkeypatch: pytest.MonkeyPatch) -> None:
+    model, tokenizer = micro
+    seen: dict = {}
+
+    def fake_generate(model, tokenizer, prompts, max_new_tokens, batch_size):
+        seen.update(prompts=prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        return ["3", " the sum is 12 apples", "6", "1,000", "nothing"]
+
+    monkeypatch.setattr(evaluators, "greedy_generate", fake_generate)
+    rows = rows_with_answers(["3", "12", "5", "1000", "0"])
+    result = exact_match(model, tokenizer, rows, config(max_new_tokens=7))
+    assert result == {"accuracy": pytest.approx(3 / 5), "n": 5.0}
+    # the model is asked the question, not shown the answer
+    assert seen["prompts"][1] == "<|user|>question 1<|end|><|assistant|>"
+    assert seen["max_new_tokens"] == 7 and seen["batch_size"] == 2
+    full_text = exact_match(model, tokenizer, rows, config(match="full_text"))
+    assert full_text["accuracy"] == pytest.approx(1 / 5)  # only "3" equals its answer once stripped
+
+
+def test_exact_match_needs_answers(micro) -> None:
+    model, tokenizer = micro
+    rows = rows_with_answers(["1"])
+    del rows[0]["answer"]
+    with pytest.raises(ValueError, match="no `answer` field"):
+        exact_match(model, tokenizer, rows, config())
+
+
+def test_greedy_generate_returns_strings_and_batching_does_not_change_them(micro) -> None:
+    model, tokenizer = micro
+    # freshly initialised, the micro model just repeats `<|assistant|>` (decoded as ""); noise on every
+    # weight makes its answers long and prompt-dependent, so a padding mistake would show
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.3)
+    tokenizer.padding_side = "right"
+    prompts = [
+        "<|user|>What is 2 + 3?<|end|><|assistant|>",
+        "<|user|>Bob has 12 pens and gets 30 more. How many now?<|end|><|assistant|>",
+        "<|user|>1<|end|><|assistant|>",
+    ]
+    batched = greedy_generate(model, tokenizer, prompts, max_new_tokens=4, batch_size=3)
+    assert len(batched) == 3 and all(isinstance(text, str) and text for text in batched)
+    assert len(set(batched)) == 3
+    assert tokenizer.padding_side == "right"  # restored
+    one_by_one = [greedy_generate(model, tokenizer, [p], max_new_tokens=4, batch_size=1)[0] for p in prompts]
+    assert batched == one_by_one  # left padding does not change greedy answers
+    assert not model.training
+
+
+def test_exact_match_runs_end_to_end_on_the_micro_model(micro) -> None:
+    model, tokenizer = micro
+    rows = arithmetic_rows("test", 4, 0, (1,))
+    result = evaluator("exact_match")(model, tokenizer, rows, config(max_new_tokens=2, batch_size=4))
+    assert result["n"] == 4.0 and 0.0 <= result["accuracy"] <= 1.0
+
+
+@torch.no_grad()
+def test_perplexity_equals_exp_mean_nll_by_hand(micro) -> None:
+    model, tokenizer = micro
+    text = "Bob has 3 pens and gets 4 more. Now Bob has 7 pens."
+    result = perplexity(model, tokenizer, [{"text": text}], config(kind="perplexity", seq_len=64))
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    logits = model(input_ids=torch.tensor([ids])).logits[0, :-1]
+    nll = torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:]), reduction="mean")
+    assert result["perplexity"] == pytest.approx(math.exp(float(nll)), rel=1e-5)
+
+
+def test_perplexity_of_the_micro_model_is_finite_and_above_one(micro) -> None:
+    model, tokenizer = micro
+    rows = [{"text": "The sun is warm."}, {"text": "Ann counts the cups."}] + arithmetic_rows("test", 2, 0)
+    value = perplexity(model, tokenizer, rows, config(kind="perplexity", seq_len=16, batch_size=2))["perplexity"]
+    assert math.isfinite(value) and value > 1
+    # an untrained model is close to uniform over the vocabulary
+    assert value > len(tokenizer) / 10
+
+
+def test_unknown_evaluator_lists_valid_names() -> None:
+    with pytest.raises(ValueError, match="unknown evaluator 'bleu'.*exact_match.*perplexity"):
+        evaluator("bleu")
