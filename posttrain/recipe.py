@@ -268,7 +268,7 @@ def _check_semantics(recipe: Recipe, recipe_dir: Path, lines: dict[tuple, int]) 
     return problems
 
 
-BUILTIN_SOURCES = {"builtin:arithmetic", "builtin:corpus", "builtin:preferences"}
+BUILTIN_SOURCES = {"builtin:arithmetic", "builtin:code", "builtin:corpus", "builtin:preferences"}
 
 
 def data_specs(recipe: Strict) -> list[tuple[str, DataSpec]]:

@@ -1,0 +1,212 @@
+"""Recipe sections of the RL stages, `kind: ppo` and `kind: grpo` (no torch).
+
+Both share one engine (`posttrain.rl.engine`): sample completions of prompts, score them with the stage's
+`reward:` list, compute advantages, and take clipped policy-gradient steps. They differ in the advantage
+and the loss: PPO learns a value head and uses GAE on a reward shaped by a per-token KL penalty; GRPO
+compares several completions of the same prompt and puts the KL to the reference in the loss.
+
+A minimal GRPO stage::
+
+    - name: grpo
+      kind: grpo
+      from: sft
+      data: {source: "builtin:arithmetic", levels: [2, 3]}
+      reward:
+        - source: math
+      group_size: 8
+      train: {steps: 100, prompts_per_step: 8, lr: 1.0e-5}
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from posttrain.config.common import DataSpec, LoraSpec, Strict
+from posttrain.config.stages import StageConfig, register_stage_config
+from posttrain.rewards.config import RewardEntry, check_reward_entries
+
+# The names `posttrain.algorithms.aggregation.AGGREGATION_MODES` defines (repeated here because the schema
+# must not import torch; tests/rl/test_config.py checks that the two agree).
+LossAggregation = Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+KLEstimator = Literal["k1", "k2", "k3"]
+
+
+class GenerationSpec(Strict):
+    """How the policy samples completions during training."""
+
+    max_new_tokens: int = Field(32, gt=0, description="Tokens per completion at most; longer ones are cut off (truncated).")
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature; 0 is greedy (no exploration).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling: keep the most likely tokens up to this total probability.")
+    top_k: int = Field(0, ge=0, description="Keep only the k most likely tokens; 0 keeps all.")
+    max_prompt_tokens: int = Field(
+        512, gt=0, description="Prompts longer than this (after the chat template) are left out, and counted."
+    )
+    backend: Literal["auto", "cached", "transformers"] = Field(
+        "auto",
+        description="`cached`: the project's own decoding loop for Llama-shaped models (Qwen2/3, Llama, Mistral); "
+        "`transformers`: the model's own forward with a cache (any model); `auto`: cached where supported.",
+    )
+
+
+class KLSpec(Strict):
+    """The penalty that keeps the policy near the reference (the stage's starting model)."""
+
+    coef: float = Field(description="KL coefficient beta; 0 switches the penalty off (the KL is still logged).", ge=0)
+    estimator: KLEstimator = Field(
+        description="Per-token estimator of KL(policy || reference) (Schulman, 'Approximating KL divergence', 2020): "
+        "k1 = log-ratio (PPO's reward penalty), k3 = (r - 1) - log r (GRPO's loss term), k2 = half squared log-ratio."
+    )
+    controller: Literal["fixed", "adaptive"] = Field(
+        "fixed",
+        description="`adaptive` steers beta so the KL per completion approaches `target` (Ziegler et al., "
+        "arXiv 1909.08593 §2.2); PPO only.",
+    )
+    target: float | None = Field(None, gt=0, description="adaptive: the KL per completion (nats) to aim for.")
+    horizon: int = Field(10000, gt=0, description="adaptive: completions over which a full correction of beta is spread.")
+
+    @model_validator(mode="after")
+    def _adaptive_needs_target(self) -> "KLSpec":
+        if self.controller == "adaptive" and (self.target is None or self.coef == 0):
+            raise ValueError("an adaptive KL controller needs a `target` and a starting `coef` > 0")
+        return self
+
+
+class RLTrainSpec(Strict):
+    """Optimisation settings of an RL stage. One step = one batch of rollouts and the updates on it."""
+
+    steps: int = Field(gt=0, description="Rollout-and-update iterations.")
+    prompts_per_step: int = Field(8, gt=0, description="Prompts per step on each process; each gets `group_size` completions.")
+    epochs: int = Field(1, gt=0, description="Passes over each batch of rollouts (PPO epochs; GRPO's mu).")
+    mini_batches: int = Field(
+        1, gt=0, description="Optimizer steps per pass: the rollouts are split into this many shuffled mini-batches."
+    )
+    micro_batch_size: int | None = Field(
+        None, gt=0, description="Completions per forward/backward pass inside a mini-batch (saves memory); default all."
+    )
+    lr: float = Field(1e-5, gt=0, description="Peak learning rate (AdamW).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up, in optimizer steps.")
+    schedule: Literal["cosine", "linear", "constant"] = Field(
+        "constant", description="Learning-rate decay after warm-up (to 10% of the peak for cosine/linear)."
+    )
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping norm; null disables.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="`auto`: bf16 autocast on a GPU that supports it, fp32 on CPU."
+    )
+    log_every: int = Field(1, gt=0, description="Write metrics every N steps.")
+    old_logprobs: Literal["sampler", "recompute"] = Field(
+        "sampler",
+        description="Log-probabilities of the sampling policy in the PPO ratio: the sampler's own (no extra forward "
+        "pass; they match a training-mode forward, which the logged `logprob_mismatch` shows), or `recompute` them "
+        "with a training-mode forward before the update (use with bf16 on GPUs, where the two drift apart).",
+    )
+
+
+class HeldoutSpec(Strict):
+    """A held-out evaluation during training, a guard against reward hacking.
+
+    Every `every` steps the policy answers held-out prompts greedily and a gold reward (by default the stage's
+    own reward list; better, a verifier) scores them. A warning is raised when the training reward has risen
+    since the previous evaluation while held-out accuracy fell.
+    """
+
+    data: DataSpec = Field(description="Held-out prompts, same layouts as the stage's `data`.")
+    every: int = Field(10, gt=0, description="Evaluate every N steps (and after the last step).")
+    reward: list[RewardEntry] | None = Field(
+        None, description="The gold reward; accuracy is the share of answers every weighted source passes. Default: the stage's reward."
+    )
+    max_new_tokens: int | None = Field(None, gt=0, description="Generation budget; default the stage's `generation.max_new_tokens`.")
+    batch_size: int = Field(64, gt=0, description="Prompts per generation batch.")
+
+    @field_validator("reward")
+    @classmethod
+    def _entries(cls, entries: list[RewardEntry] | None) -> list[RewardEntry] | None:
+        if entries is not None:
+            if not entries:
+                raise ValueError("give at least one reward entry, or leave `reward` out to use the stage's")
+            check_reward_entries(entries)
+        return entries
+
+
+class RLConfig(StageConfig):
+    """Fields of every RL stage (registered through its subclasses `ppo` and `grpo`)."""
+
+    data: DataSpec = Field(
+        description="Prompts: `builtin:arithmetic`, `builtin:code`, or rows with `question` (plus `answer`), "
+        "`prompt` (text or messages) or `messages`; every other column reaches the reward sources."
+    )
+    reward: list[RewardEntry] = Field(
+        description="Reward terms, each a source with its weight and args (see `posttrain.rewards`). A source "
+        "`reward_model` may name a reward-model stage of this recipe as `path: stage:NAME`."
+    )
+    generation: GenerationSpec = Field(default_factory=GenerationSpec, description="Sampling settings.")
+    train: RLTrainSpec = Field(description="Optimisation settings.")
+    lora: LoraSpec | None = Field(
+        None, description="Train LoRA adapters; the reference is then the same model with its adapters disabled."
+    )
+    clip_eps: float = Field(0.2, gt=0, description="PPO clip range of the probability ratio (arXiv 1707.06347 eq. 7).")
+    clip_eps_high: float | None = Field(
+        None, gt=0, description="Separate upper clip range ('clip-higher', DAPO arXiv 2503.14476 §3.1); default clip_eps."
+    )
+    dual_clip: float | None = Field(
+        None, gt=1, description="Dual-clip constant c > 1 bounding the loss of negative-advantage tokens (arXiv 1912.09729)."
+    )
+    loss_aggregation: LossAggregation = Field(
+        "token-mean",
+        description="How token losses become one number: token-mean (DAPO), seq-mean-token-mean (GRPO paper), "
+        "seq-mean-token-sum, seq-mean-token-sum-norm (Dr. GRPO: divide by max_new_tokens).",
+    )
+    heldout: HeldoutSpec | None = Field(None, description="Held-out evaluation during training (reward-hacking guard).")
+
+    @field_validator("reward")
+    @classmethod
+    def _reward_entries(cls, entries: list[RewardEntry]) -> list[RewardEntry]:
+        if not entries:
+            raise ValueError("an RL stage needs at least one reward entry")
+        check_reward_entries(entries)
+        return entries
+
+
+@register_stage_config("grpo")
+class GRPOConfig(RLConfig):
+    """Group relative policy optimisation (Shao et al., arXiv 2402.03300 §4.1): `group_size` completions per
+    prompt, each completion's advantage its reward relative to its group, the KL to the reference in the loss."""
+
+    group_size: int = Field(4, ge=2, description="Completions sampled per prompt (G).")
+    advantage: Literal["grpo", "dr_grpo", "rloo"] = Field(
+        "grpo",
+        description="`grpo`: (r - group mean) / group std; `dr_grpo`: r - group mean, no std division (Dr. GRPO, "
+        "arXiv 2503.20783; pair it with loss_aggregation: seq-mean-token-sum-norm); `rloo`: r - mean of the "
+        "other completions of the prompt (arXiv 2402.14740).",
+    )
+    kl: KLSpec = Field(
+        default_factory=lambda: KLSpec(coef=0.0, estimator="k3"),
+        description="KL to the reference as a loss term; default beta 0 (logged, not penalised).",
+    )
+
+    @model_validator(mode="after")
+    def _fixed_kl_only(self) -> "GRPOConfig":
+        if self.kl.controller != "fixed":
+            raise ValueError("GRPO puts the KL in the loss with a fixed coefficient; `kl.controller: adaptive` is for PPO")
+        return self
+
+
+@register_stage_config("ppo")
+class PPOConfig(RLConfig):
+    """PPO for language models (Ouyang et al., arXiv 2203.02155; Ziegler et al., arXiv 1909.08593): a value head
+    on the policy, per-token reward -beta * KL with the sequence reward added at the last token, GAE, several
+    epochs of clipped updates per batch of rollouts."""
+
+    group_size: int = Field(1, ge=1, description="Completions sampled per prompt.")
+    kl: KLSpec = Field(
+        default_factory=lambda: KLSpec(coef=0.05, estimator="k1"),
+        description="KL penalty in the per-token reward.",
+    )
+    gamma: float = Field(1.0, gt=0, le=1, description="Discount factor of GAE.")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda (arXiv 1506.02438 eq. 16).")
+    value_coef: float = Field(0.1, ge=0, description="Weight of the value loss in the total loss.")
+    value_clip: float = Field(0.2, gt=0, description="Clip range of the value prediction around its rollout-time value.")
+    whiten_advantages: bool = Field(True, description="Normalise advantages to zero mean and unit variance per batch.")

@@ -1,0 +1,263 @@
+"""Incremental decoders for the rollout sampler: a prompt is prefilled once, then one token per call.
+
+Two implementations with one interface (`prefill`, `step`):
+
+- `CachedDecoder`: our own decoding forward for Llama-shaped models (Llama, Qwen2, Qwen3, Mistral) over a
+  key/value cache allocated once for the whole rollout. It calls the model's own submodules (norms,
+  projections, MLP, rotary embedding, LM head), so LoRA adapters and any dtype work unchanged, but skips
+  what makes a transformers forward slow at small sizes: building a 4-D mask per call, growing the cache
+  with ``torch.cat`` every token, and the generic keyword plumbing. On the built-in tiny model this is most
+  of the time per token (see `benchmarks/rollout_vs_hf.py`).
+- `TransformersDecoder`: the model's own forward with a `DynamicCache`, for every other architecture.
+
+Both compute the same function as the model's full forward (same position ids for left-padded prompts);
+`tests/rl/test_sampler.py` checks the sampled tokens' log-probabilities against a training-mode forward.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Sequence
+
+import torch
+
+# Architectures whose decoder layer is: pre-norm attention (q/k/v/o projections, optional per-head q/k
+# norms, rotary embedding, grouped-query attention) then pre-norm MLP, with residual connections.
+LLAMA_SHAPED = frozenset({"llama", "qwen2", "qwen3", "mistral"})
+
+
+def causal_lm_of(model: Any) -> Any:
+    """The transformers causal LM inside a peft wrapper (adapters stay injected in its layers)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def position_ids_for(mask_BT: torch.Tensor) -> torch.Tensor:
+    """Positions of left-padded rows: 0 at each row's first real token (padding gets 0 too)."""
+    return (mask_BT.long().cumsum(dim=1) - 1).clamp(min=0)
+
+
+def supports_cached_decoder(model: Any) -> bool:
+    """Whether `CachedDecoder` can run this model (a Llama-shaped causal LM without sliding windows)."""
+    lm = causal_lm_of(model)
+    config = getattr(lm, "config", None)
+    if config is None or getattr(config, "model_type", None) not in LLAMA_SHAPED:
+        return False
+    if getattr(config, "use_sliding_window", False) and getattr(config, "sliding_window", None):
+        return False
+    layer_types = getattr(config, "layer_types", None) or ["full_attention"]
+    core = getattr(lm, "model", None)
+    return (
+        all(kind == "full_attention" for kind in layer_types)
+        and core is not None
+        and all(hasattr(core, name) for name in ("embed_tokens", "layers", "norm", "rotary_emb"))
+    )
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _plain_linear(module: Any) -> bool:
+    """A bare `nn.Linear` (not wrapped by LoRA or quantisation), whose weights may be fused with others'."""
+    return type(module) is torch.nn.Linear
+
+
+def _fused_linear(modules: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """One weight (and bias) computing several plain linear layers on the same input, or None."""
+    if not all(_plain_linear(m) for m in modules):
+        return None
+    weight = torch.cat([m.weight for m in modules]).detach()
+    if all(m.bias is None for m in modules):
+        return weight, None
+    biases = [m.bias if m.bias is not None else torch.zeros_like(m.weight[:, 0]) for m in modules]
+    return weight, torch.cat(biases).detach()
+
+
+class _RMSNorm:
+    """Calls an RMS norm of the Llama kind (``weight * x / rms(x)``) as one fused op where possible."""
+
+    def __init__(self, module: Any):
+        self.module = module
+        eps = getattr(module, "variance_epsilon", getattr(module, "eps", None))
+        fusable = type(module).__name__.endswith("RMSNorm") and isinstance(getattr(module, "weight", None), torch.Tensor)
+        self.eps = float(eps) if fusable and eps is not None else None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.eps is None:
+            return self.module(x)
+        weight = self.module.weight
+        return torch.nn.functional.rms_norm(x, weight.shape, weight, self.eps)
+
+
+class _Layer:
+    """One decoder layer's pieces, with plain linear layers fused (q/k/v into one, gate/up into one)."""
+
+    def __init__(self, layer: Any):
+        attn, mlp = layer.self_attn, layer.mlp
+        self.attn, self.mlp = attn, mlp
+        self.input_norm = _RMSNorm(layer.input_layernorm)
+        self.post_norm = _RMSNorm(layer.post_attention_layernorm)
+        self.q_norm = _RMSNorm(attn.q_norm) if hasattr(attn, "q_norm") else None
+        self.k_norm = _RMSNorm(attn.k_norm) if hasattr(attn, "k_norm") else None
+        self.qkv = _fused_linear([attn.q_proj, attn.k_proj, attn.v_proj])
+        gated = all(hasattr(mlp, name) for name in ("gate_proj", "up_proj", "down_proj", "act_fn"))
+        self.gate_up = _fused_linear([mlp.gate_proj, mlp.up_proj]) if gated else None
+
+    def project_qkv(self, x: torch.Tensor, q_size: int, kv_size: int) -> tuple[torch.Tensor, ...]:
+        if self.qkv is None:
+            return self.attn.q_proj(x), self.attn.k_proj(x), self.attn.v_proj(x)
+        fused = torch.nn.functional.linear(x, *self.qkv)
+        return fused.split([q_size, kv_size, kv_size], dim=-1)
+
+    def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate_up is None:
+            return self.mlp(x)
+        gate, up = torch.nn.functional.linear(x, *self.gate_up).chunk(2, dim=-1)
+        return self.mlp.down_proj(self.mlp.act_fn(gate) * up)
+
+
+class CachedDecoder:
+    """Decoding forward of a Llama-shaped model over a preallocated key/value cache.
+
+    Built per rollout: fused weights are copies taken at construction, so build a new decoder after the
+    weights change.
+
+    Args:
+        model: a causal LM (or a peft model around one) for which `supports_cached_decoder` is true.
+        batch_size: rows decoded together.
+        max_length: prompt tokens plus new tokens; the cache holds this many positions.
+    """
+
+    def __init__(self, model: Any, batch_size: int, max_length: int):
+        self.lm = causal_lm_of(model)
+        self.core = self.lm.model
+        config = self.lm.config
+        first = self.core.layers[0].self_attn
+        self.heads = config.num_attention_heads
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(first, "head_dim", None) or config.hidden_size // self.heads
+        self.scaling = float(getattr(first, "scaling", self.head_dim**-0.5))
+        self.layers = [_Layer(layer) for layer in self.core.layers]
+        self.final_norm = _RMSNorm(self.core.norm)
+        weight = self.core.embed_tokens.weight
+        shape = (len(self.layers), batch_size, self.kv_heads, max_length, self.head_dim)
+        self.keys = torch.zeros(shape, dtype=weight.dtype, device=weight.device)
+        self.values = torch.zeros_like(self.keys)
+        self.key_valid_BT = torch.zeros(batch_size, max_length, dtype=torch.bool, device=weight.device)
+        self.next_position_B = torch.zeros(batch_size, dtype=torch.long, device=weight.device)
+        # rotary tables for every position, computed once by the model's own rotary module
+        positions_1T = torch.arange(max_length, device=weight.device)[None]
+        cos_1TD, sin_1TD = self.core.rotary_emb(weight[:1, None], positions_1T)
+        self.cos_TD, self.sin_TD = cos_1TD[0], sin_1TD[0]
+        self.length = 0  # cache slots filled
+
+    def prefill(self, prompt_ids_BP: torch.Tensor, prompt_mask_BP: torch.Tensor) -> torch.Tensor:
+        """Runs the left-padded prompts; returns the logits of the next token, (B, V)."""
+        length = prompt_ids_BP.shape[1]
+        mask_BP = prompt_mask_BP.bool()
+        self.key_valid_BT[:, :length] = mask_BP
+        positions_BP = position_ids_for(mask_BP)
+        self.next_position_B = positions_BP[:, -1] + 1
+        causal_PP = torch.ones(length, length, dtype=torch.bool, device=mask_BP.device).tril()
+        # a padding query may see only itself, so no row of the mask is empty (an empty row gives NaN)
+        attend_BPP = (causal_PP & mask_BP[:, None, :]) | torch.eye(length, dtype=torch.bool, device=mask_BP.device)
+        return self._forward(prompt_ids_BP, positions_BP, attend_BPP[:, None])
+
+    def step(self, tokens_B: torch.Tensor) -> torch.Tensor:
+        """Appends one token per row (finished rows pass any token; it is never read); returns (B, V) logits."""
+        self.key_valid_BT[:, self.length] = True
+        positions_B1 = self.next_position_B[:, None]
+        self.next_position_B = self.next_position_B + 1
+        attend_B11S = self.key_valid_BT[:, None, None, : self.length + 1]
+        return self._forward(tokens_B[:, None], positions_B1, attend_B11S)
+
+    @torch.no_grad()
+    def _forward(self, ids_BT: torch.Tensor, positions_BT: torch.Tensor, attend_B1TS: torch.Tensor) -> torch.Tensor:
+        batch, steps = ids_BT.shape
+        start, end = self.length, self.length + steps
+        heads, kv_heads, head_dim = self.heads, self.kv_heads, self.head_dim
+        group = heads // kv_heads
+        hidden_BTH = self.core.embed_tokens(ids_BT)
+        cos_B1TD, sin_B1TD = self.cos_TD[positions_BT][:, None], self.sin_TD[positions_BT][:, None]
+        # Grouped-query attention without copying keys: the `group` query heads that share a key/value head
+        # become extra query rows of that head, so the mask is repeated per group instead.
+        attend = attend_B1TS[:, :, None].expand(batch, 1, group, steps, end).reshape(batch, 1, group * steps, end)
+        for index, layer in enumerate(self.layers):
+            normed_BTH = layer.input_norm(hidden_BTH)
+            query, key, value = layer.project_qkv(normed_BTH, heads * head_dim, kv_heads * head_dim)
+            query = query.reshape(batch, steps, heads, head_dim)
+            key = key.reshape(batch, steps, kv_heads, head_dim)
+            if layer.q_norm is not None:  # Qwen3: RMS norm per head before the rotary embedding
+                query, key = layer.q_norm(query), layer.k_norm(key)
+            query, key = query.transpose(1, 2), key.transpose(1, 2)
+            value = value.reshape(batch, steps, kv_heads, head_dim).transpose(1, 2)
+            query = query * cos_B1TD + _rotate_half(query) * sin_B1TD
+            self.keys[index, :, :, start:end] = key * cos_B1TD + _rotate_half(key) * sin_B1TD
+            self.values[index, :, :, start:end] = value
+            attended = torch.nn.functional.scaled_dot_product_attention(
+                query.reshape(batch, kv_heads, group * steps, head_dim),
+                self.keys[index, :, :, :end],
+                self.values[index, :, :, :end],
+                attn_mask=attend,
+                scale=self.scaling,
+            )
+            attended_BTH = attended.reshape(batch, heads, steps, head_dim).transpose(1, 2)
+            hidden_BTH = hidden_BTH + layer.attn.o_proj(attended_BTH.reshape(batch, steps, heads * head_dim))
+            hidden_BTH = hidden_BTH + layer.feed_forward(layer.post_norm(hidden_BTH))
+        self.length = end
+        return self.lm.lm_head(self.final_norm(hidden_BTH[:, -1]))
+
+
+class TransformersDecoder:
+    """The model's own forward with a transformers `DynamicCache` (any causal LM)."""
+
+    def __init__(self, model: Any, batch_size: int, max_length: int):
+        from transformers import DynamicCache
+
+        self.model = model
+        self.lm = causal_lm_of(model)
+        forward = inspect.signature(self.lm.forward).parameters
+        # transformers 5 renamed `past_key_values` to `cache`
+        self.cache_argument = "cache" if "cache" in forward else "past_key_values"
+        self.cache = DynamicCache(config=self.lm.config) if "config" in inspect.signature(DynamicCache).parameters else DynamicCache()
+        self.mask_BT = torch.zeros(batch_size, 0, dtype=torch.long, device=self.lm.device)
+        self.next_position_B = torch.zeros(batch_size, dtype=torch.long, device=self.lm.device)
+
+    def prefill(self, prompt_ids_BP: torch.Tensor, prompt_mask_BP: torch.Tensor) -> torch.Tensor:
+        self.mask_BT = prompt_mask_BP.long()
+        positions_BP = position_ids_for(self.mask_BT)
+        self.next_position_B = positions_BP[:, -1] + 1
+        return self._forward(prompt_ids_BP, positions_BP)
+
+    def step(self, tokens_B: torch.Tensor) -> torch.Tensor:
+        self.mask_BT = torch.cat([self.mask_BT, torch.ones_like(self.mask_BT[:, :1])], dim=1)
+        positions_B1 = self.next_position_B[:, None]
+        self.next_position_B = self.next_position_B + 1
+        return self._forward(tokens_B[:, None], positions_B1)
+
+    @torch.no_grad()
+    def _forward(self, ids_BT: torch.Tensor, positions_BT: torch.Tensor) -> torch.Tensor:
+        output = self.lm(
+            input_ids=ids_BT,
+            attention_mask=self.mask_BT,
+            position_ids=positions_BT,
+            use_cache=True,
+            logits_to_keep=1,
+            **{self.cache_argument: self.cache},
+        )
+        return output.logits[:, -1]
+
+
+def make_decoder(model: Any, batch_size: int, max_length: int, backend: str = "auto") -> CachedDecoder | TransformersDecoder:
+    """The decoder for ``model``: ``"cached"``, ``"transformers"``, or ``"auto"`` (cached where supported)."""
+    if backend == "cached" or (backend == "auto" and supports_cached_decoder(model)):
+        if not supports_cached_decoder(model):
+            raise ValueError(
+                f"the cached decoder supports Llama-shaped models ({', '.join(sorted(LLAMA_SHAPED))}) without "
+                f"sliding-window attention; use backend 'transformers' for {type(causal_lm_of(model)).__name__}"
+            )
+        return CachedDecoder(model, batch_size, max_length)
+    if backend not in ("auto", "transformers"):
+        raise ValueError(f"unknown decoder backend {backend!r}; valid: auto, cached, transformers")
+    return TransformersDecoder(model, batch_size, max_length)

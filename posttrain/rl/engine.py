@@ -1,0 +1,304 @@
+"""The RL loop PPO and GRPO share: rollout -> reward -> advantage -> loss -> update, each a library piece.
+
+One step:
+
+1. **Rollout** (`posttrain.rl.sampler`): ``prompts_per_step`` prompts, each ``group_size`` times, sampled
+   with the policy's key/value cache; token ids, the sampler's log-probabilities and masks come back.
+2. **Reward** (`posttrain.rl.reward`): the stage's reward entries score the decoded completions; a
+   completion cut off before its end token is flagged `truncated` (no positive reward by default), and
+   one a verifier could not judge (infrastructure error) is excluded from the loss.
+3. **Reference and values**: the frozen reference's log-probabilities (the KL is logged even when its
+   coefficient is 0) and, for PPO, the value head's estimates at rollout time.
+4. **Advantage** (`posttrain.rl.objectives`): group-relative (GRPO, RLOO) or GAE on a KL-shaped reward (PPO).
+5. **Update**: ``epochs`` passes over the batch in ``mini_batches`` shuffled mini-batches, one optimizer
+   step each, log-probabilities recomputed in training mode; the objective's loss.
+
+A NaN or inf in the advantages, a loss or a gradient norm stops the stage within the step; the policy as
+it was before the bad update is saved to ``<stage>/last_good`` first.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from posttrain.algorithms import kl_estimate, masked_mean
+from posttrain.config.rl import RLConfig
+from posttrain.errors import NonFiniteLossError
+from posttrain.models.checkpoint import save_checkpoint
+from posttrain.rl.heldout import HeldoutEvaluation
+from posttrain.rl.objectives import Experience, GRPOObjective, PPOObjective
+from posttrain.rl.policy import ActorCritic, FrozenReference, ValueHead, score_completions
+from posttrain.rl.prompts import PromptRow, encode_prompts
+from posttrain.rl.reward import RewardScorer
+from posttrain.rl.sampler import Rollout, RolloutSampler, SamplingSettings, decode_completions, end_token_ids
+from posttrain.training.loop import lr_at, make_optimizer, step_rows
+from posttrain.training.metrics import MetricsWriter
+
+
+def _micro_share(micro_mask_BC: torch.Tensor, mini_mask_BC: torch.Tensor, aggregation: str) -> float:
+    """The weight of a micro-batch's loss in its mini-batch's: its share of the tokens (token-mean) or of
+    the completions with tokens (sequence means), so accumulation gives the mini-batch's loss exactly."""
+    if aggregation == "token-mean":
+        return float(micro_mask_BC.sum()) / max(float(mini_mask_BC.sum()), 1.0)
+    return float(micro_mask_BC.any(dim=1).sum()) / max(float(mini_mask_BC.any(dim=1).sum()), 1.0)
+
+
+class RLEngine:
+    """Trains ``policy`` with ``objective`` on ``prompts`` scored by ``reward``.
+
+    Args:
+        config: the stage's config (`PPOConfig` or `GRPOConfig`).
+        policy: the causal LM to train (a peft model when ``config.lora`` is set).
+        tokenizer: its tokenizer.
+        objective: `PPOObjective` or `GRPOObjective`.
+        reward: the stage's reward.
+        prompts: training prompts.
+        accelerator: the pipeline's Accelerate accelerator.
+        metrics: where per-step metrics go.
+        seed: seeds prompt order and sampling.
+        stage_dir: the stage's folder (for ``last_good`` after a non-finite step).
+        heldout: held-out evaluation, or None.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: RLConfig,
+        policy: Any,
+        tokenizer: Any,
+        objective: PPOObjective | GRPOObjective,
+        reward: RewardScorer,
+        prompts: list[PromptRow],
+        accelerator: Any,
+        metrics: MetricsWriter,
+        seed: int,
+        stage_dir: Path,
+        heldout: HeldoutEvaluation | None = None,
+    ):
+        self.config, self.train_spec = config, config.train
+        self.tokenizer, self.objective, self.reward = tokenizer, objective, reward
+        self.accelerator, self.metrics, self.seed, self.stage_dir = accelerator, metrics, seed, stage_dir
+        self.heldout = heldout
+        self.group_size = config.group_size
+        self.rows, self.prompt_ids, self.dropped_prompts = encode_prompts(
+            tokenizer, prompts, config.generation.max_prompt_tokens
+        )
+        if not self.rows:
+            raise ValueError(
+                f"stage {config.name!r}: every prompt is longer than generation.max_prompt_tokens "
+                f"({config.generation.max_prompt_tokens} tokens)"
+            )
+        self.device = accelerator.device
+        value_head = None
+        if objective.uses_values:
+            value_head = ValueHead(policy.config.hidden_size).to(self.device)
+        self.reference = FrozenReference(policy, uses_lora=config.lora is not None)
+        module = ActorCritic(policy, value_head)
+        module.train()
+        self.module, self.optimizer = accelerator.prepare(module, make_optimizer(module, self.train_spec))
+        # our losses are already means over the mini-batch; Accelerate must not divide them again
+        accelerator.gradient_accumulation_steps = 1
+        generation = config.generation
+        self.sampler = RolloutSampler(end_token_ids(policy, tokenizer), tokenizer.pad_token_id, generation.backend)
+        self.settings = SamplingSettings(generation.max_new_tokens, generation.temperature, generation.top_p, generation.top_k)
+        self.updates_total = self.train_spec.steps * self.train_spec.epochs * self.train_spec.mini_batches
+        self.updates_done = 0
+        precision = self.train_spec.precision
+        self.use_bf16 = precision == "bf16" or (
+            precision == "auto" and self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        )
+
+    @property
+    def policy(self) -> Any:
+        """The trained causal LM, unwrapped from Accelerate."""
+        return self.accelerator.unwrap_model(self.module).policy
+
+    def train(self) -> dict[str, Any]:
+        """Runs every step; returns the stage summary."""
+        steps = self.train_spec.steps
+        started, completion_tokens = time.perf_counter(), 0
+        since_heldout: list[float] = []
+        last: dict[str, float] = {}
+        for step in range(steps):
+            values = self.step(step)
+            completion_tokens += int(values["completion_tokens"])
+            since_heldout.append(values["reward/total/mean"])
+            if self.heldout is not None and self.heldout.due(step, steps):
+                training_reward = sum(since_heldout) / len(since_heldout)
+                values.update(self.heldout.evaluate(self.policy, self.tokenizer, step, training_reward))
+                since_heldout = []
+            last = values
+            if (step + 1) % self.train_spec.log_every == 0 or step + 1 == steps:
+                self.metrics.log(step + 1, values, total=steps)
+        self.reward.close()
+        return {
+            "steps": steps,
+            "completion_tokens": completion_tokens,
+            "seconds": round(time.perf_counter() - started, 2),
+            "prompts": len(self.rows),
+            "dropped_long_prompts": self.dropped_prompts,
+            **{f"final_{k}": v for k, v in last.items() if k.startswith(("reward/total", "heldout/", "kl"))},
+        }
+
+    def step(self, step: int) -> dict[str, float]:
+        """One rollout-and-update iteration; returns its metrics."""
+        began = time.perf_counter()
+        rows, rollout = self._rollout(step)
+        generated = time.perf_counter()
+        completions = decode_completions(self.tokenizer, rollout.completion_ids_BC, rollout.completion_mask_BC)
+        examples = [{**row.example, "truncated": cut} for row, cut in zip(rows, rollout.truncated_B.tolist())]
+        group_ids = [index // self.group_size for index in range(len(rows))]
+        scored = self.reward([row.question for row in rows], completions, examples, step, group_ids)
+        scored_at = time.perf_counter()
+        experience = self._experience(rollout, scored.rewards_B.to(self.device), scored.excluded_B.to(self.device))
+        values: dict[str, float] = {**scored.metrics, **_floats(self.objective.prepare(experience))}
+        self._check_finite(experience.advantages, "advantages", step)
+        values.update(_floats(self.objective.after_rollout(experience)))
+        values.update(self._update(experience, step))
+        finished = time.perf_counter()
+        tokens = int(rollout.completion_mask_BC.sum())
+        kl_BC = kl_estimate(experience.old_logprobs_BC, experience.ref_logprobs_BC, self.config.kl.estimator)
+        values.update(
+            {
+                "kl": float(masked_mean(kl_BC, experience.completion_mask_BC)),
+                "response_length": float(rollout.lengths_B.float().mean()),
+                "truncated_share": float(rollout.truncated_B.float().mean()),
+                "completion_tokens": tokens,
+                "tokens_per_s": tokens / max(finished - began, 1e-9),
+                "time/generation": generated - began,
+                "time/scoring": scored_at - generated,
+                "time/update": finished - scored_at,
+                "lr": self.optimizer.param_groups[0]["lr"],
+            }
+        )
+        return values
+
+    def _rollout(self, step: int) -> tuple[list[PromptRow], Rollout]:
+        """This process's prompts of ``step``, each repeated ``group_size`` times, and their completions."""
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        per_step = self.train_spec.prompts_per_step
+        indices = step_rows(len(self.rows), step, per_step * world, self.seed)[rank::world]
+        repeated = [index for index in indices for _ in range(self.group_size)]
+        generator = torch.Generator(device=self.device).manual_seed(_stream_seed(self.seed, step, rank, 0))
+        rollout = self.sampler.sample(self.policy, [self.prompt_ids[i] for i in repeated], self.settings, generator)
+        return [self.rows[i] for i in repeated], rollout
+
+    @torch.no_grad()
+    def _experience(self, rollout: Rollout, rewards_B: torch.Tensor, excluded_B: torch.Tensor) -> Experience:
+        """Everything the update needs: reference log-probabilities, rollout-time values, loss mask."""
+        temperature = self.settings.temperature
+        with self._autocast():
+            ref_logprobs_BC = self.reference.logprobs(self.policy, rollout, temperature)
+            old_logprobs_BC, old_values_BC = rollout.logprobs_BC, None
+            if self.objective.uses_values or self.train_spec.old_logprobs == "recompute":
+                scores = score_completions(self.module, rollout, temperature)
+                old_values_BC = scores.values_BC
+                if self.train_spec.old_logprobs == "recompute":
+                    old_logprobs_BC = scores.logprobs_BC
+        return Experience(
+            sequences_BS=rollout.sequences_BS,
+            attention_mask_BS=rollout.attention_mask_BS,
+            position_ids_BS=rollout.position_ids_BS,
+            completion_ids_BC=rollout.completion_ids_BC,
+            completion_mask_BC=rollout.completion_mask_BC,
+            loss_mask_BC=rollout.completion_mask_BC & ~excluded_B[:, None],
+            sampler_logprobs_BC=rollout.logprobs_BC,
+            old_logprobs_BC=old_logprobs_BC,
+            ref_logprobs_BC=ref_logprobs_BC,
+            rewards_B=rewards_B,
+            excluded_B=excluded_B,
+            old_values_BC=old_values_BC,
+        )
+
+    def _update(self, experience: Experience, step: int) -> dict[str, float]:
+        """``epochs`` passes of ``mini_batches`` optimizer steps; returns metrics averaged over the steps."""
+        spec = self.train_spec
+        rows = experience.rewards_B.shape[0]
+        shuffle = torch.Generator().manual_seed(_stream_seed(self.seed, step, 0, 1))
+        sums: dict[str, float] = defaultdict(float)
+        updates, entropy_sum, entropy_tokens, mismatch = 0, 0.0, 0, 0.0
+        for epoch in range(spec.epochs):
+            for mini_index, order in enumerate(torch.randperm(rows, generator=shuffle).chunk(spec.mini_batches)):
+                mini = experience.rows(order.to(self.device))
+                if not bool(mini.loss_mask_BC.any()):
+                    continue  # every completion here was excluded: nothing to learn from
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr_at(self.updates_done, spec, self.updates_total)
+                micro_size = spec.micro_batch_size or len(order)
+                micro_batches = list(torch.arange(len(order), device=self.device).split(micro_size))
+                for micro_index, micro_rows in enumerate(micro_batches):
+                    micro = mini.rows(micro_rows)
+                    share = _micro_share(micro.loss_mask_BC, mini.loss_mask_BC, self.config.loss_aggregation)
+                    last_micro = micro_index == len(micro_batches) - 1
+                    sync = nullcontext() if last_micro else self.accelerator.no_sync(self.module)
+                    with sync, self._autocast():
+                        scores = score_completions(self.module, micro, self.settings.temperature, with_entropy=epoch == 0)
+                        loss, loss_metrics = self.objective.loss(micro, scores)
+                    self._check_finite(loss, "loss", step)
+                    self.accelerator.backward(loss * share)
+                    sums["loss"] += float(loss.detach()) * share
+                    for name, value in loss_metrics.items():
+                        sums[name] += float(value) * share
+                    if epoch == 0:
+                        entropy_sum += float(scores.entropy_BC[micro.completion_mask_BC].sum())
+                        entropy_tokens += int(micro.completion_mask_BC.sum())
+                    if updates == 0:  # weights still those that sampled: the two log-probs must agree
+                        gap_BC = (scores.logprobs_BC.detach() - micro.sampler_logprobs_BC).abs()
+                        mismatch = max(mismatch, float(masked_max(gap_BC, micro.completion_mask_BC)))
+                grad_norm = self._clip()
+                sums["grad_norm"] += grad_norm
+                self._check_finite(torch.tensor(grad_norm), "gradient norm", step)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                updates += 1
+                self.updates_done += 1
+        out = {name: total / max(updates, 1) for name, total in sums.items()}
+        out.update({"entropy": entropy_sum / max(entropy_tokens, 1), "logprob_mismatch": mismatch, "updates": updates})
+        return out
+
+    def _clip(self) -> float:
+        params = [p for p in self.module.parameters() if p.grad is not None]
+        if not params:
+            return 0.0
+        if self.train_spec.max_grad_norm is None:
+            return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
+        return float(self.accelerator.clip_grad_norm_(params, self.train_spec.max_grad_norm))
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16)
+
+    def _check_finite(self, value: torch.Tensor | None, what: str, step: int) -> None:
+        """Stops the stage on NaN/inf, after saving the policy as it was before this update."""
+        if value is None or bool(torch.isfinite(value).all()):
+            return
+        folder = self.stage_dir / "last_good"
+        saved = ""
+        if self.accelerator.is_main_process:
+            self.optimizer.zero_grad(set_to_none=True)
+            merge = getattr(self.config.lora, "merge", True)
+            save_checkpoint(self.policy, self.tokenizer, folder, lora_merge=merge)
+            saved = f"; the policy before this update is saved at {folder}"
+        raise NonFiniteLossError(
+            f"stage {self.config.name!r}: non-finite {what} at step {step + 1}{saved}. Lower train.lr, check the "
+            "reward for NaN/inf, or raise clip settings"
+        )
+
+
+def _floats(values: dict[str, Any]) -> dict[str, float]:
+    return {name: float(value) for name, value in values.items()}
+
+
+def _stream_seed(seed: int, step: int, rank: int, stream: int) -> int:
+    """A seed per (run seed, step, process, purpose), the same in every run and process."""
+    return ((seed * 1_000_003 + step) * 1_009 + rank) * 7 + stream
+
+
+def masked_max(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The largest value where ``mask`` is set; 0 if none is."""
+    return torch.where(mask.bool(), values, torch.zeros_like(values)).max() if values.numel() else values.new_zeros(())

@@ -1,0 +1,80 @@
+"""Held-out evaluation during an RL stage, and the reward-hacking warning.
+
+A policy can raise its training reward by exploiting the reward (a reward model's blind spot, a lenient
+format check) rather than by getting better. Every K steps the policy answers held-out prompts greedily
+and a gold reward scores them; if the training reward has risen since the previous evaluation while the
+held-out accuracy fell, a `RewardHackingWarning` is raised and the metric ``heldout/hacking_warning`` is 1.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Sequence
+
+from posttrain.rl.prompts import PromptRow
+from posttrain.rl.reward import RewardScorer
+from posttrain.rl.sampler import RolloutSampler, SamplingSettings, decode_completions
+
+
+class RewardHackingWarning(UserWarning):
+    """Training reward went up while held-out accuracy went down."""
+
+
+class HeldoutEvaluation:
+    """Greedy answers to held-out prompts, scored by a gold reward.
+
+    Args:
+        rows: held-out prompts (already filtered to those that fit).
+        prompt_ids: their token ids.
+        scorer: the gold reward.
+        sampler: the stage's sampler.
+        max_new_tokens: generation budget.
+        batch_size: prompts per generation batch.
+        every: evaluate every this many steps.
+    """
+
+    def __init__(
+        self,
+        rows: Sequence[PromptRow],
+        prompt_ids: Sequence[Sequence[int]],
+        scorer: RewardScorer,
+        sampler: RolloutSampler,
+        max_new_tokens: int,
+        batch_size: int,
+        every: int,
+    ):
+        self.rows, self.prompt_ids, self.scorer, self.sampler = list(rows), list(prompt_ids), scorer, sampler
+        self.settings = SamplingSettings(max_new_tokens=max_new_tokens, temperature=0.0)
+        self.batch_size, self.every = batch_size, every
+        self.previous: tuple[float, float] | None = None  # (training reward, held-out accuracy) at the last evaluation
+
+    def due(self, step: int, steps: int) -> bool:
+        """Whether to evaluate after 0-based step ``step`` of ``steps``."""
+        return (step + 1) % self.every == 0 or step + 1 == steps
+
+    def evaluate(self, policy: Any, tokenizer: Any, step: int, training_reward: float) -> dict[str, float]:
+        """Scores greedy answers; ``training_reward`` is the mean training reward since the last evaluation."""
+        completions: list[str] = []
+        truncated: list[bool] = []
+        for start in range(0, len(self.rows), self.batch_size):
+            rollout = self.sampler.sample(policy, self.prompt_ids[start : start + self.batch_size], self.settings)
+            completions += decode_completions(tokenizer, rollout.completion_ids_BC, rollout.completion_mask_BC)
+            truncated += rollout.truncated_B.tolist()
+        examples = [{**row.example, "truncated": cut} for row, cut in zip(self.rows, truncated)]
+        scored = self.scorer([row.question for row in self.rows], completions, examples, step)
+        passed = self.scorer.passed(scored)
+        accuracy = sum(passed) / len(passed)
+        metrics = {"heldout/accuracy": accuracy, "heldout/reward": float(scored.rewards_B.mean())}
+        hacking = self.previous is not None and training_reward > self.previous[0] and accuracy < self.previous[1]
+        if hacking:
+            warnings.warn(
+                f"step {step + 1}: the training reward rose ({self.previous[0]:.4g} -> {training_reward:.4g}) while "
+                f"held-out accuracy fell ({self.previous[1]:.4g} -> {accuracy:.4g}); the policy may be exploiting the "
+                "reward rather than improving",
+                RewardHackingWarning,
+                stacklevel=2,
+            )
+        metrics["heldout/hacking_warning"] = float(hacking)
+        self.previous = (training_reward, accuracy)
+        return metrics
+

@@ -1,0 +1,149 @@
+"""The trained module of an RL stage (the policy, plus a value head for PPO) and the frozen reference.
+
+`ActorCritic` is what the optimizer and Accelerate see: one `nn.Module` whose forward runs the policy's
+backbone once and returns, for the completion positions only, the logits and (with a value head) the
+value estimates. Running the LM head on the completion positions alone skips the prompt's share of the
+largest matrix product.
+
+The reference is the starting policy, frozen: a deep copy, or, when the policy trains LoRA adapters, the
+same model with its adapters disabled (no second copy in memory).
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from posttrain.algorithms.logprobs import entropy_from_logits, token_logprobs
+from posttrain.rl.decoders import causal_lm_of
+
+
+class ValueHead(torch.nn.Module):
+    """A scalar value estimate V(s_t) from the backbone's last hidden state at each position.
+
+    Initialised with small weights and zero bias, so early value estimates are near 0 and the first
+    advantages are close to the plain returns.
+    """
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.score = torch.nn.Linear(hidden_size, 1)
+        torch.nn.init.normal_(self.score.weight, std=1.0 / (hidden_size + 1))
+        torch.nn.init.zeros_(self.score.bias)
+
+    def forward(self, hidden_BTH: torch.Tensor) -> torch.Tensor:
+        return self.score(hidden_BTH.to(self.score.weight.dtype)).squeeze(-1).float()
+
+
+class ActorCritic(torch.nn.Module):
+    """The policy (a causal LM, possibly with LoRA adapters) and an optional value head.
+
+    Args:
+        policy: the causal LM being trained.
+        value_head: a `ValueHead`, or None (GRPO).
+    """
+
+    def __init__(self, policy: Any, value_head: ValueHead | None = None):
+        super().__init__()
+        self.policy = policy
+        self.value_head = value_head
+
+    def forward(
+        self, input_ids_BS: torch.Tensor, attention_mask_BS: torch.Tensor, position_ids_BS: torch.Tensor, completion_length: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits predicting each completion token, (B, C, V), and values at the same positions, (B, C) or None.
+
+        Position ``P - 1 + t`` (P = prompt width) predicts completion token ``t``; the value there estimates
+        the return from emitting token ``t`` onwards.
+        """
+        lm = causal_lm_of(self.policy)
+        hidden_BSH = lm.base_model(
+            input_ids=input_ids_BS, attention_mask=attention_mask_BS.long(), position_ids=position_ids_BS, use_cache=False
+        ).last_hidden_state
+        start = input_ids_BS.shape[1] - completion_length - 1
+        hidden_BCH = hidden_BSH[:, start:-1]
+        logits_BCV = lm.get_output_embeddings()(hidden_BCH)
+        values_BC = self.value_head(hidden_BCH) if self.value_head is not None else None
+        return logits_BCV, values_BC
+
+
+@dataclass
+class CompletionScores:
+    """What a forward pass says about sampled completions.
+
+    Attributes:
+        logprobs_BC: log-probability of each completion token (at the sampling temperature); 0 at padding.
+        entropy_BC: entropy of each next-token distribution (no gradient), or None.
+        values_BC: value estimates, or None.
+    """
+
+    logprobs_BC: torch.Tensor
+    entropy_BC: torch.Tensor | None
+    values_BC: torch.Tensor | None
+
+
+class CompletionBatch(Protocol):
+    """Prompt + completion rows: what `score_completions` reads (a `Rollout` or an `Experience`)."""
+
+    @property
+    def sequences_BS(self) -> torch.Tensor: ...
+    @property
+    def attention_mask_BS(self) -> torch.Tensor: ...
+    @property
+    def position_ids_BS(self) -> torch.Tensor: ...
+    @property
+    def completion_ids_BC(self) -> torch.Tensor: ...
+    @property
+    def completion_mask_BC(self) -> torch.Tensor: ...
+
+
+def score_completions(module: Any, batch: CompletionBatch, temperature: float, with_entropy: bool = False) -> CompletionScores:
+    """Runs ``module`` (an `ActorCritic`, possibly wrapped by Accelerate/DDP) over prompt + completion.
+
+    Log-probabilities are of ``softmax(logits / temperature)`` (temperature 0 counts as 1), the
+    distribution the sampler reports (see `posttrain.rl.sampler`).
+    """
+    completion_ids_BC = batch.completion_ids_BC
+    logits_BCV, values_BC = module(batch.sequences_BS, batch.attention_mask_BS, batch.position_ids_BS, completion_ids_BC.shape[1])
+    if temperature not in (0, 1):
+        logits_BCV = logits_BCV / temperature
+    logprobs_BC = token_logprobs(logits_BCV, completion_ids_BC, batch.completion_mask_BC)
+    entropy_BC = None
+    if with_entropy:
+        with torch.no_grad():
+            entropy_BC = entropy_from_logits(logits_BCV.detach())
+    return CompletionScores(logprobs_BC, entropy_BC, values_BC)
+
+
+class FrozenReference:
+    """The starting policy, frozen, for the KL penalty.
+
+    Args:
+        policy: the policy at the start of the stage.
+        uses_lora: the policy is a peft model; the reference is then the same model with adapters disabled.
+    """
+
+    def __init__(self, policy: Any, uses_lora: bool):
+        self.uses_lora = uses_lora
+        self.model: Any = None
+        if not uses_lora:
+            self.model = copy.deepcopy(policy).eval()
+            self.model.requires_grad_(False)
+
+    @torch.no_grad()
+    def logprobs(self, policy: Any, batch: CompletionBatch, temperature: float) -> torch.Tensor:
+        """Reference log-probabilities of the completion tokens, (B, C). ``policy`` is the (unwrapped)
+        trained policy, used with adapters disabled when the reference is its LoRA base."""
+        model = policy if self.uses_lora else self.model
+        adapters_off = policy.disable_adapter() if self.uses_lora else nullcontext()
+        was_training = model.training
+        model.eval()
+        try:
+            with adapters_off:
+                return score_completions(ActorCritic(model), batch, temperature).logprobs_BC
+        finally:
+            model.train(was_training)

@@ -1,0 +1,58 @@
+"""Helpers for the RL tests: an RL stage of the micro model built from a config dict, without a pipeline."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from posttrain.config.common import ModelSpec
+from posttrain.config.stages import stage_config_class
+from posttrain.stages import StageContext, stage_class
+from posttrain.training.metrics import MetricsWriter
+
+# a reward that only needs the completion: 0 for an empty one, falling to -1 at 40 characters; the policy
+# raises it by ending its answers sooner
+SHORTER_IS_BETTER = {"source": "length_penalty", "args": {"target_length": 0, "max_length": 40}, "allow_truncated": True}
+
+
+def rl_config(kind: str, **fields: Any):
+    """A `ppo`/`grpo` config on built-in level-1 arithmetic prompts; ``fields`` override the defaults."""
+    raw: dict[str, Any] = {
+        "name": kind,
+        "kind": kind,
+        "data": {"source": "builtin:arithmetic", "count": 32, "levels": [1]},
+        "reward": [SHORTER_IS_BETTER],
+        "generation": {"max_new_tokens": 6},
+        "train": {"steps": 1, "prompts_per_step": 4, "lr": 1.0e-2},
+    }
+    if kind == "grpo":
+        raw["group_size"] = 4
+    for key, value in fields.items():
+        raw[key] = {**raw[key], **value} if isinstance(raw.get(key), dict) and isinstance(value, dict) else value
+    return stage_config_class(kind).model_validate(raw)
+
+
+@pytest.fixture
+def make_stage(tmp_path: Path, accelerator) -> Callable[..., Any]:
+    """``make_stage(config, input_checkpoint=None)`` -> the stage, its metrics writer at ``stage.metrics``."""
+
+    def build(config, input_checkpoint: Path | None = None):
+        writer = MetricsWriter(None, config.name, stream=io.StringIO())
+        context = StageContext(
+            config=config,
+            model_spec=ModelSpec(name_or_path="builtin:micro"),
+            input_checkpoint=input_checkpoint,
+            stage_dir=tmp_path / "stages" / config.name,
+            recipe_dir=tmp_path,
+            seed=0,
+            accelerator=accelerator,
+            metrics=writer,
+        )
+        stage = stage_class(config.kind)(context)
+        stage.metrics = writer
+        return stage
+
+    return build

@@ -1,0 +1,149 @@
+"""The shared RL engine through the ppo and grpo stages on the micro model: updates change the weights,
+the reference stays frozen, a simple reward goes up, micro-batching does not change the update, and bad
+rewards stop the stage with a message that says what went wrong."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from posttrain.errors import NonFiniteLossError
+from posttrain.rewards import RewardResult, RewardSource, register_reward_source
+from posttrain.rl.reward import RewardSourceError
+from posttrain.rl.sampler import Rollout
+from tests.rl.conftest import rl_config
+
+STEP_METRICS = {
+    "reward/total/mean", "reward/total/std", "reward/length_penalty/mean", "reward/length_penalty/std", "kl",
+    "kl_coef", "entropy", "clip_fraction", "response_length", "truncated_share", "tokens_per_s", "time/generation",
+    "time/scoring", "time/update", "grad_norm", "loss", "logprob_mismatch",
+}
+
+
+@register_reward_source("test_raises_on_digit_seven")
+class RaisesOnSeven(RewardSource):
+    """Fails on any completion containing a 7, so the error must point at that completion."""
+
+    def score(self, prompts, completions, examples, step):
+        if any("7" in completion for completion in completions):
+            raise KeyError("seven")
+        return [RewardResult(0.0, "ok", "") for _ in completions]
+
+
+@register_reward_source("test_not_a_number")
+class NotANumber(RewardSource):
+    def score(self, prompts, completions, examples, step):
+        return [RewardResult(float("nan"), "ok", "") for _ in completions]
+
+
+def parameters(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in module.named_parameters()}
+
+
+def changed(before: dict[str, torch.Tensor], module: torch.nn.Module) -> list[str]:
+    return [name for name, p in module.named_parameters() if not torch.equal(before[name], p.detach())]
+
+
+def test_grpo_step_updates_the_policy_and_logs_every_metric(make_stage) -> None:
+    stage = make_stage(rl_config("grpo", kl={"coef": 0.1, "estimator": "k3"}))
+    before = parameters(stage.model)
+    summary = stage.train()
+    assert len(changed(before, stage.model)) == len(before)
+    [row] = stage.metrics.rows
+    assert STEP_METRICS <= set(row), STEP_METRICS - set(row)
+    assert row["zero_variance_groups"] < 1 and row["updates"] == 1
+    assert row["logprob_mismatch"] < 1e-4  # the first update sees the weights that sampled
+    assert summary["steps"] == 1 and summary["completion_tokens"] == row["completion_tokens"] > 0
+
+
+def test_ppo_step_updates_policy_and_value_head_several_times(make_stage) -> None:
+    stage = make_stage(rl_config("ppo", train={"epochs": 2, "mini_batches": 2}))
+    before = parameters(stage.model)
+    engine = stage.build_engine()
+    head = engine.accelerator.unwrap_model(engine.module).value_head
+    head_before = parameters(head)
+    row = engine.step(0)
+    assert len(changed(before, engine.policy)) == len(before)
+    assert len(changed(head_before, head)) == 2
+    assert row["updates"] == 4 and {"value_loss", "value_clip_fraction", "kl_penalty"} <= set(row)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_ppo_reference_stays_frozen(make_stage, lora: bool) -> None:
+    fields = {"lora": {"r": 4, "alpha": 8}} if lora else {}
+    stage = make_stage(rl_config("ppo", train={"steps": 2, "epochs": 2}, **fields))
+    start = copy.deepcopy(stage.model)
+    engine = stage.build_engine()
+    reference = engine.reference
+    for step in range(2):
+        engine.step(step)
+    inputs = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    mask = torch.ones_like(inputs, dtype=torch.bool)
+    completion = inputs[:, 3:]
+    batch = Rollout(inputs[:, :3], mask[:, :3], completion, mask[:, 3:], torch.zeros(1, 3), torch.tensor([True]))
+    ref = reference.logprobs(engine.policy, batch, 1.0)
+    with torch.no_grad():
+        logits = start(input_ids=inputs).logits[:, 2:-1]
+    expected = torch.log_softmax(logits, -1).gather(-1, completion[..., None]).squeeze(-1)
+    assert torch.allclose(ref, expected, atol=1e-5)
+    policy_now = engine.policy(input_ids=inputs).logits[:, 2:-1]
+    assert not torch.allclose(torch.log_softmax(policy_now, -1).gather(-1, completion[..., None]).squeeze(-1), expected, atol=1e-4)
+    if not lora:
+        assert not any(p.requires_grad for p in reference.model.parameters())
+        assert not changed(parameters(start), reference.model)
+
+
+def test_grpo_raises_a_simple_reward(make_stage) -> None:
+    # shorter completions score higher; 12 steps of GRPO must make answers measurably shorter
+    stage = make_stage(rl_config("grpo", group_size=8, generation={"max_new_tokens": 8}, train={"steps": 12}))
+    stage.train()
+    rewards = [row["reward/total/mean"] for row in stage.metrics.rows]
+    first, last = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
+    assert last > first + 0.1, rewards
+
+
+def test_micro_batches_accumulate_to_the_same_update(make_stage) -> None:
+    # the same rollouts (same seed) as one pass or as micro-batches of 3 and 3 + 2 completions... must give the
+    # same loss and gradient norm, for a token-weighted and a sequence-weighted aggregation
+    for aggregation in ("token-mean", "seq-mean-token-mean"):
+        rows = []
+        for micro in (None, 3):
+            config = rl_config("grpo", loss_aggregation=aggregation, train={"micro_batch_size": micro})
+            stage = make_stage(config)
+            stage.train()
+            rows.append(stage.metrics.rows[0])
+        whole, split = rows
+        assert whole["completion_tokens"] == split["completion_tokens"]
+        assert split["loss"] == pytest.approx(whole["loss"], rel=1e-5, abs=1e-7)
+        assert split["grad_norm"] == pytest.approx(whole["grad_norm"], rel=1e-5)
+
+
+def test_adaptive_kl_controller_moves_beta(make_stage) -> None:
+    kl = {"coef": 0.1, "estimator": "k1", "controller": "adaptive", "target": 100.0, "horizon": 10}
+    stage = make_stage(rl_config("ppo", kl=kl, train={"steps": 3}))
+    stage.train()
+    coefs = [row["kl_coef"] for row in stage.metrics.rows]
+    # the KL is far below target: beta shrinks by the clipped 20% * n/horizon each step
+    assert coefs[0] == pytest.approx(0.1) and coefs[1] < coefs[0] and coefs[2] < coefs[1]
+
+
+def test_a_raising_reward_source_names_itself_and_the_completion(make_stage) -> None:
+    config = rl_config("grpo", reward=[{"source": "test_raises_on_digit_seven", "name": "sevens"}],
+                       generation={"max_new_tokens": 16}, train={"prompts_per_step": 8})
+    stage = make_stage(config)
+    with pytest.raises(RewardSourceError, match=r"reward source 'sevens' raised KeyError: 'seven' on completion \d+ '[^']*7"):
+        stage.train()
+
+
+def test_nonfinite_reward_stops_the_stage_and_keeps_the_last_good_policy(make_stage, tmp_path) -> None:
+    stage = make_stage(rl_config("grpo", reward=[{"source": "test_not_a_number"}]))
+    before = parameters(stage.model)
+    with pytest.raises(NonFiniteLossError, match="non-finite advantages at step 1.*last_good"):
+        stage.train()
+    saved = tmp_path / "stages" / "grpo" / "last_good"
+    assert (saved / "config.json").is_file()
+    assert not changed(before, stage.model)
+    assert json.loads((saved / "config.json").read_text())["model_type"] == "qwen2"

@@ -1,0 +1,127 @@
+"""RL stages inside a recipe: SFT -> GRPO with the math verifier and a held-out check, and SFT -> reward
+model -> PPO scored by that reward model (`path: stage:rm`), on the micro model."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+
+from posttrain.pipeline import Pipeline
+from posttrain.recipe import load_recipe
+from posttrain.rewards import RewardEntry
+from posttrain.rl.heldout import HeldoutEvaluation, RewardHackingWarning
+from posttrain.rl.prompts import encode_prompts, load_prompts
+from posttrain.rl.reward import RewardScorer
+from posttrain.rl.sampler import RolloutSampler, end_token_ids
+
+RECIPE = """
+name: rl-micro
+seed: 0
+model: {name_or_path: "builtin:micro"}
+stages:
+  - name: sft
+    kind: sft
+    data: {source: "builtin:arithmetic", count: 64, levels: [1]}
+    train: {steps: 3, batch_size: 8, seq_len: 32, lr: 1.0e-3}
+  - name: grpo
+    kind: grpo
+    data: {source: "builtin:arithmetic", count: 32, levels: [1]}
+    reward:
+      - source: math
+        args: {workers: 1}
+      - source: length_penalty
+        args: {target_length: 2, max_length: 20}
+        weight: 0.5
+    group_size: 4
+    generation: {max_new_tokens: 6}
+    train: {steps: 2, prompts_per_step: 4, lr: 1.0e-3}
+    heldout:
+      data: {source: "builtin:arithmetic", split: test, count: 8, levels: [1, 2]}
+      every: 1
+      reward: [{source: math, args: {workers: 1}}]
+  - name: rm
+    kind: reward_model
+    from: sft
+    data: {source: "builtin:preferences", count: 16, levels: [1]}
+    train: {steps: 2, batch_size: 8, seq_len: 32, lr: 1.0e-3}
+  - name: ppo
+    kind: ppo
+    from: sft
+    data: {source: "builtin:arithmetic", count: 32, levels: [1]}
+    reward:
+      - source: reward_model
+        args: {path: "stage:rm", batch_size: 16}
+    generation: {max_new_tokens: 6}
+    train: {steps: 2, prompts_per_step: 4, lr: 1.0e-3, epochs: 2}
+evaluations:
+  - name: arith
+    kind: exact_match
+    data: {source: "builtin:arithmetic", split: test, count: 8, levels: [1, 2]}
+    max_new_tokens: 4
+"""
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Pipeline, list[dict]]:
+    folder = tmp_path_factory.mktemp("rl")
+    (folder / "recipe.yaml").write_text(RECIPE)
+    pipeline = Pipeline(load_recipe(folder / "recipe.yaml", [f"output_dir={folder / 'run'}"]), log=lambda _: None)
+    return pipeline, pipeline.run()
+
+
+def metrics(pipeline: Pipeline, stage: str) -> list[dict]:
+    return [json.loads(line) for line in (pipeline.stage_dir(stage) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_sft_then_grpo_runs_and_logs_per_source_rewards(run) -> None:
+    pipeline, table = run
+    assert [row["stage"] for row in table] == ["base", "sft", "grpo", "rm", "ppo"]
+    rows = metrics(pipeline, "grpo")
+    assert [row["step"] for row in rows] == [1, 2]
+    for row in rows:
+        for key in ("reward/math/mean", "reward/math/std", "reward/length_penalty/mean", "reward/total/mean", "kl",
+                    "entropy", "clip_fraction", "response_length", "truncated_share", "tokens_per_s",
+                    "heldout/accuracy", "heldout/hacking_warning"):
+            assert key in row, key
+        assert row["reward/math/weight"] == 1.0 and row["reward/length_penalty/weight"] == 0.5
+    manifest = json.loads((pipeline.stage_dir("grpo") / "manifest.json").read_text())
+    assert manifest["summary"]["steps"] == 2 and manifest["summary"]["prompts"] == 32
+    config = json.loads((pipeline.stage_dir("grpo") / "checkpoint" / "config.json").read_text())
+    assert config["architectures"] == ["Qwen2ForCausalLM"]
+
+
+def test_ppo_is_scored_by_the_recipes_reward_model_stage(run) -> None:
+    pipeline, _ = run
+    rows = metrics(pipeline, "ppo")
+    assert len(rows) == 2 and all("reward/reward_model/mean" in row and "value_loss" in row for row in rows)
+    # a reward model scores every completion (no "wrong" status), with a real spread
+    assert all(row["reward/reward_model/pass_rate"] == 1.0 and row["reward/reward_model/std"] > 0 for row in rows)
+    assert not (pipeline.stage_dir("ppo") / "checkpoint" / "value_head.safetensors").exists()
+
+
+def test_heldout_warns_when_training_reward_rises_and_accuracy_falls(micro, tmp_path: Path) -> None:
+    model, tokenizer = micro
+    rows = load_prompts(load_recipe_spec(), tmp_path, seed=0).rows
+    kept, ids, _ = encode_prompts(tokenizer, rows, 64)
+    never = RewardScorer([RewardEntry(source="format", args={"pattern": "impossible^"})], tmp_path, "cpu")
+    sampler = RolloutSampler(end_token_ids(model, tokenizer), tokenizer.pad_token_id)
+    heldout = HeldoutEvaluation(kept, ids, never, sampler, max_new_tokens=4, batch_size=4, every=5)
+    assert [heldout.due(step, 12) for step in (3, 4, 9, 11)] == [False, True, True, True]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        first = heldout.evaluate(model, tokenizer, step=4, training_reward=0.0)  # nothing to compare with yet
+    assert first["heldout/accuracy"] == 0.0 and first["heldout/hacking_warning"] == 0.0
+    heldout.previous = (0.0, 0.5)
+    with pytest.warns(RewardHackingWarning, match="training reward rose"):
+        assert heldout.evaluate(model, tokenizer, step=9, training_reward=1.0)["heldout/hacking_warning"] == 1.0
+    heldout.previous = (2.0, 0.5)  # the training reward fell too: no warning
+    assert heldout.evaluate(model, tokenizer, step=11, training_reward=1.0)["heldout/hacking_warning"] == 0.0
+
+
+def load_recipe_spec():
+    from posttrain.config.common import DataSpec
+
+    return DataSpec(source="builtin:arithmetic", split="test", count=6, levels=[1, 2])

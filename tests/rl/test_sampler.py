@@ -1,0 +1,132 @@
+"""The rollout sampler: its log-probabilities are the training forward's, it stops at EOS and at
+max_new_tokens, both decoders agree, and it samples from the distribution it reports."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from posttrain.config.common import LoraSpec
+from posttrain.models.checkpoint import apply_lora
+from posttrain.rl.decoders import supports_cached_decoder
+from posttrain.rl.policy import ActorCritic, score_completions
+from posttrain.rl.sampler import RolloutSampler, SamplingSettings, end_token_ids, filter_logits, sample_tokens
+
+QUESTIONS = ["What is 3 + 4?", "Ann has 2 cups and gets 5 more. How many now?", "What is 17 + 5?", "What is 9 + 0?"]
+
+
+def prompt_ids(tokenizer) -> list[list[int]]:
+    """Chat prompts of different lengths (so the batch is left-padded)."""
+    texts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+        for q in QUESTIONS
+    ]
+    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    assert len({len(i) for i in ids}) > 1
+    return ids
+
+
+def training_logprobs(model, rollout, temperature: float) -> torch.Tensor:
+    """The sampled tokens' log-probabilities from a training-mode forward over prompt + completion."""
+    model.train()
+    with torch.no_grad():
+        return score_completions(ActorCritic(model), rollout, temperature).logprobs_BC
+
+
+@pytest.mark.parametrize("backend", ["cached", "transformers"])
+@pytest.mark.parametrize("temperature, top_p", [(1.0, 1.0), (0.7, 0.9), (0.0, 1.0)])
+def test_sampler_logprobs_match_training_forward(micro, backend, temperature, top_p) -> None:
+    model, tokenizer = micro
+    model.train()
+    sampler = RolloutSampler(end_token_ids(model, tokenizer), tokenizer.pad_token_id, backend)
+    settings = SamplingSettings(max_new_tokens=12, temperature=temperature, top_p=top_p)
+    rollout = sampler.sample(model, prompt_ids(tokenizer) * 2, settings, torch.Generator().manual_seed(0))
+    assert model.training  # the sampler samples in eval mode and puts the model back in the mode it found
+    mask = rollout.completion_mask_BC
+    assert mask.sum() > 20
+    recomputed = training_logprobs(model, rollout, temperature)
+    assert torch.allclose(recomputed[mask], rollout.logprobs_BC[mask], atol=1e-4)
+    assert (rollout.logprobs_BC[~mask] == 0).all()
+
+
+def test_sampler_logprobs_match_with_lora(micro) -> None:
+    model, tokenizer = micro
+    peft_model = apply_lora(model, LoraSpec(r=4, alpha=8))
+    # move the adapters off zero so they change the output
+    for name, parameter in peft_model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.5)
+    assert supports_cached_decoder(peft_model)
+    sampler = RolloutSampler(end_token_ids(model, tokenizer), tokenizer.pad_token_id, "cached")
+    rollout = sampler.sample(peft_model, prompt_ids(tokenizer), SamplingSettings(8), torch.Generator().manual_seed(1))
+    mask = rollout.completion_mask_BC
+    assert torch.allclose(training_logprobs(peft_model, rollout, 1.0)[mask], rollout.logprobs_BC[mask], atol=1e-4)
+    with peft_model.disable_adapter():
+        base = training_logprobs(peft_model, rollout, 1.0)
+    assert not torch.allclose(base[mask], rollout.logprobs_BC[mask], atol=1e-2)
+
+
+def test_cached_and_transformers_decoders_agree_greedily(micro) -> None:
+    model, tokenizer = micro
+    prompts = prompt_ids(tokenizer)
+    settings = SamplingSettings(max_new_tokens=10, temperature=0.0)
+    outputs = [
+        RolloutSampler([10**6], tokenizer.pad_token_id, backend).sample(model, prompts, settings)
+        for backend in ("cached", "transformers")
+    ]
+    assert torch.equal(outputs[0].completion_ids_BC, outputs[1].completion_ids_BC)
+    assert torch.allclose(outputs[0].logprobs_BC, outputs[1].logprobs_BC, atol=1e-5)
+
+
+def test_sampler_stops_at_eos_and_respects_max_new_tokens(micro) -> None:
+    model, tokenizer = micro
+    prompts = prompt_ids(tokenizer)
+    greedy = SamplingSettings(max_new_tokens=8, temperature=0.0)
+    free = RolloutSampler([10**6], tokenizer.pad_token_id).sample(model, prompts, greedy)
+    assert free.completion_ids_BC.shape == (4, 8) and free.truncated_B.all()
+    # declare the third greedy token of row 0 an end token: greedy decoding must stop right after it
+    stop = int(free.completion_ids_BC[0, 2])
+    stopped = RolloutSampler([stop], tokenizer.pad_token_id).sample(model, prompts, greedy)
+    for row in range(4):
+        tokens = free.completion_ids_BC[row].tolist()
+        length = tokens.index(stop) + 1 if stop in tokens else 8
+        assert stopped.completion_mask_BC[row].sum() == length
+        assert stopped.completion_ids_BC[row, :length].tolist() == tokens[:length]
+        assert (stopped.completion_ids_BC[row, length:] == tokenizer.pad_token_id).all()
+        assert bool(stopped.truncated_B[row]) == (stop not in tokens)
+    assert not stopped.truncated_B[0]
+    # when every row has stopped the loop ends early: no column is all padding
+    assert stopped.completion_mask_BC[:, -1].any()
+
+
+def test_max_new_tokens_bounds_every_completion(micro) -> None:
+    model, tokenizer = micro
+    sampler = RolloutSampler(end_token_ids(model, tokenizer), tokenizer.pad_token_id)
+    rollout = sampler.sample(model, prompt_ids(tokenizer), SamplingSettings(3), torch.Generator().manual_seed(0))
+    assert rollout.completion_ids_BC.shape[1] <= 3
+    assert (rollout.lengths_B[rollout.truncated_B] == 3).all()
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        sampler.sample(model, prompt_ids(tokenizer), SamplingSettings(0))
+
+
+def test_sampling_follows_the_reported_distribution() -> None:
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0]).repeat(40_000, 1)
+    settings = SamplingSettings(max_new_tokens=1, temperature=0.5)
+    tokens, logprobs = sample_tokens(logits, settings, torch.Generator().manual_seed(0))
+    expected = torch.softmax(logits[0] / 0.5, dim=-1)
+    observed = torch.bincount(tokens, minlength=4).float() / len(tokens)
+    assert torch.allclose(observed, expected, atol=0.01)
+    assert torch.allclose(logprobs, expected.log()[tokens])
+
+
+def test_top_p_and_top_k_filtering_by_hand() -> None:
+    # probabilities 0.5, 0.3, 0.15, 0.05: with top_p 0.8 the first two reach 0.8, the rest go
+    logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
+    kept = torch.isfinite(filter_logits(logits, top_k=0, top_p=0.8))
+    assert kept.tolist() == [[True, True, False, False]]
+    assert torch.isfinite(filter_logits(logits, top_k=0, top_p=0.79)).tolist() == [[True, True, False, False]]
+    assert torch.isfinite(filter_logits(logits, top_k=0, top_p=0.81)).tolist() == [[True, True, True, False]]
+    assert torch.isfinite(filter_logits(logits, top_k=0, top_p=0.1)).tolist() == [[True, False, False, False]]
+    assert torch.isfinite(filter_logits(logits, top_k=3, top_p=1.0)).tolist() == [[True, True, True, False]]
+    tokens, _ = sample_tokens(logits.repeat(2000, 1), SamplingSettings(1, top_p=0.8), torch.Generator().manual_seed(0))
+    assert set(tokens.tolist()) == {0, 1}
