@@ -8,6 +8,7 @@ Run directory layout (``runs/NAME`` by default)::
     stages/<stage>/manifest.json     fingerprint, input hash, data hashes, versions, summary
     stages/<stage>/metrics.jsonl     per-step training metrics
     stages/<stage>/eval.json         evaluation results of this checkpoint
+    tensorboard/<stage>/             TensorBoard event files (`logging.report_to`)
 
 A stage's fingerprint hashes its config, the fingerprint of the checkpoint it starts from, its data and the
 seed. A stage whose manifest records the same fingerprint (and whose checkpoint is complete) is reused;
@@ -29,6 +30,7 @@ from typing import Any
 import yaml
 
 from posttrain.config.common import DataSpec, Strict
+from posttrain.config.stages import StageConfig
 from posttrain.errors import GateFailed
 from posttrain.recipe import LoadedRecipe, data_specs, resolve_data_path
 
@@ -183,7 +185,6 @@ class Pipeline:
             manifest = _read_json(folder / "manifest.json")
             return StageRecord(stage.name, fingerprint, checkpoint, True, summary=manifest.get("summary", {}))
         from posttrain.stages import StageContext, stage_class
-        from posttrain.training.metrics import MetricsWriter
 
         folder.mkdir(parents=True, exist_ok=True)
         for stale in ("manifest.json", "eval.json", "metrics.jsonl"):
@@ -198,12 +199,15 @@ class Pipeline:
             recipe_dir=self.loaded.directory,
             seed=self.recipe.seed,
             accelerator=accelerator,
-            metrics=MetricsWriter(folder / "metrics.jsonl", stage.name, accelerator.is_main_process),
+            metrics=self._metrics_writer(stage, folder, accelerator.is_main_process),
         )
         _seed_everything(self.recipe.seed)
         started = time.time()
-        runner = stage_class(stage.kind)(context)
-        summary = runner.train()
+        try:
+            runner = stage_class(stage.kind)(context)
+            summary = runner.train()
+        finally:
+            context.metrics.close()
         checkpoint_hash = runner.save(checkpoint) if accelerator.is_main_process else None
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
@@ -229,6 +233,15 @@ class Pipeline:
         self.log(f"[{stage.name}] finished in {time.time() - started:.1f}s -> {checkpoint}")
         del runner
         return StageRecord(stage.name, fingerprint, checkpoint, False, summary=summary)
+
+    def _metrics_writer(self, stage: StageConfig, folder: Path, is_main: bool):
+        """The stage's metrics writer: metrics.jsonl, the recipe's trackers, and the progress display."""
+        from posttrain.training.metrics import MetricsWriter
+        from posttrain.training.trackers import open_trackers
+
+        settings = self.recipe.logging
+        trackers = open_trackers(settings, self.run_dir, self.recipe.name, stage.name, _dump(stage)) if is_main else []
+        return MetricsWriter(folder / "metrics.jsonl", stage.name, is_main, progress=settings.progress, trackers=trackers)
 
     def _evaluate(self, name: str, checkpoint: Path | None, model_hash: str) -> dict[str, float]:
         """Runs every evaluation on one checkpoint, reusing results stored for the same model and config.

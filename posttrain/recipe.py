@@ -18,6 +18,7 @@ from pydantic import Field, ValidationError
 import posttrain.config  # noqa: F401  (registers every stage kind)
 from posttrain.config.common import DataSpec, ModelSpec, Strict
 from posttrain.config.evaluation import EvalConfig, GateConfig
+from posttrain.config.reporting import LoggingConfig
 from posttrain.config.stages import StageConfig, stage_config_class
 from posttrain.errors import RecipeError
 
@@ -33,6 +34,9 @@ class Recipe(Strict):
     evaluations: list[EvalConfig] = Field(default_factory=list, description="Evaluators run after every stage.")
     gates: list[GateConfig] = Field(default_factory=list, description="Conditions that stop the pipeline.")
     evaluate_base: bool = Field(True, description="Also evaluate the starting model, as the table's first row.")
+    logging: LoggingConfig = Field(
+        default_factory=LoggingConfig, description="Trackers, progress display, samples and the run report."
+    )
 
     def stage(self, name: str) -> StageConfig:
         for stage in self.stages:

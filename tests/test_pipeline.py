@@ -64,8 +64,8 @@ class Run:
 
 
 def _quiet_init(original):
-    def init(self, path, stage, is_main=True, stream=None):
-        original(self, path, stage, is_main, io.StringIO() if stream is None else stream)
+    def init(self, path, stage, is_main=True, stream=None, **options):
+        original(self, path, stage, is_main, io.StringIO() if stream is None else stream, **options)
 
     return init
 
