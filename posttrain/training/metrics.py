@@ -6,9 +6,9 @@ Every stage logs through a `MetricsWriter`, so every stage gets the same three o
 - trackers (TensorBoard by default, W&B when asked for; see `posttrain.training.trackers`);
 - progress: a live bar per stage on a terminal, plain log lines otherwise (`posttrain.training.progress`).
 
-Key names the progress bar and the run report understand: ``loss``; ``reward`` (the total) and
-``reward/<source>`` per reward source; ``kl``; ``response_length``; ``tokens_per_s``. Any other key is
-recorded and plotted under its own name.
+Key names the progress bar and the run report understand: ``loss`` (and ``*_loss``);
+``reward/total/mean`` (or ``reward``) and ``reward/<source>/mean`` per reward source; ``kl``;
+``response_length``; ``heldout/...``; ``tokens_per_s``. Every key is recorded in the files and trackers.
 """
 
 from __future__ import annotations

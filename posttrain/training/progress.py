@@ -13,11 +13,11 @@ from typing import Literal, TextIO
 
 ProgressMode = Literal["auto", "bar", "plain"]
 
-# Headline metrics: (label, candidate keys in order). A stage may name its total reward `reward`,
-# `reward/mean` or `reward_mean`; the first present wins. Per-source keys (`reward/math`) are not headlines.
+# Headline metrics: (label, candidate keys in order); the first key present wins. The RL stages log the
+# total reward as `reward/total/mean`; per-source keys (`reward/math/mean`) are not headlines.
 HEADLINES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("loss", ("loss", "loss/total", "policy_loss", "loss/policy")),
-    ("reward", ("reward", "reward/mean", "reward_mean", "rewards/mean", "reward/total")),
+    ("reward", ("reward/total/mean", "reward", "reward/mean", "reward_mean", "reward/total")),
     ("kl", ("kl", "kl/mean", "kl_mean", "objective/kl")),
     ("tok/s", ("tokens_per_s",)),
 )

@@ -53,7 +53,9 @@ def test_headline_prefers_the_total_reward_over_sources() -> None:
     assert headline({"reward/math": 1.0, "reward/mean": 0.5, "kl_mean": 0.1, "policy_loss": 0.2}) == [
         ("loss", 0.2), ("reward", 0.5), ("kl", 0.1)
     ]
-    assert headline({"reward/math": 1.0, "grad_norm": 3.0}) == []
+    assert headline({"reward/math/mean": 1.0, "grad_norm": 3.0}) == []
+    rl = {"loss": 0.1, "reward/math/mean": 1.0, "reward/total/mean": 0.8, "kl": 0.01, "tokens_per_s": 10.0}
+    assert headline(rl) == [("loss", 0.1), ("reward", 0.8), ("kl", 0.01), ("tok/s", 10.0)]
 
 
 def test_non_main_process_shows_nothing() -> None:
