@@ -1,4 +1,4 @@
-"""The ``posttrain`` command: run, validate, eval, verify.
+"""The ``posttrain`` command: run, validate, eval, report, export, verify.
 
 Errors a user can fix (a bad recipe, a missing file, a failed gate) are printed as one or two plain lines;
 ``--debug`` shows the traceback.
@@ -36,6 +36,28 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def checkpoint_argument(name: str) -> str:
+    """A model named on the command line: ``builtin:...``, a hub id (``org/name``), or a local checkpoint or
+    stage folder, which must exist (rather than be looked up on the hub as a repository name)."""
+    from pathlib import Path
+
+    from posttrain.errors import CheckpointError
+    from posttrain.models.export import resolve_checkpoint
+
+    path = Path(name).expanduser()
+    if name.startswith("builtin:"):
+        return name
+    if path.exists():
+        return str(resolve_checkpoint(path))
+    parts = path.parts
+    hub_id = not path.is_absolute() and len(parts) <= 2 and not name.startswith((".", "~")) and not (
+        len(parts) == 2 and Path(parts[0]).is_dir()
+    )
+    if not hub_id:
+        raise CheckpointError(f"no checkpoint at {name}")
+    return name
+
+
 def _eval(args: argparse.Namespace) -> int:
     import json
 
@@ -44,13 +66,37 @@ def _eval(args: argparse.Namespace) -> int:
     from posttrain.data.loading import load_dataset
     from posttrain.eval.evaluators import evaluator
     from posttrain.models.checkpoint import load_model_and_tokenizer
+    from posttrain.run import quiet_libraries
     from pathlib import Path
 
-    model, tokenizer = load_model_and_tokenizer(ModelSpec(name_or_path=args.checkpoint))
+    quiet_libraries()
+    model, tokenizer = load_model_and_tokenizer(ModelSpec(name_or_path=checkpoint_argument(args.checkpoint)))
     spec = DataSpec(source=args.data, split=args.split, count=args.count)
     config = EvalConfig(name=args.kind, kind=args.kind, data=spec, max_new_tokens=args.max_new_tokens)
     rows = load_dataset(spec, Path.cwd(), args.seed).rows
     print(json.dumps(evaluator(args.kind)(model, tokenizer, rows, config)))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from posttrain.report import write_report
+
+    html_path, markdown_path = write_report(args.run_dir)
+    print(f"wrote {html_path} and {markdown_path}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from posttrain.run import quiet_libraries
+
+    quiet_libraries()
+    from posttrain.models.export import export_checkpoint, push_to_hub
+
+    destination, how = export_checkpoint(args.checkpoint, args.destination, base=args.base, force=args.force)
+    print(f"{how} {args.checkpoint} -> {destination}")
+    if args.push:
+        push_to_hub(destination, args.push, private=args.private)
+        print(f"pushed {destination} to the hub repository {args.push}")
     return 0
 
 
@@ -83,6 +129,25 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-new-tokens", type=int, default=16)
     evaluate.add_argument("--seed", type=int, default=0)
 
+    report = sub.add_parser(
+        "report", help="write report.html and report.md for a run directory",
+        description="Write RUN_DIR/report.html (self-contained: plots embedded, no links) and RUN_DIR/report.md "
+        "with the recipe, the evaluation table, training curves, timings and sample generations per stage.",
+    )
+    report.add_argument("run_dir", help="a run directory, e.g. runs/quickstart")
+
+    export = sub.add_parser(
+        "export", help="write a checkpoint as a plain HF-format folder (merging LoRA), optionally push it",
+        description="Copy a checkpoint (a checkpoint folder or a stage folder) to DESTINATION as a plain HF-format "
+        "model; a LoRA adapter saved with `lora.merge: false` is merged into its base model first.",
+    )
+    export.add_argument("checkpoint", help="e.g. runs/quickstart/stages/sft (or its checkpoint/ folder)")
+    export.add_argument("destination", help="folder to write the model to")
+    export.add_argument("--base", help="base model of a LoRA adapter (default: the checkpoint its stage started from)")
+    export.add_argument("--force", action="store_true", help="replace a non-empty destination")
+    export.add_argument("--push", metavar="REPO_ID", help="also upload to this hub repository (needs network and a token)")
+    export.add_argument("--private", action="store_true", help="create the hub repository as private")
+
     sub.add_parser("verify", help="check answers: posttrain verify math|code ... (see posttrain verify --help)", add_help=False)
     return parser
 
@@ -103,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
         return handle_errors(lambda: _validate(args), args.debug)
     if args.command == "eval":
         return handle_errors(lambda: _eval(args), args.debug)
+    if args.command == "report":
+        return handle_errors(lambda: _report(args), args.debug)
+    if args.command == "export":
+        return handle_errors(lambda: _export(args), args.debug)
     return 2
 
 

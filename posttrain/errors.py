@@ -26,3 +26,7 @@ class GateFailed(PosttrainError, RuntimeError):
 
 class NonFiniteLossError(PosttrainError, RuntimeError):
     """The loss or gradient norm became NaN/inf; the message names the step and the batch."""
+
+
+class HubError(PosttrainError, RuntimeError):
+    """The model hub could not be reached, or refused a request (no token, no permission)."""

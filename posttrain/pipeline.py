@@ -8,7 +8,9 @@ Run directory layout (``runs/NAME`` by default)::
     stages/<stage>/manifest.json     fingerprint, input hash, data hashes, versions, summary
     stages/<stage>/metrics.jsonl     per-step training metrics
     stages/<stage>/eval.json         evaluation results of this checkpoint
+    stages/<stage>/samples.json      greedy generations on fixed prompts, for the report
     tensorboard/<stage>/             TensorBoard event files (`logging.report_to`)
+    report.html, report.md           the run report (written by `posttrain.run` / `posttrain report`)
 
 A stage's fingerprint hashes its config, the fingerprint of the checkpoint it starts from, its data and the
 seed. A stage whose manifest records the same fingerprint (and whose checkpoint is complete) is reused;
@@ -247,35 +249,41 @@ class Pipeline:
         """Runs every evaluation on one checkpoint, reusing results stored for the same model and config.
 
         A reward-model checkpoint is loaded as a sequence classifier and gets only the evaluations that
-        score reward models (`pairwise_accuracy`); a language model gets all the others.
+        score reward models (`pairwise_accuracy`); a language model gets all the others, and writes the
+        run report's sample generations (`posttrain.report.samples`).
         """
         from posttrain.eval.evaluators import evaluator
         from posttrain.eval.preference import evaluated_model_type, evaluation_rows
         from posttrain.models.checkpoint import load_model_and_tokenizer
         from posttrain.models.reward_head import is_reward_model_checkpoint, load_reward_model
+        from posttrain.report.samples import SamplePlan
 
         folder = self.stage_dir(name)
         folder.mkdir(parents=True, exist_ok=True)
         key = _hash([model_hash, [_dump(e) for e in self.recipe.evaluations], self.recipe.seed])
         stored = _read_json(folder / "eval.json")
-        if stored and stored.get("key") == key:
-            metrics = stored["metrics"]
-        else:
-            metrics = {}
+        reused = bool(stored and stored.get("key") == key)
+        model_type = "reward_model" if is_reward_model_checkpoint(checkpoint) else "causal_lm"
+        samples = SamplePlan(self.recipe, self.loaded.directory)
+        sample = model_type == "causal_lm" and samples.enabled() and not samples.is_current(folder, model_hash)
+        metrics = stored["metrics"] if reused else {}
+        if not reused or sample:
             started = time.time()
-            model_type = "reward_model" if is_reward_model_checkpoint(checkpoint) else "causal_lm"
             if model_type == "reward_model":
                 model, tokenizer = load_reward_model(checkpoint)
             else:
                 model, tokenizer = load_model_and_tokenizer(self.recipe.model, checkpoint)
-            for config in self.recipe.evaluations:
+            for config in [] if reused else self.recipe.evaluations:
                 if evaluated_model_type(config.kind) != model_type:
                     continue
                 rows = evaluation_rows(config, self.loaded.directory, self.recipe.seed)
                 for metric, value in evaluator(config.kind)(model, tokenizer, rows, config).items():
                     metrics[f"{config.name}.{metric}"] = value
+            if not reused:
+                _write_json(folder / "eval.json", {"key": key, "metrics": metrics, "seconds": time.time() - started})
+            if sample:
+                samples.write(folder, model_hash, model, tokenizer)
             del model
-            _write_json(folder / "eval.json", {"key": key, "metrics": metrics, "seconds": time.time() - started})
         self.log(f"[{name}] eval: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if not k.endswith(".n")))
         self.table.append({"stage": name, **metrics})
         _write_json(self.run_dir / "evaluations.json", self.table)
@@ -328,11 +336,16 @@ def _check_writable(folder: Path) -> None:
         raise PermissionError(f"run directory {folder} is not writable: {err}") from None
 
 
+def table_columns(table: list[dict[str, Any]]) -> list[str]:
+    """Metric columns of the evaluation table in first-seen order, without example counts (``.n``)."""
+    return [c for c in dict.fromkeys(k for row in table for k in row) if c != "stage" and not c.endswith(".n")]
+
+
 def format_table(table: list[dict[str, Any]]) -> str:
     """The evaluation table as aligned plain text (metrics as columns, one row per stage)."""
-    columns = [c for c in dict.fromkeys(k for row in table for k in row) if c != "stage" and not c.endswith(".n")]
+    columns = table_columns(table)
     header = ["stage"] + columns
-    body = [[row["stage"]] + [_cell(row.get(c)) for c in columns] for row in table]
+    body = [[row["stage"]] + [format_cell(row.get(c)) for c in columns] for row in table]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(header, widths))]
     lines.append("  ".join("-" * w for w in widths))
@@ -340,7 +353,8 @@ def format_table(table: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _cell(value: Any) -> str:
+def format_cell(value: Any) -> str:
+    """A table cell: 4 significant digits for floats, `-` for a missing value."""
     if value is None:
         return "-"
     if isinstance(value, float):

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from posttrain.pipeline import Pipeline
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,6 +20,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="override a recipe value, e.g. --set stages.sft.train.lr=1e-4 (repeatable)",
     )
     parser.add_argument("--output-dir", help="run directory (default: the recipe's output_dir or runs/NAME)")
+    parser.add_argument(
+        "--dry-run", action="store_true",
+        help="print the resolved stages, which would be reused, and steps and tokens per stage; train nothing",
+    )
 
 
 def quiet_libraries() -> None:
@@ -34,23 +42,51 @@ def quiet_libraries() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Validates the recipe, runs the pipeline and prints the evaluation table."""
+    """Validates the recipe, runs the pipeline, prints the evaluation table and writes the run report.
+
+    The report is written even when a stage or a gate fails, so the finished stages can be looked at.
+    """
     from posttrain.recipe import load_recipe
 
     overrides = list(args.overrides)
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
     loaded = load_recipe(args.recipe, overrides)
+    if getattr(args, "dry_run", False):
+        from posttrain.plan import format_plan, plan_run
+
+        print(format_plan(loaded, plan_run(loaded)))
+        return 0
+    from posttrain.training.trackers import check_trackers
+
+    check_trackers(loaded.recipe.logging)
     quiet_libraries()
     from posttrain.pipeline import Pipeline, format_table
 
     pipeline = Pipeline(loaded)
-    table = pipeline.run()
+    try:
+        table = pipeline.run()
+    except BaseException:
+        write_run_report(pipeline)  # a failed stage or gate: report what finished
+        raise
     if pipeline.accelerator.is_main_process:
         if table:
             print("\nEvaluation per stage:\n" + format_table(table))
         print(f"\nRun directory: {pipeline.run_dir}")
+    write_run_report(pipeline)
     return 0
+
+
+def write_run_report(pipeline: "Pipeline") -> None:
+    """Writes the run report when the recipe asks for one (on the main process only)."""
+    if not (pipeline.recipe.logging.report and pipeline.accelerator.is_main_process):
+        return
+    if not (pipeline.run_dir / "recipe.yaml").is_file():
+        return  # failed before anything was written
+    from posttrain.report import write_report
+
+    html_path, markdown_path = write_report(pipeline.run_dir)
+    print(f"Report: {html_path} ({markdown_path.name} beside it)")
 
 
 def main(argv: list[str] | None = None) -> int:

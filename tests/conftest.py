@@ -101,3 +101,27 @@ def accelerator():
     from accelerate import Accelerator
 
     return Accelerator(cpu=True)
+
+
+class CliRun:
+    """`posttrain run` of the micro recipe in a subprocess whose output is a pipe (not a terminal)."""
+
+    def __init__(self, folder: Path):
+        import subprocess
+        import sys
+
+        self.recipe = _write_recipe(folder, MICRO_RECIPE.format(output_dir=folder / "run"))
+        self.run_dir = folder / "run"
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+        self.done = subprocess.run(
+            [sys.executable, "-m", "posttrain.cli", "run", str(self.recipe)],
+            capture_output=True, text=True, timeout=300, env=env, cwd=folder,
+        )
+        assert self.done.returncode == 0, self.done.stdout + self.done.stderr
+
+
+@pytest.fixture(scope="session")
+def cli_micro_run(tmp_path_factory) -> CliRun:
+    """The micro recipe run once through the command line (its stdout captured, so not a terminal);
+    tests of the logs, trackers, samples and report read its run directory and must not change it."""
+    return CliRun(tmp_path_factory.mktemp("cli_run"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -87,17 +88,30 @@ def test_missing_recipe_file_is_a_short_error(capsys: pytest.CaptureFixture[str]
     assert capsys.readouterr().err.strip() == f"error: recipe file not found: {tmp_path / 'none.yaml'}"
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["validate", "--help"], ["eval", "--help"]])
+HELP_MENTIONS = {
+    "run": ["--set", "--output-dir", "--dry-run", "recipe"],
+    "validate": ["recipes", "--set"],
+    "eval": ["checkpoint", "--data", "--kind"],
+    "report": ["run_dir", "report.html", "report.md"],
+    "export": ["checkpoint", "destination", "--base", "--push", "--force"],
+    "verify": ["math", "code"],
+}
+
+
+@pytest.mark.parametrize("argv", [["--help"]] + [[command, "--help"] for command in HELP_MENTIONS])
 def test_help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    assert info.value.code == 0
-    out = capsys.readouterr().out
-    assert out.startswith("usage: posttrain")
+    try:
+        code = main(argv)  # `verify` returns its status; argparse's --help exits
+    except SystemExit as info:
+        code = info.code
+    assert code == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines at the terminal width
+    expected_usage = "usage: posttrain" if argv == ["--help"] else f"usage: posttrain {argv[0]}"
+    assert out.startswith(expected_usage)
     if argv == ["--help"]:
-        assert all(command in out for command in ("run", "validate", "eval", "verify"))
-    if argv[0] == "run":
-        assert "--set" in out and "--output-dir" in out and "recipe" in out
+        assert "{run,validate,eval,report,export,verify}" in out
+    else:
+        assert all(word in out for word in HELP_MENTIONS[argv[0]]), out
 
 
 def test_console_script_is_installed() -> None:
@@ -111,3 +125,97 @@ def test_verify_math_is_wired() -> None:
     done = cli("verify", "math", "--pred", "0.5", "--gold", "1/2")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1])["score"] == 1
+
+
+def test_run_with_a_missing_recipe_is_a_short_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["run", str(tmp_path / "none.yaml")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: recipe file not found: {tmp_path / 'none.yaml'}"
+
+
+def test_run_with_a_misspelt_key_names_it_and_its_line(capsys, tmp_path: Path, write_recipe, micro_recipe) -> None:
+    text = micro_recipe.format(output_dir=tmp_path / "run").replace("lr: 1.0e-3", "learning_rate: 1.0e-3", 1)
+    recipe = write_recipe(tmp_path, text)
+    line = next(i for i, l in enumerate(text.splitlines(), start=1) if "learning_rate" in l)
+    assert main(["run", str(recipe)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {recipe}: 1 problem(s):", f"  - stages[0] (pretrain).train.learning_rate (line {line}): unknown key"]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command", [["eval", "{missing}", "--data", "builtin:arithmetic"], ["export", "{missing}", "{out}"]])
+def test_missing_checkpoint_is_a_short_error(command: list[str], capsys, tmp_path: Path) -> None:
+    missing = tmp_path / "runs" / "x" / "stages" / "sft"
+    argv = [part.format(missing=missing, out=tmp_path / "out") for part in command]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: no checkpoint at {missing}") and "\n" not in err
+
+
+def test_run_prints_plain_log_lines_when_output_is_not_a_terminal(cli_micro_run) -> None:
+    out = cli_micro_run.done.stdout
+    assert "\x1b[" not in out and "\r" not in out and "━" not in out
+    for stage in ("pretrain", "sft"):
+        steps = re.findall(rf"^\[{stage}\] step (\d)/3 .*loss=[0-9.]+ .*tokens_per_s=", out, re.M)
+        assert steps == ["1", "2", "3"]
+
+
+def test_run_logs_to_tensorboard_and_metrics_jsonl(cli_micro_run) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for stage in ("pretrain", "sft"):
+        rows = [json.loads(line) for line in (cli_micro_run.run_dir / "stages" / stage / "metrics.jsonl").read_text().splitlines()]
+        events = EventAccumulator(str(cli_micro_run.run_dir / "tensorboard" / stage))
+        events.Reload()
+        assert [e.step for e in events.Scalars("loss")] == [row["step"] for row in rows] == [1, 2, 3]
+        assert [e.value for e in events.Scalars("loss")] == pytest.approx([row["loss"] for row in rows])
+        assert {"grad_norm", "lr", "tokens_per_s"} <= set(events.Tags()["scalars"])
+
+
+def dry_run(recipe: Path, *extra: str) -> str:
+    done = cli("run", str(recipe), "--dry-run", *extra)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def plan_rows(out: str) -> dict[str, list[str]]:
+    """Stage name -> [kind, from, action, steps, tokens] from the dry-run table."""
+    rows = {}
+    for line in out.splitlines():
+        match = re.match(r"^(pretrain|sft)\s+(\S+)\s+(\S+)\s+(\S+ \(.*?\))\s+(\S+)\s+(\S+)$", line)
+        if match:
+            rows[match.group(1)] = list(match.groups()[1:])
+    return rows
+
+
+def test_dry_run_shows_reuse_and_estimates_without_training(cli_micro_run) -> None:
+    recipe, run_dir = cli_micro_run.recipe, cli_micro_run.run_dir
+    before = sorted(p.name for p in run_dir.rglob("*"))
+    out = dry_run(recipe)
+    assert f"Run directory: {run_dir}" in out and "Would train: nothing (every stage is reused)" in out
+    # 3 steps x batch 4 x seq_len 32
+    assert plan_rows(out) == {
+        "pretrain": ["pretrain", "base", "reuse (unchanged)", "3", "384"],
+        "sft": ["sft", "pretrain", "reuse (unchanged)", "3", "384"],
+    }
+    rows = plan_rows(dry_run(recipe, "--set", "stages.pretrain.train.steps=5", "--set", "stages.sft.train.batch_size=8"))
+    assert rows["pretrain"][2:] == ["run (config, data or seed changed)", "5", "640"]
+    assert rows["sft"][2:] == ["run (pretrain re-runs)", "3", "768"]
+    epochs = ["--set", "stages.sft.train.steps=null", "--set", "stages.sft.train.epochs=2"]
+    assert plan_rows(dry_run(recipe, *epochs))["sft"][2:] == ["run (config, data or seed changed)", "~16", "~2,048"]
+    assert sorted(p.name for p in run_dir.rglob("*")) == before
+
+
+def test_dry_run_of_a_new_run_creates_nothing_and_imports_no_torch(tmp_path: Path, write_recipe, micro_recipe) -> None:
+    recipe = write_recipe(tmp_path, micro_recipe.format(output_dir=tmp_path / "run"))
+    code = (
+        "import sys\n"
+        "from posttrain.cli import main\n"
+        f"rc = main(['run', {str(recipe)!r}, '--dry-run'])\n"
+        "assert 'torch' not in sys.modules\n"
+        "sys.exit(rc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=ENV)
+    assert done.returncode == 0, done.stderr
+    assert plan_rows(done.stdout)["pretrain"][2] == "run (not run yet)"
+    assert plan_rows(done.stdout)["sft"][2] == "run (pretrain re-runs)"
+    assert not (tmp_path / "run").exists()
