@@ -32,7 +32,7 @@ class LoggingConfig(Strict):
     sample_prompts: list[str] | None = Field(
         None,
         description="User messages to generate samples for (rendered with the chat template). Default: the "
-        "first `samples` prompts of the recipe's first chat evaluation.",
+        "first `samples` prompts of the recipe's first `exact_match` evaluation.",
     )
     sample_max_new_tokens: int = Field(32, gt=0, description="Generation budget per sample.")
     report: bool = Field(True, description="Write `report.html` and `report.md` into the run directory at the end of a run.")

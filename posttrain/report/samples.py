@@ -2,19 +2,21 @@
 
 Written at evaluation time to ``stages/<stage>/samples.json`` (``base/samples.json`` for the starting
 model) so the run report can show, side by side, what each stage changed. The prompts are the recipe's
-``logging.sample_prompts``, or else the first ``logging.samples`` prompts of its first evaluation with
-chat rows (with their reference answers).
+``logging.sample_prompts``, or else the first ``logging.samples`` prompts of its first ``exact_match``
+evaluation (with their reference answers).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from posttrain.config.evaluation import EvalConfig
 from posttrain.recipe import Recipe
 
 SAMPLES_FILE = "samples.json"
@@ -78,12 +80,12 @@ class SamplePlan:
         ]
         record = {"key": self.key(model_hash), "samples": samples, "seconds": round(time.time() - started, 3)}
         folder.mkdir(parents=True, exist_ok=True)
-        temp = folder / f"{SAMPLES_FILE}.tmp"
+        temp = folder / f"{SAMPLES_FILE}.tmp-{os.getpid()}"  # every process evaluates; none reads a torn file
         temp.write_text(json.dumps(record, indent=2))
         temp.replace(folder / SAMPLES_FILE)
 
-    def _evaluation(self):
-        """The first evaluation whose rows are chat prompts (exact-match evaluations)."""
+    def _evaluation(self) -> EvalConfig | None:
+        """The first exact-match evaluation: its rows are chat prompts with reference answers."""
         return next((e for e in self.recipe.evaluations if e.kind == "exact_match"), None)
 
 
