@@ -1,0 +1,137 @@
+"""The DPO stage: its objective by hand, a reference that is the starting model, and a tiny run on the
+built-in world that fits its pairs without undoing SFT."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from posttrain.algorithms.preference_losses import dpo_loss
+from posttrain.config.common import LoraSpec
+from posttrain.data.preferences import builtin_preference_rows, check_pair, encode_pairs
+from posttrain.errors import CheckpointError
+from posttrain.models.checkpoint import apply_lora
+from posttrain.models.tiny import build_tiny_model
+from posttrain.pipeline import Pipeline
+from posttrain.recipe import load_recipe
+from posttrain.training.pairs import DPOObjective, add_reference_logprobs, response_logprobs
+
+# SFT teaches level-1 sums; DPO then trains on built-in pairs (right answer over wrong, plain over rambling).
+RECIPE = """
+name: dpo-test
+seed: 0
+model: {name_or_path: "builtin:micro"}
+stages:
+  - name: sft
+    kind: sft
+    data: {source: "builtin:arithmetic", count: 2000, levels: [1, 2]}
+    train: {steps: 60, batch_size: 16, seq_len: 32, lr: 1.0e-2, warmup_steps: 5}
+  - name: dpo
+    kind: dpo
+    from: sft
+    data: {source: "builtin:preferences", count: 200, levels: [1, 2]}
+    train: {steps: 20, batch_size: 16, seq_len: 48, lr: 2.0e-3, log_every: 1}
+    beta: 0.1
+evaluations:
+  - name: prefs
+    kind: preference_accuracy
+    data: {source: "builtin:preferences", split: test, count: 40, levels: [1, 2]}
+  - name: arith
+    kind: exact_match
+    data: {source: "builtin:arithmetic", split: test, count: 40, levels: [1, 2]}
+    max_new_tokens: 4
+  - name: arith_seen
+    kind: exact_match
+    data: {source: "builtin:arithmetic", split: train, count: 40, levels: [1, 2]}
+    max_new_tokens: 4
+"""
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Pipeline, dict[str, dict]]:
+    folder = tmp_path_factory.mktemp("dpo")
+    (folder / "recipe.yaml").write_text(RECIPE)
+    pipeline = Pipeline(load_recipe(folder / "recipe.yaml", [f"output_dir={folder / 'run'}"]), log=lambda _: None)
+    return pipeline, {row["stage"]: row for row in pipeline.run()}
+
+
+def test_dpo_keeps_the_format_preference_and_task_accuracy(run) -> None:
+    # On a micro model DPO cannot learn to add in 20 steps (held-out "correct" pairs stay near chance); what
+    # it must not do is undo SFT: the format preference holds and task accuracy does not drop.
+    _, table = run
+    sft, dpo = table["sft"], table["dpo"]
+    assert dpo["prefs.accuracy_format"] == 1.0
+    for task in ("arith", "arith_seen"):
+        assert dpo[f"{task}.accuracy"] >= sft[f"{task}.accuracy"] - 0.05
+
+
+def test_dpo_logs_rewards_margins_and_accuracy(run) -> None:
+    pipeline, _ = run
+    steps = [json.loads(line) for line in (pipeline.stage_dir("dpo") / "metrics.jsonl").read_text().splitlines()]
+    steps = [s for s in steps if "loss" in s]
+    assert {"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracy"} <= set(steps[-1])
+    # the policy starts as the reference: implicit rewards are 0, the loss is log 2
+    assert steps[0]["loss"] == pytest.approx(math.log(2), abs=0.02)
+    assert steps[-1]["rewards/margins"] > steps[0]["rewards/margins"] and steps[-1]["loss"] < steps[0]["loss"]
+
+
+def test_objective_matches_dpo_loss_by_hand() -> None:
+    model, tokenizer = build_tiny_model("micro", seed=0)
+    model.eval()
+    pairs = [check_pair(row, f"row {i}") for i, row in enumerate(builtin_preference_rows("train", 4, seed=0))]
+    rows = encode_pairs(tokenizer, pairs, 48)
+    add_reference_logprobs(model, rows, batch_size=2)
+    batch = {key: torch.tensor([row[key] for row in rows]) for key in rows[0]}
+    with torch.no_grad():
+        chosen, rejected = response_logprobs(model, batch)
+    # reference == policy: every implicit reward is 0, the loss per pair is -log sigmoid(0) = log 2
+    objective = DPOObjective(beta=0.5)
+    with torch.no_grad():
+        loss_sum, count = objective(model, batch)
+    assert count == 4 and float(loss_sum) == pytest.approx(4 * math.log(2), abs=1e-5)
+    # shift the stored reference by hand: reward gap = beta * ((c - c_ref) - (r - r_ref)) = 0.5 * (1 - (-1))
+    batch["reference_chosen_logps"] = chosen - 1.0
+    batch["reference_rejected_logps"] = rejected + 1.0
+    with torch.no_grad():
+        loss_sum, _ = DPOObjective(beta=0.5)(model, batch)
+    assert float(loss_sum) / 4 == pytest.approx(-math.log(1 / (1 + math.exp(-1.0))), abs=1e-5)
+    expected, _ = dpo_loss(chosen, rejected, chosen - 1.0, rejected + 1.0, 0.5)
+    assert float(loss_sum) / 4 == pytest.approx(float(expected), abs=1e-6)
+
+
+def test_lora_reference_is_the_base_model_with_adapters_disabled() -> None:
+    base, tokenizer = build_tiny_model("micro", seed=0)
+    pairs = [check_pair(row, f"row {i}") for i, row in enumerate(builtin_preference_rows("train", 4, seed=0))]
+    rows = encode_pairs(tokenizer, pairs, 48)
+    expected = [dict(row) for row in rows]
+    add_reference_logprobs(base, expected, batch_size=4)
+    model = apply_lora(base, LoraSpec(r=4, alpha=8))
+    with torch.no_grad():  # make the adapters matter
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.5)
+    with model.disable_adapter():
+        add_reference_logprobs(model, rows, batch_size=4)
+    for got, want in zip(rows, expected):
+        assert got["reference_chosen_logps"] == pytest.approx(want["reference_chosen_logps"], abs=1e-4)
+    adapted = [dict(row) for row in rows]
+    add_reference_logprobs(model, adapted, batch_size=4)
+    assert any(abs(a["reference_chosen_logps"] - w["reference_chosen_logps"]) > 1e-3 for a, w in zip(adapted, expected))
+
+
+def test_dpo_refuses_to_start_from_a_reward_model(tmp_path: Path, run) -> None:
+    pipeline, _ = run
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(RECIPE.replace("kind: dpo\n    from: sft", "kind: dpo\n    from: rm").replace(
+        "  - name: dpo\n",
+        "  - name: rm\n    kind: reward_model\n    from: sft\n"
+        "    data: {source: \"builtin:preferences\", count: 16, levels: [1]}\n"
+        "    train: {steps: 1, batch_size: 8, seq_len: 48}\n  - name: dpo\n",
+    ))
+    bad = Pipeline(load_recipe(recipe, [f"output_dir={pipeline.run_dir}"]), log=lambda _: None)
+    with pytest.raises(CheckpointError, match="reward model"):
+        bad.run()
