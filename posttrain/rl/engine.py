@@ -22,6 +22,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -125,18 +126,22 @@ class RLEngine:
         started, completion_tokens = time.perf_counter(), 0
         since_heldout: list[float] = []
         last: dict[str, float] = {}
-        for step in range(steps):
-            values = self.step(step)
-            completion_tokens += int(values["completion_tokens"])
-            since_heldout.append(values["reward/total/mean"])
-            if self.heldout is not None and self.heldout.due(step, steps):
-                training_reward = sum(since_heldout) / len(since_heldout)
-                values.update(self.heldout.evaluate(self.policy, self.tokenizer, step, training_reward))
-                since_heldout = []
-            last = values
-            if (step + 1) % self.train_spec.log_every == 0 or step + 1 == steps:
-                self.metrics.log(step + 1, values, total=steps)
-        self.reward.close()
+        try:
+            for step in range(steps):
+                values = self.step(step)
+                completion_tokens += int(values["completion_tokens"])
+                since_heldout.append(values["reward/total/mean"])
+                if self.heldout is not None and self.heldout.due(step, steps):
+                    training_reward = sum(since_heldout) / len(since_heldout)
+                    values.update(self.heldout.evaluate(self.policy, self.tokenizer, step, training_reward))
+                    since_heldout = []
+                last = values
+                if (step + 1) % self.train_spec.log_every == 0 or step + 1 == steps:
+                    self.metrics.log(step + 1, values, total=steps)
+        finally:  # reward sources may hold worker processes or models
+            self.reward.close()
+            if self.heldout is not None and self.heldout.scorer is not self.reward:
+                self.heldout.scorer.close()
         return {
             "steps": steps,
             "completion_tokens": completion_tokens,
@@ -219,48 +224,47 @@ class RLEngine:
     def _update(self, experience: Experience, step: int) -> dict[str, float]:
         """``epochs`` passes of ``mini_batches`` optimizer steps; returns metrics averaged over the steps."""
         spec = self.train_spec
-        rows = experience.rewards_B.shape[0]
         shuffle = torch.Generator().manual_seed(_stream_seed(self.seed, step, 0, 1))
-        sums: dict[str, float] = defaultdict(float)
-        updates, entropy_sum, entropy_tokens, mismatch = 0, 0.0, 0, 0.0
+        tally = _UpdateTally()
         for epoch in range(spec.epochs):
-            for mini_index, order in enumerate(torch.randperm(rows, generator=shuffle).chunk(spec.mini_batches)):
-                mini = experience.rows(order.to(self.device))
+            order = torch.randperm(experience.rewards_B.shape[0], generator=shuffle)
+            for rows in order.chunk(spec.mini_batches):
+                mini = experience.rows(rows.to(self.device))
                 if not bool(mini.loss_mask_BC.any()):
                     continue  # every completion here was excluded: nothing to learn from
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr_at(self.updates_done, spec, self.updates_total)
-                micro_size = spec.micro_batch_size or len(order)
-                micro_batches = list(torch.arange(len(order), device=self.device).split(micro_size))
-                for micro_index, micro_rows in enumerate(micro_batches):
-                    micro = mini.rows(micro_rows)
-                    share = _micro_share(micro.loss_mask_BC, mini.loss_mask_BC, self.config.loss_aggregation)
-                    last_micro = micro_index == len(micro_batches) - 1
-                    sync = nullcontext() if last_micro else self.accelerator.no_sync(self.module)
-                    with sync, self._autocast():
-                        scores = score_completions(self.module, micro, self.settings.temperature, with_entropy=epoch == 0)
-                        loss, loss_metrics = self.objective.loss(micro, scores)
-                    self._check_finite(loss, "loss", step)
-                    self.accelerator.backward(loss * share)
-                    sums["loss"] += float(loss.detach()) * share
-                    for name, value in loss_metrics.items():
-                        sums[name] += float(value) * share
-                    if epoch == 0:
-                        entropy_sum += float(scores.entropy_BC[micro.completion_mask_BC].sum())
-                        entropy_tokens += int(micro.completion_mask_BC.sum())
-                    if updates == 0:  # weights still those that sampled: the two log-probs must agree
-                        gap_BC = (scores.logprobs_BC.detach() - micro.sampler_logprobs_BC).abs()
-                        mismatch = max(mismatch, float(masked_max(gap_BC, micro.completion_mask_BC)))
+                self._accumulate_gradients(mini, tally, first_pass=epoch == 0, step=step)
                 grad_norm = self._clip()
-                sums["grad_norm"] += grad_norm
                 self._check_finite(torch.tensor(grad_norm), "gradient norm", step)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
-                updates += 1
+                tally.sums["grad_norm"] += grad_norm
+                tally.updates += 1
                 self.updates_done += 1
-        out = {name: total / max(updates, 1) for name, total in sums.items()}
-        out.update({"entropy": entropy_sum / max(entropy_tokens, 1), "logprob_mismatch": mismatch, "updates": updates})
-        return out
+        return tally.metrics()
+
+    def _accumulate_gradients(self, mini: Experience, tally: "_UpdateTally", first_pass: bool, step: int) -> None:
+        """Backpropagates a mini-batch's loss, in micro-batches whose losses are weighted to add up to it."""
+        micro_size = self.train_spec.micro_batch_size or mini.rewards_B.shape[0]
+        micro_batches = torch.arange(mini.rewards_B.shape[0], device=self.device).split(micro_size)
+        for index, rows in enumerate(micro_batches):
+            micro = mini.rows(rows)
+            share = _micro_share(micro.loss_mask_BC, mini.loss_mask_BC, self.config.loss_aggregation)
+            sync = nullcontext() if index == len(micro_batches) - 1 else self.accelerator.no_sync(self.module)
+            with sync, self._autocast():
+                scores = score_completions(self.module, micro, self.settings.temperature, with_entropy=first_pass)
+                loss, loss_metrics = self.objective.loss(micro, scores)
+            self._check_finite(loss, "loss", step)
+            self.accelerator.backward(loss * share)
+            tally.add({"loss": loss.detach(), **loss_metrics}, share)
+            mask_BC = micro.completion_mask_BC
+            if first_pass:
+                tally.entropy_sum += float(scores.entropy_BC[mask_BC].sum())
+                tally.entropy_tokens += int(mask_BC.sum())
+            if tally.updates == 0:  # the weights are still those that sampled: the two log-probs must agree
+                gap_BC = (scores.logprobs_BC.detach() - micro.sampler_logprobs_BC).abs()
+                tally.mismatch = max(tally.mismatch, float(masked_max(gap_BC, mask_BC)))
 
     def _clip(self) -> float:
         params = [p for p in self.module.parameters() if p.grad is not None]
@@ -288,6 +292,27 @@ class RLEngine:
             f"stage {self.config.name!r}: non-finite {what} at step {step + 1}{saved}. Lower train.lr, check the "
             "reward for NaN/inf, or raise clip settings"
         )
+
+
+@dataclass
+class _UpdateTally:
+    """Metrics of the optimizer steps on one batch of rollouts, summed as they come."""
+
+    sums: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    updates: int = 0
+    entropy_sum: float = 0.0
+    entropy_tokens: int = 0
+    mismatch: float = 0.0
+
+    def add(self, values: dict[str, Any], weight: float) -> None:
+        for name, value in values.items():
+            self.sums[name] += float(value) * weight
+
+    def metrics(self) -> dict[str, float]:
+        """Per-update means, the first pass's token-mean entropy, and the sampler/training log-prob gap."""
+        out = {name: total / max(self.updates, 1) for name, total in self.sums.items()}
+        entropy = self.entropy_sum / max(self.entropy_tokens, 1)
+        return {**out, "entropy": entropy, "logprob_mismatch": self.mismatch, "updates": self.updates}
 
 
 def _floats(values: dict[str, Any]) -> dict[str, float]:
