@@ -59,7 +59,7 @@ def trl_tokens_per_second(model, tokenizer, rows, args, workdir: str) -> float:
         output_dir=workdir, max_steps=args.warmup + args.steps, per_device_train_batch_size=args.batch_size,
         max_length=args.seq_len, packing=True, learning_rate=1e-4, lr_scheduler_type="constant",
         logging_steps=10_000, save_strategy="no", report_to=[], use_cpu=True, dataloader_num_workers=0,
-        seed=0, disable_tqdm=True,
+        seed=0, disable_tqdm=True, bf16=False, fp16=False, gradient_checkpointing=False,  # fp32, no recomputation: as ours (TRL defaults differ)
     )
     dataset = datasets.Dataset.from_list([{"messages": row["messages"]} for row in rows])
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=[Stamps()])
