@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,8 +112,20 @@ def _read_json(path: Path) -> Any:
 class Pipeline:
     """Runs a loaded recipe stage by stage."""
 
-    def __init__(self, loaded: LoadedRecipe, accelerator: Any | None = None, log=print):
+    def __init__(
+        self,
+        loaded: LoadedRecipe,
+        accelerator: Any | None = None,
+        log=print,
+        *,
+        resume: bool = False,
+        restart_changed: bool = False,
+    ):
+        """``resume``: continue the first unfinished stage from its newest saved training state (else it
+        starts afresh and its old states are deleted); ``restart_changed``: with ``resume``, start a stage
+        whose saved state was made with another config or data afresh instead of refusing."""
         self.loaded = loaded
+        self.resume, self.restart_changed = resume, restart_changed
         self.recipe = loaded.recipe
         self.run_dir = loaded.run_dir()
         self.log = log
@@ -142,7 +155,7 @@ class Pipeline:
                 data_fingerprint(spec, self.loaded.directory, self.recipe.seed)
                 for _, spec in data_specs(stage)
             ]
-            fingerprint = _hash([_dump(stage), by_name[parent] if parent else base, data, self.recipe.seed])
+            fingerprint = _hash([fingerprint_config(stage), by_name[parent] if parent else base, data, self.recipe.seed])
             by_name[stage.name] = fingerprint
             out.append(fingerprint)
         return out
@@ -189,10 +202,12 @@ class Pipeline:
         from posttrain.stages import StageContext, stage_class
 
         folder.mkdir(parents=True, exist_ok=True)
-        for stale in ("manifest.json", "eval.json", "metrics.jsonl"):
-            (folder / stale).unlink(missing_ok=True)
-        self.log(f"[{stage.name}] running {stage.kind} (from {self.recipe.parent_of(index) or 'base model'})")
         accelerator = self.accelerator
+        checkpoints = self._train_checkpoints(index, fingerprint, input_checkpoint)
+        stale = ["manifest.json", "eval.json"] + ([] if checkpoints.resume_from else ["metrics.jsonl"])
+        for name in stale:
+            (folder / name).unlink(missing_ok=True)
+        self.log(f"[{stage.name}] running {stage.kind} (from {self.recipe.parent_of(index) or 'base model'})")
         context = StageContext(
             config=stage,
             model_spec=self.recipe.model,
@@ -202,6 +217,7 @@ class Pipeline:
             seed=self.recipe.seed,
             accelerator=accelerator,
             metrics=self._metrics_writer(stage, folder, accelerator.is_main_process),
+            checkpoints=checkpoints,
         )
         _seed_everything(self.recipe.seed)
         started = time.time()
@@ -232,9 +248,70 @@ class Pipeline:
                     "complete": True,
                 },
             )
+        if accelerator.is_main_process:  # the stage's checkpoint is in place: its training states are spent
+            shutil.rmtree(folder / "resume", ignore_errors=True)
         self.log(f"[{stage.name}] finished in {time.time() - started:.1f}s -> {checkpoint}")
         del runner
         return StageRecord(stage.name, fingerprint, checkpoint, False, summary=summary)
+
+    def _train_checkpoints(self, index: int, fingerprint: str, input_checkpoint: Path | None):
+        """The stage's resumable training state: where it goes, and which saved one (if any) to continue from.
+
+        Cleans half-written folders a killed process left. Without ``resume`` old states are deleted; with it
+        the newest complete one is verified and compared with the stage's config, data and parent before
+        anything is loaded, and ``metrics.jsonl`` is cut back to its step.
+        """
+        from posttrain.errors import CheckpointError
+        from posttrain.training.state import (
+            TrainCheckpoints, describe_changes, latest_checkpoint, read_state, remove_stale_staging,
+            verify_checkpoint,
+        )
+
+        stage = self.recipe.stages[index]
+        folder = self.stage_dir(stage.name)
+        resume_dir = folder / "resume"
+        parent = self.recipe.parent_of(index)
+        identity = {
+            "fingerprint": fingerprint,
+            "config": fingerprint_config(stage),
+            "data": {path: data_fingerprint(spec, self.loaded.directory, self.recipe.seed) for path, spec in data_specs(stage)},
+            "parent": self.records[parent].fingerprint if parent else base_model_fingerprint(self.loaded),
+            "input_hash": _input_hash(input_checkpoint),
+            "seed": self.recipe.seed,
+            "world_size": self.accelerator.num_processes,
+        }
+        if self.accelerator.is_main_process:
+            for removed in remove_stale_staging(folder) + remove_stale_staging(resume_dir):
+                self.log(f"[{stage.name}] removed a half-written checkpoint: {removed}")
+        self.accelerator.wait_for_everyone()
+        latest = latest_checkpoint(resume_dir)
+        spec = stage.train
+        keep = TrainCheckpoints(resume_dir, spec.save_every, spec.keep_last, identity, self.accelerator)
+        if latest is None:
+            if self.resume:
+                self.log(f"[{stage.name}] no saved training state to resume from: starting the stage")
+            return keep
+        state = read_state(latest)
+        changes = describe_changes(state["identity"], identity)
+        if not self.resume or changes:
+            if self.resume and not self.restart_changed:
+                raise CheckpointError(
+                    f"stage {stage.name!r}: the training state saved at {latest} was made with other settings:\n  "
+                    + "\n  ".join(changes)
+                    + "\nUndo the change to continue from it, or pass --restart-changed to start this stage afresh"
+                )
+            why = "it was made with other settings" if changes else "--resume was not given"
+            self.log(f"[{stage.name}] starting afresh, deleting the saved training state at {latest} ({why})")
+            if self.accelerator.is_main_process:
+                shutil.rmtree(resume_dir, ignore_errors=True)
+            self.accelerator.wait_for_everyone()
+            return keep
+        verify_checkpoint(latest)
+        if self.accelerator.is_main_process:
+            _truncate_metrics(folder / "metrics.jsonl", state["step"])
+        self.log(f"[{stage.name}] resuming from step {state['step']}: {latest}")
+        keep.resume_from = latest
+        return keep
 
     def _metrics_writer(self, stage: StageConfig, folder: Path, is_main: bool):
         """The stage's metrics writer: metrics.jsonl, the recipe's trackers, and the progress display."""
@@ -314,6 +391,33 @@ def _input_hash(checkpoint: Path | None) -> str | None:
         return None
     manifest = _read_json(checkpoint.parent / "manifest.json")
     return manifest.get("checkpoint_hash") if manifest else None
+
+
+def fingerprint_config(stage: StageConfig) -> dict[str, Any]:
+    """The stage config as it counts for reuse and resume: without the settings of how often the training
+    state is saved, which change no result."""
+    config = _dump(stage)
+    train = config.get("train")
+    if isinstance(train, dict):
+        config["train"] = {k: v for k, v in train.items() if k not in ("save_every", "keep_last")}
+    return config
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Keeps the rows of ``metrics.jsonl`` up to ``step``: the later ones are trained again on resume."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a row cut off by the kill
+        if row.get("step", 0) <= step:
+            kept.append(line + "\n")
+    temp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    temp.write_text("".join(kept))
+    temp.replace(path)
 
 
 def _seed_everything(seed: int) -> None:

@@ -24,6 +24,15 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--dry-run", action="store_true",
         help="print the resolved stages, which would be reused, and steps and tokens per stage; train nothing",
     )
+    parser.add_argument(
+        "--resume", action="store_true",
+        help="continue the first unfinished stage from its newest saved training state (`train.save_every`); "
+        "refused when the stage's config or data changed since",
+    )
+    parser.add_argument(
+        "--restart-changed", action="store_true",
+        help="with --resume: start a stage whose saved training state was made with other settings afresh",
+    )
 
 
 def quiet_libraries() -> None:
@@ -63,7 +72,9 @@ def run(args: argparse.Namespace) -> int:
     quiet_libraries()
     from posttrain.pipeline import Pipeline, format_table
 
-    pipeline = Pipeline(loaded)
+    pipeline = Pipeline(
+        loaded, resume=getattr(args, "resume", False), restart_changed=getattr(args, "restart_changed", False)
+    )
     try:
         table = pipeline.run()
     except BaseException:

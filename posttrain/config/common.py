@@ -103,6 +103,14 @@ class TrainSpec(Strict):
     on_nan: Literal["stop", "skip"] = Field(
         "stop", description="A NaN/inf loss or gradient norm stops the stage, or skips the step (counted)."
     )
+    save_every: int | None = Field(
+        None,
+        gt=0,
+        description="Save a resumable training state (weights, optimizer, random-number generators, data position) "
+        "every N optimizer steps inside the stage; `posttrain run RECIPE --resume` continues from the newest. "
+        "null: none.",
+    )
+    keep_last: int = Field(2, gt=0, description="Resumable training states kept per stage; older ones are deleted.")
 
     @model_validator(mode="after")
     def _steps_or_epochs(self) -> "TrainSpec":

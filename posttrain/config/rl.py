@@ -97,6 +97,19 @@ class RLTrainSpec(Strict):
         "auto", description="`auto`: bf16 autocast on a GPU that supports it, fp32 on CPU."
     )
     log_every: int = Field(1, gt=0, description="Write metrics every N steps.")
+    on_nan: Literal["stop", "skip"] = Field(
+        "stop",
+        description="A NaN/inf advantage, loss or gradient norm stops the stage, or skips that update (counted in "
+        "`nonfinite_skipped`).",
+    )
+    save_every: int | None = Field(
+        None,
+        gt=0,
+        description="Save a resumable training state (weights, value head, optimizer, KL controller, random-number "
+        "generators, prompt position) every N steps; `posttrain run RECIPE --resume` continues from the newest. "
+        "Saved between steps, when no rollouts are buffered. null: none.",
+    )
+    keep_last: int = Field(2, gt=0, description="Resumable training states kept per stage; older ones are deleted.")
     old_logprobs: Literal["sampler", "recompute"] = Field(
         "sampler",
         description="Log-probabilities of the sampling policy in the PPO ratio: the sampler's own (no extra forward "

@@ -8,8 +8,11 @@ Weights are read from safetensors only (no pickle); remote model code needs an e
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 import shutil
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +39,19 @@ def load_model_and_tokenizer(spec: ModelSpec, path: str | Path | None = None, de
 
         model, tokenizer = build_tiny_model(source.removeprefix("builtin:"), seed=spec.seed)
         return model.to(device), tokenizer
-    if spec.trust_remote_code and path is None and spec.revision is None:
-        raise CheckpointError(
-            "trust_remote_code: true runs code from the hub; pin `model.revision` to a commit so the code is "
-            "the one you reviewed"
-        )
     local = Path(source)
-    if local.exists() and not any(local.glob(f"*{WEIGHT_SUFFIX}")):
-        raise CheckpointError(f"{local}: no {WEIGHT_SUFFIX} weights found (pickle checkpoints are not loaded)")
+    if spec.trust_remote_code and path is None and not local.is_dir() and not is_pinned_revision(spec.revision):
+        raise CheckpointError(
+            f"trust_remote_code: true runs the Python code of hub model {source!r}; pin `model.revision` to a commit "
+            f"(40 hex digits; got {spec.revision!r}) so the code that runs is the one you reviewed: a branch or tag "
+            "can move"
+        )
+    if local.exists():
+        weights = sorted(local.glob(f"*{WEIGHT_SUFFIX}"))
+        if not weights:
+            raise CheckpointError(f"{local}: no {WEIGHT_SUFFIX} weights found (pickle checkpoints are not loaded)")
+        for file in weights:
+            check_safetensors(file)
     dtype = _resolve_dtype(spec.dtype, device)
     kwargs: dict[str, Any] = dict(
         revision=spec.revision, trust_remote_code=spec.trust_remote_code, use_safetensors=True
@@ -53,6 +61,11 @@ def load_model_and_tokenizer(spec: ModelSpec, path: str | Path | None = None, de
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(device), tokenizer
+
+
+def is_pinned_revision(revision: str | None) -> bool:
+    """Whether ``revision`` names one commit (a full 40-hex-digit hash), not a branch or tag that can move."""
+    return revision is not None and re.fullmatch(r"[0-9a-f]{40}", revision) is not None
 
 
 def _resolve_dtype(name: str, device: str):
@@ -93,6 +106,34 @@ def _fsync_tree(folder: Path) -> None:
         os.close(fd)
 
 
+def check_safetensors(path: Path) -> None:
+    """Refuses a truncated or malformed safetensors file (header length, JSON header, data size).
+
+    Cheap: reads the header only, no tensor data.
+    """
+    size = path.stat().st_size
+    problem = None
+    with path.open("rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            problem = f"{size} bytes, shorter than a header"
+        else:
+            (header_len,) = struct.unpack("<Q", head)
+            if header_len > size - 8:
+                problem = f"header says {header_len} bytes but the file has {size}"
+            else:
+                try:
+                    header = json.loads(handle.read(header_len))
+                    end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+                except (ValueError, KeyError, TypeError, IndexError) as err:
+                    problem = f"unreadable header ({err})"
+                else:
+                    if 8 + header_len + end != size:
+                        problem = f"tensors need {8 + header_len + end} bytes but the file has {size}"
+    if problem:
+        raise CheckpointError(f"{path}: truncated or corrupt safetensors file: {problem}")
+
+
 def weights_hash(folder: Path) -> str:
     """SHA-256 over the safetensors files of a checkpoint folder (sorted by name)."""
     digest = hashlib.sha256()
@@ -118,15 +159,20 @@ def save_checkpoint(model: Any, tokenizer: Any, folder: Path, lora_merge: bool =
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
-    to_save = model
-    if hasattr(model, "peft_config"):
-        model.save_pretrained(staging / "adapter")
-        if lora_merge:
-            to_save = model.merge_and_unload()
-    to_save.save_pretrained(staging, safe_serialization=True)
-    tokenizer.save_pretrained(staging)
-    _fsync_tree(staging)
-    digest = weights_hash(staging)
+    try:
+        to_save = model
+        if hasattr(model, "peft_config"):
+            model.save_pretrained(staging / "adapter")
+            if lora_merge:
+                to_save = model.merge_and_unload()
+        to_save.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        _fsync_tree(staging)
+        digest = weights_hash(staging)
+    except OSError as err:  # e.g. disk full: keep whatever checkpoint is in place
+        shutil.rmtree(staging, ignore_errors=True)
+        kept = f"; the previous {folder} is kept" if folder.exists() else ""
+        raise CheckpointError(f"could not save {folder} ({err}){kept}") from None
     if folder.exists():
         # keep the old folder until the new one is in place
         old = folder.with_name(f"{folder.name}.old-{os.getpid()}")

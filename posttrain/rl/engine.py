@@ -40,6 +40,7 @@ from posttrain.rl.reward import RewardScorer
 from posttrain.rl.sampler import Rollout, RolloutSampler, SamplingSettings, decode_completions, end_token_ids
 from posttrain.training.loop import lr_at, make_optimizer, step_rows
 from posttrain.training.metrics import MetricsWriter
+from posttrain.training.state import TrainCheckpoints
 
 
 def _micro_share(micro_mask_BC: torch.Tensor, mini_mask_BC: torch.Tensor, aggregation: str) -> float:
@@ -65,6 +66,8 @@ class RLEngine:
         seed: seeds prompt order and sampling.
         stage_dir: the stage's folder (for ``last_good`` after a non-finite step).
         heldout: held-out evaluation, or None.
+        checkpoints: resumable training state (restored before the first step, saved every ``save_every``
+            steps, between steps so no rollouts are in flight), or None.
     """
 
     def __init__(
@@ -81,11 +84,12 @@ class RLEngine:
         seed: int,
         stage_dir: Path,
         heldout: HeldoutEvaluation | None = None,
+        checkpoints: TrainCheckpoints | None = None,
     ):
         self.config, self.train_spec = config, config.train
         self.tokenizer, self.objective, self.reward = tokenizer, objective, reward
         self.accelerator, self.metrics, self.seed, self.stage_dir = accelerator, metrics, seed, stage_dir
-        self.heldout = heldout
+        self.heldout, self.checkpoints = heldout, checkpoints
         self.group_size = config.group_size
         self.rows, self.prompt_ids, self.dropped_prompts = encode_prompts(
             tokenizer, prompts, config.generation.max_prompt_tokens
@@ -110,6 +114,7 @@ class RLEngine:
         self.settings = SamplingSettings(generation.max_new_tokens, generation.temperature, generation.top_p, generation.top_k)
         self.updates_total = self.train_spec.steps * self.train_spec.epochs * self.train_spec.mini_batches
         self.updates_done = 0
+        self.nonfinite_skipped = 0
         precision = self.train_spec.precision
         self.use_bf16 = precision == "bf16" or (
             precision == "auto" and self.device.type == "cuda" and torch.cuda.is_bf16_supported()
@@ -126,8 +131,15 @@ class RLEngine:
         started, completion_tokens = time.perf_counter(), 0
         since_heldout: list[float] = []
         last: dict[str, float] = {}
+        first_step = 0
+        restored = self.checkpoints.restore(self.module, self.optimizer) if self.checkpoints is not None else None
+        if restored is not None:
+            first_step, completion_tokens, since_heldout, last = (
+                restored["step"], restored["completion_tokens"], restored["since_heldout"], restored["last"]
+            )
+            self._load_counters(restored)
         try:
-            for step in range(steps):
+            for step in range(first_step, steps):
                 values = self.step(step)
                 completion_tokens += int(values["completion_tokens"])
                 since_heldout.append(values["reward/total/mean"])
@@ -138,6 +150,9 @@ class RLEngine:
                 last = values
                 if (step + 1) % self.train_spec.log_every == 0 or step + 1 == steps:
                     self.metrics.log(step + 1, values, total=steps)
+                if self.checkpoints is not None and self.checkpoints.due(step + 1, steps):
+                    counters = {"completion_tokens": completion_tokens, "since_heldout": since_heldout, "last": last}
+                    self.checkpoints.save(step + 1, self.module, self.optimizer, {**counters, **self._counters()})
         finally:  # reward sources may hold worker processes or models
             self.reward.close()
             if self.heldout is not None and self.heldout.scorer is not self.reward:
@@ -151,6 +166,21 @@ class RLEngine:
             **{f"final_{k}": v for k, v in last.items() if k.startswith(("reward/total", "heldout/", "kl"))},
         }
 
+    def _counters(self) -> dict[str, Any]:
+        """What the engine carries from step to step, besides weights and optimizer (JSON)."""
+        return {
+            "updates_done": self.updates_done,
+            "nonfinite_skipped": self.nonfinite_skipped,
+            "objective": self.objective.state_dict(),
+            "heldout_previous": self.heldout.previous if self.heldout is not None else None,
+        }
+
+    def _load_counters(self, saved: dict[str, Any]) -> None:
+        self.updates_done, self.nonfinite_skipped = saved["updates_done"], saved["nonfinite_skipped"]
+        self.objective.load_state_dict(saved["objective"])
+        if self.heldout is not None and saved["heldout_previous"] is not None:
+            self.heldout.previous = tuple(saved["heldout_previous"])
+
     def step(self, step: int) -> dict[str, float]:
         """One rollout-and-update iteration; returns its metrics."""
         began = time.perf_counter()
@@ -163,9 +193,15 @@ class RLEngine:
         scored_at = time.perf_counter()
         experience = self._experience(rollout, scored.rewards_B.to(self.device), scored.excluded_B.to(self.device))
         values: dict[str, float] = {**scored.metrics, **_floats(self.objective.prepare(experience))}
-        self._check_finite(experience.advantages, "advantages", step)
-        values.update(_floats(self.objective.after_rollout(experience)))
-        values.update(self._update(experience, step))
+        try:
+            self._check_finite(experience.advantages, "advantages", step)
+        except _SkipUpdate:  # no update can use these rollouts
+            self.nonfinite_skipped += 1
+            values["updates"] = 0
+        else:
+            values.update(_floats(self.objective.after_rollout(experience)))
+            values.update(self._update(experience, step))
+        values["nonfinite_skipped"] = self.nonfinite_skipped
         finished = time.perf_counter()
         tokens = int(rollout.completion_mask_BC.sum())
         kl_BC = kl_estimate(experience.old_logprobs_BC, experience.ref_logprobs_BC, self.config.kl.estimator)
@@ -234,9 +270,15 @@ class RLEngine:
                     continue  # every completion here was excluded: nothing to learn from
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr_at(self.updates_done, spec, self.updates_total)
-                self._accumulate_gradients(mini, tally, first_pass=epoch == 0, step=step)
-                grad_norm = self._clip()
-                self._check_finite(torch.tensor(grad_norm), "gradient norm", step)
+                try:
+                    self._accumulate_gradients(mini, tally, first_pass=epoch == 0, step=step)
+                    grad_norm = self._clip()
+                    self._check_finite(torch.tensor(grad_norm), "gradient norm", step)
+                except _SkipUpdate:
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.nonfinite_skipped += 1
+                    self.updates_done += 1  # the schedule counts the update's slot
+                    continue
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 tally.sums["grad_norm"] += grad_norm
@@ -278,9 +320,12 @@ class RLEngine:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16)
 
     def _check_finite(self, value: torch.Tensor | None, what: str, step: int) -> None:
-        """Stops the stage on NaN/inf, after saving the policy as it was before this update."""
+        """On NaN/inf: skips the update (``on_nan: skip``, raises `_SkipUpdate`) or stops the stage, after
+        saving the policy as it was before this update."""
         if value is None or bool(torch.isfinite(value).all()):
             return
+        if self.train_spec.on_nan == "skip":
+            raise _SkipUpdate(what)
         folder = self.stage_dir / "last_good"
         saved = ""
         if self.accelerator.is_main_process:
@@ -288,10 +333,21 @@ class RLEngine:
             merge = getattr(self.config.lora, "merge", True)
             save_checkpoint(self.policy, self.tokenizer, folder, lora_merge=merge)
             saved = f"; the policy before this update is saved at {folder}"
+        if self.checkpoints is not None:
+            saved += f"; {self.checkpoints.last_good()}"
         raise NonFiniteLossError(
-            f"stage {self.config.name!r}: non-finite {what} at step {step + 1}{saved}. Lower train.lr, check the "
-            "reward for NaN/inf, or raise clip settings"
+            f"stage {self.config.name!r}: non-finite {what} at step {step + 1} (prompts "
+            f"{self._step_prompts(step)[:8]}...){saved}. Lower train.lr, check the reward for NaN/inf, raise clip "
+            "settings, or set train.on_nan: skip"
         )
+
+    def _step_prompts(self, step: int) -> list[int]:
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        return step_rows(len(self.rows), step, self.train_spec.prompts_per_step * world, self.seed)[rank::world]
+
+
+class _SkipUpdate(Exception):
+    """A non-finite value under ``on_nan: skip``: the update it belongs to is not applied."""
 
 
 @dataclass

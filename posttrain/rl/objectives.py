@@ -125,6 +125,13 @@ class GRPOObjective:
     def after_rollout(self, experience: Experience) -> Metrics:
         return {"kl_coef": self.beta}
 
+    def state_dict(self) -> dict[str, float]:
+        """What changes during training (nothing: beta is fixed); for resumable checkpoints."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        """Restores `state_dict`."""
+
 
 class PPOObjective:
     """PPO for language models (Ziegler et al., arXiv 1909.08593 §2; Ouyang et al., arXiv 2203.02155 eq. 2).
@@ -195,6 +202,14 @@ class PPOObjective:
         used = self.controller.kl_coef
         self.controller.update(kl, n_steps=int(mask_BC.shape[0]))
         return {"kl_coef": used}
+
+    def state_dict(self) -> dict[str, float]:
+        """The KL controller's state (an adaptive beta moves); for resumable checkpoints."""
+        return self.controller.state_dict()
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        """Restores `state_dict`."""
+        self.controller.load_state_dict(state)
 
 
 def make_objective(config: RLConfig) -> GRPOObjective | PPOObjective:

@@ -49,7 +49,7 @@ class RLStage(Stage):
         engine = RLEngine(
             config=config, policy=self.model, tokenizer=self.tokenizer, objective=make_objective(config),
             reward=reward, prompts=prompts.rows, accelerator=ctx.accelerator, metrics=ctx.metrics, seed=ctx.seed,
-            stage_dir=ctx.stage_dir,
+            stage_dir=ctx.stage_dir, checkpoints=ctx.checkpoints,
         )
         if config.heldout is not None:
             spec = config.heldout

@@ -16,6 +16,7 @@ from posttrain.config.stages import StageConfig
 from posttrain.models.checkpoint import load_model_and_tokenizer, save_checkpoint
 from posttrain.registry import Registry
 from posttrain.training.metrics import MetricsWriter
+from posttrain.training.state import TrainCheckpoints
 
 
 @dataclass
@@ -30,6 +31,7 @@ class StageContext:
     seed: int
     accelerator: Any
     metrics: MetricsWriter
+    checkpoints: TrainCheckpoints | None = None  # resumable training state inside the stage
 
 
 class Stage:

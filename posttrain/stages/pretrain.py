@@ -46,6 +46,6 @@ class PretrainStage(Stage):
         rows = pack(encoded, spec.seq_len, self.tokenizer.pad_token_id, split_examples=True)
         result = train_loop(
             self.model, rows, spec, seed=self.context.seed, accelerator=self.context.accelerator,
-            metrics=self.context.metrics,
+            metrics=self.context.metrics, checkpoints=self.context.checkpoints,
         )
         return result.summary(packed_rows=len(rows), skipped_data_rows=skipped)

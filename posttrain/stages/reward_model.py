@@ -52,5 +52,6 @@ class RewardModelStage(Stage):
         result = train_loop(
             self.model, rows, spec, seed=ctx.seed, accelerator=ctx.accelerator, metrics=ctx.metrics,
             loss_sum_fn=objective, count_fn=pair_count, step_metrics=objective.step_metrics,
+            checkpoints=ctx.checkpoints,
         )
         return result.summary(pairs=len(rows), skipped_data_rows=data.skipped)

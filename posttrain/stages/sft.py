@@ -34,6 +34,7 @@ class SFTStage(Stage):
         pad = self.tokenizer.pad_token_id
         rows = pack(encoded, spec.seq_len, pad, split_examples=False) if spec.packing else pad_rows(encoded, spec.seq_len, pad)
         result = train_loop(
-            self.model, rows, spec, seed=ctx.seed, accelerator=ctx.accelerator, metrics=ctx.metrics
+            self.model, rows, spec, seed=ctx.seed, accelerator=ctx.accelerator, metrics=ctx.metrics,
+            checkpoints=ctx.checkpoints,
         )
         return result.summary(packed_rows=len(rows), skipped_data_rows=data.skipped)

@@ -23,6 +23,7 @@ from posttrain.config.common import TrainSpec
 from posttrain.data.packing import IGNORE_INDEX
 from posttrain.errors import NonFiniteLossError
 from posttrain.training.metrics import MetricsWriter
+from posttrain.training.state import TrainCheckpoints
 
 
 @dataclass
@@ -122,13 +123,15 @@ def train_loop(
     loss_sum_fn: Callable[[Any, dict[str, torch.Tensor]], tuple[torch.Tensor, int]] = causal_lm_loss_sum,
     count_fn: Callable[[dict[str, torch.Tensor]], int] = labelled_token_count,
     step_metrics: Callable[[], dict[str, float]] | None = None,
+    checkpoints: TrainCheckpoints | None = None,
 ) -> LoopResult:
     """Trains ``model`` on packed ``rows`` for the configured number of optimizer steps.
 
     Each process takes its share of every optimizer step's global batch; the loss of each micro-batch is
     its summed loss divided by the count (``count_fn``: labelled tokens by default, pairs for preference
     stages) of the whole step across processes. ``step_metrics``, if given, is called once per optimizer
-    step and its values are logged with the loop's own.
+    step and its values are logged with the loop's own. ``checkpoints``, if given, restores a saved training
+    state before the first step and saves one every ``save_every`` steps.
     """
     world, rank = accelerator.num_processes, accelerator.process_index
     steps = total_steps(spec, len(rows), world)
@@ -151,7 +154,13 @@ def train_loop(
     tokens_seen, skipped, started = 0, 0, time.perf_counter()
     window_start, window_tokens = started, 0
     last: dict[str, float] = {}
-    for step in range(steps):
+    first_step = 0
+    restored = checkpoints.restore(model, optimizer) if checkpoints is not None else None
+    if restored is not None:
+        first_step, tokens_seen, skipped, last = (
+            restored["step"], restored["tokens_seen"], restored["skipped"], restored["last"]
+        )
+    for step in range(first_step, steps):
         indices = step_rows(len(rows), step, global_batch, seed)
         local = indices[rank::world]
         micro_batches = [local[i : i + spec.batch_size] for i in range(0, len(local), spec.batch_size)]
@@ -181,10 +190,15 @@ def train_loop(
         if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
             what = f"loss={loss_value} grad_norm={grad_norm} at step {step + 1} (rows {indices[:8]}...)"
             if spec.on_nan == "stop":
-                raise NonFiniteLossError(f"non-finite {what}; lower the learning rate or set train.on_nan: skip")
+                last_good = checkpoints.last_good() if checkpoints is not None else "train.save_every is not set"
+                raise NonFiniteLossError(
+                    f"non-finite {what}; the update was not applied; {last_good}. Lower the learning rate or set "
+                    "train.on_nan: skip"
+                )
             optimizer.zero_grad(set_to_none=True)
             skipped += 1
-            metrics.log(step + 1, {"nonfinite_skipped": skipped})
+            metrics.log(step + 1, {"loss": loss_value, "grad_norm": grad_norm, "nonfinite_skipped": skipped})
+            _save_if_due(checkpoints, step + 1, steps, model, optimizer, tokens_seen, skipped, last)
             continue
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -204,7 +218,16 @@ def train_loop(
             last["tokens_per_s"] = window_tokens / max(now - window_start, 1e-9)
             window_start, window_tokens = now, 0
             metrics.log(step + 1, last, total=steps)
+        _save_if_due(checkpoints, step + 1, steps, model, optimizer, tokens_seen, skipped, last)
     return LoopResult(steps, tokens_seen, time.perf_counter() - started, skipped, last)
+
+
+def _save_if_due(
+    checkpoints: TrainCheckpoints | None, step: int, steps: int, model: Any, optimizer: Any,
+    tokens_seen: int, skipped: int, last: dict[str, float],
+) -> None:
+    if checkpoints is not None and checkpoints.due(step, steps):
+        checkpoints.save(step, model, optimizer, {"tokens_seen": tokens_seen, "skipped": skipped, "last": last})
 
 
 def _to_tensors(rows: list[dict[str, list[int]]], device: torch.device) -> dict[str, torch.Tensor]:
