@@ -34,6 +34,7 @@ import yaml
 
 from posttrain.config.common import DataSpec, Strict
 from posttrain.config.stages import StageConfig
+from posttrain.data.stage_outputs import bind_stage_outputs, linked_data_fingerprint
 from posttrain.errors import GateFailed
 from posttrain.recipe import LoadedRecipe, data_specs, resolve_data_path
 
@@ -152,7 +153,8 @@ class Pipeline:
         for index, stage in enumerate(self.recipe.stages):
             parent = self.recipe.parent_of(index)
             data = [
-                data_fingerprint(spec, self.loaded.directory, self.recipe.seed)
+                linked_data_fingerprint(spec, self.loaded.directory, self.recipe.seed, by_name)
+                or data_fingerprint(spec, self.loaded.directory, self.recipe.seed)
                 for _, spec in data_specs(stage)
             ]
             fingerprint = _hash([fingerprint_config(stage), by_name[parent] if parent else base, data, self.recipe.seed])
@@ -209,7 +211,7 @@ class Pipeline:
             (folder / name).unlink(missing_ok=True)
         self.log(f"[{stage.name}] running {stage.kind} (from {self.recipe.parent_of(index) or 'base model'})")
         context = StageContext(
-            config=stage,
+            config=bind_stage_outputs(stage, self.run_dir / "stages"),
             model_spec=self.recipe.model,
             input_checkpoint=input_checkpoint,
             stage_dir=folder,
@@ -285,8 +287,10 @@ class Pipeline:
                 self.log(f"[{stage.name}] removed a half-written checkpoint: {removed}")
         self.accelerator.wait_for_everyone()
         latest = latest_checkpoint(resume_dir)
-        spec = stage.train
-        keep = TrainCheckpoints(resume_dir, spec.save_every, spec.keep_last, identity, self.accelerator)
+        spec = getattr(stage, "train", None)  # stages that train nothing (e.g. `constitutional`) save no state
+        keep = TrainCheckpoints(
+            resume_dir, getattr(spec, "save_every", None), getattr(spec, "keep_last", 1), identity, self.accelerator
+        )
         if latest is None:
             if self.resume:
                 self.log(f"[{stage.name}] no saved training state to resume from: starting the stage")

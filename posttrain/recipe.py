@@ -84,7 +84,7 @@ RecipeLoader.add_implicit_resolver(
 def resolve_data_path(source: str, recipe_dir: Path) -> Path | None:
     """The file a data source names, or None for built-in and `hf:` sources. Relative paths are tried
     against the recipe's folder first, then the working directory."""
-    if source.startswith(("builtin:", "hf:")):
+    if source.startswith(("builtin:", "hf:", "stage:")):
         return None
     path = Path(source).expanduser()
     if path.is_absolute():
@@ -253,6 +253,7 @@ def _check_semantics(recipe: Recipe, recipe_dir: Path, lines: dict[tuple, int]) 
                 f"(earlier stages: {sorted(seen) or 'none'}; `base` is the recipe's model)"
             )
         seen.add(stage.name)
+    problems += _check_stage_inputs(recipe, recipe_dir, lines)
     for path, spec in data_specs(recipe):
         file = resolve_data_path(spec.source, recipe_dir)
         if file is not None and not file.exists():
@@ -272,7 +273,46 @@ def _check_semantics(recipe: Recipe, recipe_dir: Path, lines: dict[tuple, int]) 
     return problems
 
 
-BUILTIN_SOURCES = {"builtin:arithmetic", "builtin:code", "builtin:corpus", "builtin:preferences"}
+BUILTIN_SOURCES = {"builtin:arithmetic", "builtin:code", "builtin:corpus", "builtin:preferences", "builtin:rlaif"}
+
+
+def _check_stage_inputs(recipe: Recipe, recipe_dir: Path, lines: dict[tuple, int]) -> list[str]:
+    """`stage:NAME/OUTPUT` data sources (an earlier stage with that output; not in evaluations) and
+    constitution files (read and checked here, so a bad principle or template stops before any generation)."""
+    from posttrain.data.stage_outputs import parse_stage_source, source_problem
+    from posttrain.rlaif.constitution import ConstitutionError, load_constitution
+
+    problems: list[str] = []
+    earlier: dict[str, Any] = {}
+    checked: dict[Path, str | None] = {}
+
+    def check_constitution(where: str, name: str, line_path: tuple) -> None:
+        file = resolve_data_path(name, recipe_dir)
+        if file not in checked:
+            try:
+                load_constitution(file)
+                checked[file] = None
+            except ConstitutionError as err:
+                checked[file] = str(err)
+        if checked[file]:
+            problems.append(f"{where}{_line_suffix(lines, line_path)}: {checked[file]}")
+
+    for i, stage in enumerate(recipe.stages):
+        for path, spec in data_specs(stage):
+            where = f"stages[{i}] ({stage.name}).{path}"
+            problem = source_problem(spec.source, earlier)
+            if problem:
+                problems.append(f"{where}.source{_line_suffix(lines, ('stages', i, path.split('.')[0], 'source'))}: {problem}")
+            if spec.constitution:
+                check_constitution(f"{where}.constitution", spec.constitution, ("stages", i, path.split(".")[0]))
+        if isinstance(getattr(stage, "constitution", None), str):
+            check_constitution(f"stages[{i}] ({stage.name}).constitution", stage.constitution, ("stages", i, "constitution"))
+        earlier[stage.name] = stage
+    for i, evaluation in enumerate(recipe.evaluations):
+        if parse_stage_source(evaluation.data.source):
+            problems.append(f"evaluations[{i}] ({evaluation.name}).data.source: stage outputs cannot be evaluated "
+                            "after every stage; evaluate a file or built-in data")
+    return problems
 
 
 def data_specs(recipe: Strict) -> list[tuple[str, DataSpec]]:

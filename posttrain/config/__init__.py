@@ -6,3 +6,4 @@ Importing this package registers every stage kind's config class.
 from posttrain.config import stages  # noqa: F401
 from posttrain.config import preference  # noqa: F401
 from posttrain.config import rl  # noqa: F401
+from posttrain.config import rlaif  # noqa: F401

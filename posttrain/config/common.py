@@ -58,6 +58,11 @@ class DataSpec(Strict):
     on_bad_row: Literal["error", "skip"] = Field(
         "error", description="A malformed row stops with an error naming file and line, or is skipped and counted."
     )
+    constitution: str | None = Field(
+        None,
+        description="`builtin:rlaif` only: the constitution file (relative to the recipe) whose principles and "
+        "templates the demonstrations use; default the built-in arithmetic constitution.",
+    )
 
 
 class LoraSpec(Strict):

@@ -10,7 +10,9 @@ from posttrain.config.common import DataSpec, Strict
 
 
 # Evaluator kinds a recipe may name; each has an implementation registered in `posttrain.eval`.
-EVALUATOR_KINDS: list[str] = ["exact_match", "perplexity", "pairwise_accuracy", "preference_accuracy"]
+EVALUATOR_KINDS: list[str] = [
+    "exact_match", "perplexity", "pairwise_accuracy", "preference_accuracy", "principle_violations",
+]
 
 
 class EvalConfig(Strict):
@@ -21,7 +23,8 @@ class EvalConfig(Strict):
         description="`exact_match`: greedy answers compared with the `answer` column (the final number, "
         "or the whole text); `perplexity`: on held-out text; `pairwise_accuracy`: a reward model's "
         "chosen-over-rejected accuracy on preference pairs (runs on reward-model checkpoints only); "
-        "`preference_accuracy`: the same for a language model's response log-probabilities."
+        "`preference_accuracy`: the same for a language model's response log-probabilities; "
+        "`principle_violations`: the share of greedy answers breaking the built-in world's checkable principles."
     )
     data: DataSpec = Field(description="Held-out data.")
     max_new_tokens: int = Field(16, gt=0, description="exact_match: generation budget per answer.")

@@ -52,6 +52,18 @@ def builtin_rows(spec: DataSpec, seed: int) -> list[dict[str, Any]]:
     raise DataError(f"unknown built-in dataset {spec.source!r}; built-in: builtin:arithmetic, builtin:corpus")
 
 
+def _rlaif_rows(spec: DataSpec, recipe_dir: Path, seed: int) -> list[dict[str, Any]]:
+    """The RLAIF demonstration rows (`posttrain.data.constitution`), with the spec's constitution if any."""
+    from posttrain.data.constitution import rlaif_sft_rows
+    from posttrain.recipe import resolve_data_path
+    from posttrain.rlaif.constitution import load_constitution
+
+    path = resolve_data_path(spec.constitution, recipe_dir) if spec.constitution else None
+    constitution = load_constitution(path) if path is not None else None
+    levels = tuple(spec.levels) if spec.levels else world.LEVELS
+    return rlaif_sft_rows(spec.split, spec.count or 2000, seed, constitution, levels)
+
+
 def _read_jsonl(path: Path) -> Iterable[tuple[str, Any]]:
     with path.open() as handle:
         for number, line in enumerate(handle, start=1):
@@ -128,6 +140,8 @@ def load_dataset(spec: DataSpec, recipe_dir: Path, seed: int) -> Dataset:
     """Loads and checks every row of a data spec (relative paths resolve against the recipe folder)."""
     from posttrain.recipe import resolve_data_path
 
+    if spec.source == "builtin:rlaif":
+        return Dataset(rows=_rlaif_rows(spec, recipe_dir, seed), origin=spec.source)
     if spec.source.startswith("builtin:"):
         rows = builtin_rows(spec, seed)
         return Dataset(rows=rows, origin=spec.source)

@@ -4,7 +4,7 @@ Builds the `CompositeReward` of the entries (weights, gates, normalisation, the 
 completion cut off before its end token earns no positive reward unless an entry allows it) with two
 additions for RL stages:
 
-- ``path: stage:NAME`` in a ``reward_model`` entry names the checkpoint of reward-model stage NAME of the
+- ``path: stage:NAME`` in a ``reward_model`` or ``ai_judge`` entry names the checkpoint of stage NAME of the
   same run, and a reward model runs on the policy's device unless the entry sets ``device``.
 - Every source is wrapped so that an exception names the source and shows the completion that triggered
   it, rather than surfacing as a bare traceback from deep inside a verifier.
@@ -69,7 +69,7 @@ class GuardedSource(RewardSource):
 def resolve_entry_args(entry: RewardEntry, stages_dir: Path, device: str) -> dict[str, Any]:
     """The entry's arguments with ``stage:NAME`` paths resolved and a reward model's device defaulted."""
     args = dict(entry.args)
-    if entry.source != "reward_model":
+    if entry.source not in ("reward_model", "ai_judge"):
         return args
     path = str(args.get("path", ""))
     if path.startswith(STAGE_PREFIX):

@@ -1,0 +1,55 @@
+"""What the `constitutional` and `ai_judge` stages share: role models, sampling settings, writing outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from posttrain.config.rl import GenerationSpec
+from posttrain.config.rlaif import RoleSettings
+from posttrain.data.stage_outputs import stage_output_path
+from posttrain.recipe import resolve_data_path
+from posttrain.rl.sampler import SamplingSettings
+from posttrain.rlaif.constitution import Constitution, load_constitution
+from posttrain.rlaif.language_model import RoleModel, load_role_model
+
+
+def sampling_settings(spec: GenerationSpec) -> SamplingSettings:
+    return SamplingSettings(spec.max_new_tokens, spec.temperature, spec.top_p, spec.top_k)
+
+
+def stage_constitution(name: str, recipe_dir: Path) -> Constitution:
+    """The stage's constitution file, resolved like a data file (recipe folder first, then working dir)."""
+    return load_constitution(resolve_data_path(name, recipe_dir) or Path(name))
+
+
+def role_models(context: Any, policy: Any, tokenizer: Any, reference: str, settings: RoleSettings) -> tuple[RoleModel, RoleModel]:
+    """``(policy role, other role)``: the stage's model, and the critic/judge it names (maybe the same)."""
+    device = str(context.accelerator.device)
+    own = RoleModel(policy, tokenizer, settings.batch_size, settings.max_prompt_tokens)
+    model, role_tokenizer = load_role_model(reference, policy, tokenizer, context.stage_dir.parent, context.model_spec, device)
+    if model is policy:
+        return own, own
+    return own, RoleModel(model, role_tokenizer, settings.batch_size, settings.max_prompt_tokens)
+
+
+def generator_for(context: Any, salt: int = 0) -> torch.Generator:
+    return torch.Generator(device=str(context.accelerator.device)).manual_seed(context.seed * 1000 + salt)
+
+
+def write_output(stage_dir: Path, output: str, rows: Iterable[dict[str, Any]]) -> Path:
+    """Writes one output of a stage as JSONL (to a temporary file, renamed when complete)."""
+    path = stage_output_path(stage_dir.parent, stage_dir.name, output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    with temp.open("w") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    temp.replace(path)
+    return path

@@ -1,0 +1,69 @@
+"""The critique -> revise stage (Constitutional AI's supervised phase, Bai et al. 2022, arXiv 2212.08073 §3).
+
+The policy (the starting model) answers every prompt; the critic (the policy itself or another model)
+critiques and revises each answer for `rounds` rounds under sampled principles. Outputs, read by later
+stages as ``stage:NAME/revisions`` and ``stage:NAME/pairs``:
+
+- ``revisions``: (prompt, final revision) chat rows for SFT;
+- ``pairs``: (prompt, final revision ≻ original response) with the principles and critiques kept.
+
+The stage trains nothing: its checkpoint is the starting model.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+from posttrain.config.rlaif import ConstitutionalConfig
+from posttrain.rl.prompts import load_prompts
+from posttrain.rlaif.critique import critique_and_revise, violation_rates
+from posttrain.rlaif.runtime import generator_for, role_models, sampling_settings, stage_constitution, write_output
+from posttrain.stages.base import Stage, register_stage
+
+
+@register_stage("constitutional")
+class ConstitutionalStage(Stage):
+    """Critique and revise the policy's answers; write SFT rows and preference pairs."""
+
+    config: ConstitutionalConfig
+
+    def __init__(self, context):
+        super().__init__(context)
+        self.load_start_model()
+
+    def train(self) -> dict[str, Any]:
+        ctx, config = self.context, self.config
+        started = time.time()
+        constitution = stage_constitution(config.constitution, ctx.recipe_dir)
+        prompts = load_prompts(config.data, ctx.recipe_dir, ctx.seed)
+        policy, critic = role_models(ctx, self.model, self.tokenizer, config.critic, config.roles)
+        generator = generator_for(ctx)
+        answers = policy.generate([row.messages for row in prompts.rows], sampling_settings(config.response), generator)
+        revise_settings = sampling_settings(config.revise)
+        result = critique_and_revise(
+            constitution, [row.question for row in prompts.rows], [text.strip() for text, _ in answers],
+            lambda texts: critic.answer(texts, revise_settings, generator),
+            rounds=config.rounds, rng=random.Random(f"constitutional/{ctx.seed}"),
+            max_chars=config.max_revision_chars, examples=[row.example for row in prompts.rows],
+        )
+        revised = [item for item in result.items if item.revised]
+        with_original = [item for item in revised if item.original.strip()]
+        write_output(ctx.stage_dir, "revisions", (item.sft_row() for item in revised))
+        write_output(ctx.stage_dir, "pairs", (item.pair_row() for item in with_original))
+        write_output(ctx.stage_dir, "trace", ({"prompt": i.prompt, "original": i.original, "final": i.final,
+                                               "rounds": [vars(r) for r in i.rounds]} for i in result.items))
+        metrics = result.metrics()
+        for when, texts in (("before", [i.original for i in result.items]), ("after", [i.final for i in result.items])):
+            metrics.update({f"violations/{when}/{k}": v for k, v in violation_rates(constitution, texts).items()})
+        metrics["revise/pairs"] = float(len(with_original))
+        metrics["revise/cut_prompts"] = float(policy.cut_prompts + (critic.cut_prompts if critic is not policy else 0))
+        metrics["seconds"] = time.time() - started
+        ctx.metrics.log(1, metrics, total=1)
+        if not revised:
+            raise ValueError(
+                f"stage {config.name!r}: no usable revision among {len(result.items)} prompts "
+                f"(dropped: {result.dropped}); see {ctx.stage_dir / 'data' / 'trace.jsonl'}"
+            )
+        return {"prompts": len(result.items), "skipped_data_rows": prompts.skipped, **metrics}
