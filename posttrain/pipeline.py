@@ -177,7 +177,6 @@ class Pipeline:
 
     def run(self) -> list[dict[str, Any]]:
         """Runs (or reuses) every stage and its evaluations; returns the evaluation table."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         _check_writable(self.run_dir)
         (self.run_dir / "recipe.yaml").write_text(yaml.safe_dump(self.loaded.raw, sort_keys=False))
         fingerprints = self.fingerprints()
@@ -203,7 +202,7 @@ class Pipeline:
             return StageRecord(stage.name, fingerprint, checkpoint, True, summary=manifest.get("summary", {}))
         from posttrain.stages import StageContext, stage_class
 
-        folder.mkdir(parents=True, exist_ok=True)
+        _check_writable(folder)
         accelerator = self.accelerator
         checkpoints = self._train_checkpoints(index, fingerprint, input_checkpoint)
         stale = ["manifest.json", "eval.json"] + ([] if checkpoints.resume_from else ["metrics.jsonl"])
@@ -436,12 +435,15 @@ def _seed_everything(seed: int) -> None:
 
 
 def _check_writable(folder: Path) -> None:
+    """Creates ``folder`` and writes a probe file in it: a clear error before anything trains, not at the
+    first save."""
     probe = folder / f".write-test-{os.getpid()}"
     try:
+        folder.mkdir(parents=True, exist_ok=True)
         probe.write_text("ok")
         probe.unlink()
     except OSError as err:
-        raise PermissionError(f"run directory {folder} is not writable: {err}") from None
+        raise PermissionError(f"output folder {folder} is not writable: {err}") from None
 
 
 def table_columns(table: list[dict[str, Any]]) -> list[str]:

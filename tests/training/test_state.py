@@ -229,3 +229,30 @@ def test_changes_are_named() -> None:
         "the number of processes: 1 -> 2",
     ]
     assert describe_changes(IDENTITY, dict(IDENTITY)) == []
+
+
+def test_a_nan_stops_the_loop_naming_the_step_and_the_last_good_state(tmp_path: Path, accelerator) -> None:
+    import io
+
+    from posttrain.data.packing import encode_chats, pack
+    from posttrain.data.world import arithmetic_rows
+    from posttrain.errors import NonFiniteLossError
+    from posttrain.models.tiny import build_tiny_model
+    from posttrain.training.loop import causal_lm_loss_sum, train_loop
+    from posttrain.training.metrics import MetricsWriter
+
+    model, tokenizer = build_tiny_model("micro", seed=0)
+    rows = pack(encode_chats(tokenizer, arithmetic_rows("train", 32, 0, (1,))), 32, tokenizer.pad_token_id, split_examples=False)
+    calls = {"n": 0}
+
+    def nan_on_third_step(model, batch):
+        loss, count = causal_lm_loss_sum(model, batch)
+        calls["n"] += 1
+        return (loss * float("nan") if calls["n"] == 3 else loss), count
+
+    keep = store(tmp_path, accelerator, every=2)
+    spec = TrainSpec(steps=4, batch_size=2, seq_len=32, lr=1e-3, log_every=1, save_every=2)
+    with pytest.raises(NonFiniteLossError, match=r"loss=nan .* at step 3 \(rows .*step-00000002.*--resume"):
+        train_loop(model, rows, spec, seed=0, accelerator=accelerator, metrics=MetricsWriter(None, "t", stream=io.StringIO()),
+                   loss_sum_fn=nan_on_third_step, checkpoints=keep)
+    verify_checkpoint(latest_checkpoint(tmp_path))
