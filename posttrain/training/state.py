@@ -342,12 +342,19 @@ class TrainCheckpoints:
         _write_json(staging / f"rng-rank{rank}.json", rng_meta)
         if not self.accelerator.is_main_process:
             return
-        save_model(self.accelerator.unwrap_model(module), str(staging / "model.safetensors"))
+        save_model(self._unwrap(module), str(staging / "model.safetensors"))
         optimizer_tensors, optimizer_meta = _optimizer_files(optimizer)
         save_file(optimizer_tensors, str(staging / "optimizer.safetensors"))
         _write_json(staging / "optimizer.json", optimizer_meta)
         state = {"step": step, "identity": self.identity, "values": values}
         _write_json(staging / "state.json", state)
+
+    def _unwrap(self, module: Any) -> Any:
+        """The bare module. `accelerator.unwrap_model` imports DeepSpeed when it is installed (seconds, on the
+        resume path), so it is called only for a module that is wrapped (DDP, DeepSpeed, torch.compile)."""
+        if hasattr(module, "module") or hasattr(module, "_orig_mod"):
+            return self.accelerator.unwrap_model(module)
+        return module
 
     def _prune(self) -> None:
         for _, path in complete_checkpoints(self.folder)[: -self.keep_last]:
@@ -366,7 +373,7 @@ class TrainCheckpoints:
         folder = self.resume_from
         verify_checkpoint(folder)
         state = json.loads((folder / "state.json").read_text())
-        target = self.accelerator.unwrap_model(module)
+        target = self._unwrap(module)
         check_safetensors(folder / "model.safetensors")
         missing, unexpected = load_model(target, str(folder / "model.safetensors"), strict=False)
         if missing or unexpected:
