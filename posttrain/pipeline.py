@@ -123,10 +123,19 @@ class Pipeline:
     @property
     def accelerator(self):
         if self._accelerator is None:
-            from accelerate import Accelerator
+            from posttrain.distributed import make_accelerator
 
-            self._accelerator = Accelerator()
+            self._accelerator = make_accelerator()
         return self._accelerator
+
+    @property
+    def is_main(self) -> bool:
+        """Only the main process writes files and prints; with one process that is this one."""
+        return self.accelerator.is_main_process
+
+    def say(self, message: str) -> None:
+        if self.is_main:
+            self.log(message)
 
     def stage_dir(self, name: str) -> Path:
         return self.run_dir / "stages" / name
@@ -162,9 +171,11 @@ class Pipeline:
 
     def run(self) -> list[dict[str, Any]]:
         """Runs (or reuses) every stage and its evaluations; returns the evaluation table."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        _check_writable(self.run_dir)
-        (self.run_dir / "recipe.yaml").write_text(yaml.safe_dump(self.loaded.raw, sort_keys=False))
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            _check_writable(self.run_dir)
+            (self.run_dir / "recipe.yaml").write_text(yaml.safe_dump(self.loaded.raw, sort_keys=False))
+        self.accelerator.wait_for_everyone()
         fingerprints = self.fingerprints()
         if self.recipe.evaluate_base and self.recipe.evaluations:
             self._evaluate("base", None, _hash(["base", base_model_fingerprint(self.loaded)]))
@@ -183,16 +194,18 @@ class Pipeline:
         folder = self.stage_dir(stage.name)
         checkpoint = folder / "checkpoint"
         if self.is_complete(stage.name, fingerprint, input_checkpoint):
-            self.log(f"[{stage.name}] reused (config, inputs and data unchanged): {checkpoint}")
+            self.say(f"[{stage.name}] reused (config, inputs and data unchanged): {checkpoint}")
             manifest = _read_json(folder / "manifest.json")
             return StageRecord(stage.name, fingerprint, checkpoint, True, summary=manifest.get("summary", {}))
         from posttrain.stages import StageContext, stage_class
 
-        folder.mkdir(parents=True, exist_ok=True)
-        for stale in ("manifest.json", "eval.json", "metrics.jsonl"):
-            (folder / stale).unlink(missing_ok=True)
-        self.log(f"[{stage.name}] running {stage.kind} (from {self.recipe.parent_of(index) or 'base model'})")
         accelerator = self.accelerator
+        if accelerator.is_main_process:
+            folder.mkdir(parents=True, exist_ok=True)
+            for stale in ("manifest.json", "eval.json", "metrics.jsonl"):
+                (folder / stale).unlink(missing_ok=True)
+        accelerator.wait_for_everyone()
+        self.say(f"[{stage.name}] running {stage.kind} (from {self.recipe.parent_of(index) or 'base model'})")
         context = StageContext(
             config=stage,
             model_spec=self.recipe.model,
@@ -210,7 +223,7 @@ class Pipeline:
             summary = runner.train()
         finally:
             context.metrics.close()
-        checkpoint_hash = runner.save(checkpoint) if accelerator.is_main_process else None
+        checkpoint_hash = runner.save(checkpoint)  # every process: ZeRO-3 gathers its shards; the main one writes
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             _write_json(
@@ -232,7 +245,8 @@ class Pipeline:
                     "complete": True,
                 },
             )
-        self.log(f"[{stage.name}] finished in {time.time() - started:.1f}s -> {checkpoint}")
+        accelerator.wait_for_everyone()  # the manifest is in place before any process reads it
+        self.say(f"[{stage.name}] finished in {time.time() - started:.1f}s -> {checkpoint}")
         del runner
         return StageRecord(stage.name, fingerprint, checkpoint, False, summary=summary)
 
@@ -246,6 +260,22 @@ class Pipeline:
         return MetricsWriter(folder / "metrics.jsonl", stage.name, is_main, progress=settings.progress, trackers=trackers)
 
     def _evaluate(self, name: str, checkpoint: Path | None, model_hash: str) -> dict[str, float]:
+        """Evaluates one checkpoint (`_evaluate_checkpoint`) and adds its row to the evaluation table.
+
+        With several processes the main one evaluates and writes; the others receive its metrics, so every
+        process applies the gates to the same table and stops (or goes on) together.
+        """
+        metrics = self._evaluate_checkpoint(name, checkpoint, model_hash) if self.is_main else None
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            metrics = broadcast_object_list([metrics], from_process=0)[0]
+        self.table.append({"stage": name, **metrics})
+        if self.is_main:
+            _write_json(self.run_dir / "evaluations.json", self.table)
+        return metrics
+
+    def _evaluate_checkpoint(self, name: str, checkpoint: Path | None, model_hash: str) -> dict[str, float]:
         """Runs every evaluation on one checkpoint, reusing results stored for the same model and config.
 
         A reward-model checkpoint is loaded as a sequence classifier and gets only the evaluations that
@@ -285,8 +315,6 @@ class Pipeline:
                 samples.write(folder, model_hash, model, tokenizer)
             del model
         self.log(f"[{name}] eval: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if not k.endswith(".n")))
-        self.table.append({"stage": name, **metrics})
-        _write_json(self.run_dir / "evaluations.json", self.table)
         return metrics
 
     def _check_gates(self, name: str, parent: str, metrics: dict[str, float]) -> None:

@@ -1,0 +1,165 @@
+"""Two processes on a CPU (gloo) give what one process gives: DDP, ZeRO-2 and ZeRO-3, SFT and GRPO.
+
+Launches are the slow part (~15 s of start-up each), so one launch runs the same recipe under ZeRO-3 (from
+`recipes/accelerate/zero3.yaml`, the way a user launches), DDP and ZeRO-2, and the tests below read its
+outputs. The 1-process references run in this process.
+
+Tolerances: 2 processes sum the loss and the gradients in another order than 1 process, and Adam turns
+tiny differences of near-zero gradients into differences of size lr in the update, so the trajectories
+agree to a relative 1e-3 (measured: ~1e-6 for SFT, the same order for GRPO), not bit for bit. Saved
+checkpoints give the logits the training processes computed to 1e-5.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.distributed
+
+REPO = Path(__file__).resolve().parents[2]
+WORKER = Path(__file__).with_name("worker.py")
+PROBE_TOKENS = [[5, 17, 33, 2, 9, 40, 11, 3]]  # the worker's
+LAUNCH_TIMEOUT_S = 420
+RELATIVE = 1e-3
+
+# SFT then GRPO on the micro model. `{sft_batch}` / `{grad_accum}` / `{prompts}` are per process: 2
+# processes x 4 rows (2 prompts) against 1 process x 8 rows (4 prompts) is the same global batch. The grad
+# norm is clipped (0.5) at every step, so clipping must agree too.
+RECIPE = """\
+name: dist
+seed: 0
+model: {{name_or_path: "builtin:micro"}}
+evaluate_base: false
+logging: {{report_to: [], report: false, samples: 0}}
+stages:
+  - name: sft
+    kind: sft
+    data: {{source: "builtin:arithmetic", count: 64, levels: [1]}}
+    train: {{steps: 3, batch_size: {sft_batch}, grad_accum: {grad_accum}, seq_len: 32, lr: 3.0e-3, log_every: 1, max_grad_norm: 0.5}}
+  - name: grpo
+    kind: grpo
+    data: {{source: "builtin:arithmetic", count: 32, levels: [1]}}
+    reward:
+      - {{source: length_penalty, args: {{target_length: 6, max_length: 12}}}}
+    group_size: 4
+    kl: {{coef: 0.05, estimator: k3}}
+    generation: {{max_new_tokens: 6, temperature: 1.0}}
+    train: {{steps: 2, prompts_per_step: {prompts}, lr: 1.0e-3, log_every: 1}}
+"""
+
+
+def launch_env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+
+
+def accelerate_launch(config: str, args: list[str], cwd: Path, timeout: int = LAUNCH_TIMEOUT_S) -> tuple[subprocess.CompletedProcess, float]:
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "recipes" / "accelerate" / config)]
+    started = time.perf_counter()
+    done = subprocess.run(command + args, capture_output=True, text=True, timeout=timeout, env=launch_env(), cwd=cwd)
+    return done, time.perf_counter() - started
+
+
+def metrics(run_dir: Path, stage: str) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "stages" / stage / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory) -> Path:
+    """``OUT/{auto,ddp,zero2}``: the recipe with 2 processes (``auto`` = ZeRO-3 from zero3.yaml)."""
+    folder = tmp_path_factory.mktemp("two_processes")
+    recipe = folder / "recipe.yaml"
+    recipe.write_text(RECIPE.format(sft_batch=4, grad_accum=1, prompts=2))
+    done, seconds = accelerate_launch("zero3.yaml", [str(WORKER), str(folder / "out"), str(recipe), "auto", "ddp", "zero2"], folder)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-8000:]
+    print(f"2-process launch (ZeRO-3, DDP, ZeRO-2): {seconds:.1f}s")
+    assert "worker: mode auto rank 1: ('ZeroAccelerator', 3, 2)" in done.stdout  # zero3.yaml was honoured
+    return folder / "out"
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, accelerator) -> dict[str, Path]:
+    """The same recipe in this process: batch 8 x 1 step of accumulation, and batch 4 x 2."""
+    from posttrain.pipeline import Pipeline
+    from posttrain.recipe import load_recipe
+
+    folder = tmp_path_factory.mktemp("one_process")
+    runs = {}
+    for name, (batch, accumulation) in {"8x1": (8, 1), "4x2": (4, 2)}.items():
+        recipe = folder / f"{name}.yaml"
+        recipe.write_text(RECIPE.format(sft_batch=batch, grad_accum=accumulation, prompts=4))
+        runs[name] = folder / name
+        Pipeline(load_recipe(recipe, [f"output_dir={runs[name]}"]), accelerator=accelerator, log=lambda _: None).run()
+    return runs
+
+
+def assert_same_trajectory(observed: list[dict], expected: list[dict], keys: list[str]) -> None:
+    assert [row["step"] for row in observed] == [row["step"] for row in expected]  # one writer: no duplicates
+    for got, want in zip(observed, expected):
+        for key in keys:
+            assert got[key] == pytest.approx(want[key], rel=RELATIVE, abs=1e-6), (key, got["step"], got[key], want[key])
+
+
+@pytest.mark.parametrize("mode", ["ddp", "zero2", "auto"])
+def test_sft_trajectory_with_two_processes_equals_one(two_processes, one_process, mode):
+    reference = metrics(one_process["8x1"], "sft")
+    assert len(reference) == 3
+    assert_same_trajectory(metrics(two_processes / mode, "sft"), reference, ["loss", "grad_norm", "loss_tokens"])
+
+
+def test_batch_8x1_equals_4x2_equals_two_processes_of_4(two_processes, one_process):
+    whole, accumulated, split = (
+        metrics(one_process["8x1"], "sft"), metrics(one_process["4x2"], "sft"), metrics(two_processes / "ddp", "sft")
+    )
+    assert_same_trajectory(accumulated, whole, ["loss", "grad_norm", "loss_tokens"])
+    assert_same_trajectory(split, whole, ["loss", "grad_norm", "loss_tokens"])
+    assert all(row["grad_norm"] > 0.5 for row in whole)  # clipping was active at every step
+
+
+@pytest.mark.parametrize("mode", ["ddp", "zero2", "auto"])
+def test_grpo_trajectory_with_two_processes_equals_one(two_processes, one_process, mode):
+    reference = metrics(one_process["8x1"], "grpo")
+    observed = metrics(two_processes / mode, "grpo")
+    keys = ["loss", "grad_norm", "reward/total/mean", "response_length", "kl", "completion_tokens"]
+    assert_same_trajectory(observed, reference, keys)
+    assert any(abs(row["loss"]) > 1e-4 for row in reference)  # a trajectory that says something
+
+
+@pytest.mark.parametrize("stage", ["sft", "grpo"])
+def test_zero3_checkpoint_loads_in_one_plain_process_with_the_same_logits(two_processes, stage):
+    from transformers import AutoModelForCausalLM
+
+    run = two_processes / "auto"
+    model = AutoModelForCausalLM.from_pretrained(run / "stages" / stage / "checkpoint").eval()
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor(PROBE_TOKENS)).logits
+    sharded = torch.load(run / f"{stage}.logits.pt")
+    assert logits.shape == sharded.shape
+    assert torch.allclose(logits, sharded, atol=1e-5, rtol=0)
+    # and it is the model 1 process trains: not the starting weights
+    start = AutoModelForCausalLM.from_pretrained(two_processes / "ddp" / "stages" / "sft" / "checkpoint") if stage == "grpo" else None
+    if start is not None:
+        with torch.no_grad():
+            assert not torch.allclose(start(input_ids=torch.tensor(PROBE_TOKENS)).logits, logits, atol=1e-4)
+
+
+def test_a_killed_rank_fails_the_launch_quickly_and_names_it(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(RECIPE.format(sft_batch=4, grad_accum=1, prompts=2))
+    done, seconds = accelerate_launch(
+        "zero2.yaml", [str(WORKER), str(tmp_path / "out"), str(recipe), "auto", "--kill-rank", "1", "--kill-step", "1"],
+        tmp_path, timeout=180,
+    )
+    output = done.stdout + done.stderr
+    print(f"killed-rank launch: {seconds:.1f}s")
+    assert done.returncode != 0
+    assert "rank 1 kills itself at step 1" in output
+    assert "Signal 9 (SIGKILL)" in output and "rank" in output
+    assert not (tmp_path / "out" / "auto" / "stages" / "sft" / "manifest.json").exists()
