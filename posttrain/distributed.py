@@ -222,12 +222,15 @@ def is_zero3(accelerator: Any) -> bool:
 
 
 @contextmanager
-def gathered_parameters(accelerator: Any) -> Iterator[None]:
+def gathered_parameters(accelerator: Any, training_continues: bool = True) -> Iterator[None]:
     """Under ZeRO-3, every parameter of the engine's model whole on every process for the duration
     (generation with the KV-cache sampler, saving); otherwise nothing. Every process must enter.
 
     ZeRO-3's forward hooks would otherwise re-partition each layer after its forward (and gather it again
-    for the next token), so they are taken off while the parameters are gathered and put back after.
+    for the next token), so they are taken off while the parameters are gathered, and put back after
+    when ``training_continues``. Saving at the end of a stage passes False: the main process may have
+    changed the model (a LoRA merge), and hooks registered on a model that differs between processes
+    number modules differently there, which DeepSpeed rejects in the next stage.
     """
     if not is_zero3(accelerator) or accelerator.engine is None:
         yield
@@ -241,7 +244,8 @@ def gathered_parameters(accelerator: Any) -> Iterator[None]:
         try:
             yield
         finally:
-            offload._register_deepspeed_module(offload.module)
+            if training_continues:
+                offload._register_deepspeed_module(offload.module)
 
 
 def clip_gradients(accelerator: Any, model: torch.nn.Module, max_norm: float | None) -> float:

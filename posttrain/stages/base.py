@@ -64,7 +64,7 @@ class Stage:
         accelerator = self.context.accelerator
         model = accelerator.unwrap_model(self.model)
         merge = getattr(getattr(self.config, "lora", None), "merge", True)
-        with gathered_parameters(accelerator):
+        with gathered_parameters(accelerator, training_continues=False):
             if not accelerator.is_main_process:
                 return None
             return save_checkpoint(model, self.tokenizer, folder, lora_merge=merge)

@@ -163,3 +163,71 @@ def test_a_killed_rank_fails_the_launch_quickly_and_names_it(tmp_path):
     assert "rank 1 kills itself at step 1" in output
     assert "Signal 9 (SIGKILL)" in output and "rank" in output
     assert not (tmp_path / "out" / "auto" / "stages" / "sft" / "manifest.json").exists()
+
+
+# Every other stage kind, through the command users run, with 2 processes: pretrain, LoRA SFT, reward
+# model, DPO (LoRA reference from the SFT adapters' base), PPO against the reward model (value head,
+# adaptive KL), evaluations and a gate after stages, and the report.
+SMOKE_RECIPE = """\
+name: smoke
+seed: 0
+model: {name_or_path: "builtin:micro"}
+evaluate_base: false
+logging: {report_to: [], samples: 2, sample_max_new_tokens: 4}
+stages:
+  - name: pretrain
+    kind: pretrain
+    data: {source: "builtin:corpus", count: 16}
+    train: {steps: 2, batch_size: 2, seq_len: 32, lr: 1.0e-3, log_every: 1}
+  - name: sft
+    kind: sft
+    lora: {r: 4, alpha: 8}
+    data: {source: "builtin:arithmetic", count: 32, levels: [1]}
+    train: {steps: 2, batch_size: 2, seq_len: 32, lr: 1.0e-3, log_every: 1}
+  - name: rm
+    kind: reward_model
+    evaluate: false
+    data: {source: "builtin:preferences", count: 16, levels: [1]}
+    train: {steps: 2, batch_size: 2, seq_len: 32, lr: 1.0e-3, log_every: 1}
+  - name: dpo
+    kind: dpo
+    from: sft
+    evaluate: false
+    data: {source: "builtin:preferences", count: 16, levels: [1]}
+    train: {steps: 2, batch_size: 2, seq_len: 32, lr: 1.0e-3, log_every: 1}
+  - name: ppo
+    kind: ppo
+    from: dpo
+    data: {source: "builtin:arithmetic", count: 16, levels: [1]}
+    reward:
+      - {source: reward_model, args: {path: "stage:rm"}}
+    kl: {coef: 0.05, estimator: k1, controller: adaptive, target: 1.0, horizon: 100}
+    generation: {max_new_tokens: 4}
+    train: {steps: 2, prompts_per_step: 2, epochs: 2, mini_batches: 2, log_every: 1}
+evaluations:
+  - {name: arith, kind: exact_match, data: {source: "builtin:arithmetic", split: test, count: 4, levels: [1]}, max_new_tokens: 4}
+gates:
+  - {metric: arith.accuracy, max_drop: 1.0}
+"""
+
+
+@pytest.mark.parametrize("config", ["ddp.yaml", "zero3.yaml"])
+def test_every_stage_kind_runs_with_two_processes(tmp_path, config):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    recipe = tmp_path / "smoke.yaml"
+    recipe.write_text(SMOKE_RECIPE)
+    run = tmp_path / "run"
+    done, seconds = accelerate_launch(config, ["-m", "posttrain.run", str(recipe), "--output-dir", str(run)], tmp_path)
+    print(f"smoke launch ({config}): {seconds:.1f}s")
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-8000:]
+    for stage in ("pretrain", "sft", "rm", "dpo", "ppo"):
+        assert done.stdout.count(f"[{stage}] running") == 1  # only the main process prints
+        manifest = json.loads((run / "stages" / stage / "manifest.json").read_text())
+        assert manifest["complete"] and manifest["checkpoint_hash"]
+        assert [row["step"] for row in metrics(run, stage)] == [1, 2]  # one writer
+        loader = AutoModelForSequenceClassification if stage == "rm" else AutoModelForCausalLM
+        loader.from_pretrained(run / "stages" / stage / "checkpoint")  # plain HF checkpoints, LoRA merged
+    assert not (run / "stages" / "sft" / "checkpoint" / "adapter_config.json").exists()
+    assert [row["stage"] for row in json.loads((run / "evaluations.json").read_text())] == ["pretrain", "sft", "ppo"]
+    assert (run / "report.html").is_file()
