@@ -271,8 +271,10 @@ def mean_metrics_over_processes(
     accelerator: Any, metrics: dict[str, float], summed: tuple[str, ...] = (), maxed: tuple[str, ...] = ()
 ) -> dict[str, float]:
     """Per-process metrics made global: the mean over processes (each process holds the same number of
-    rows), except names in ``summed`` (totals) and names starting with a prefix in ``maxed`` (e.g. times,
-    largest gaps). Every process must call it with the same keys.
+    rows), except names in ``summed`` (totals), names starting with a prefix in ``maxed`` (e.g. times,
+    largest gaps), and ``X/std`` next to an ``X/mean``: the pooled population standard deviation
+    (exact when each process's statistics cover as many rows). Every process must call it with the same
+    keys.
     """
     if accelerator.num_processes == 1 or not metrics:
         return metrics
@@ -283,8 +285,17 @@ def mean_metrics_over_processes(
     for column, name in enumerate(names):
         column_values = gathered[:, column]
         finite = column_values[torch.isfinite(column_values)]
+        mean_name = name.removesuffix("/std") + "/mean"
         if name in summed:
             out[name] = float(column_values.sum())
+        elif name.endswith("/std") and mean_name in metrics:
+            means = gathered[:, names.index(mean_name)]
+            both = torch.isfinite(column_values) & torch.isfinite(means)
+            if both.any():
+                second_moment = (column_values[both] ** 2 + means[both] ** 2).mean()
+                out[name] = float((second_moment - means[both].mean() ** 2).clamp(min=0).sqrt())
+            else:
+                out[name] = math.nan
         elif maxed and name.startswith(maxed):
             out[name] = float(column_values.max())
         else:

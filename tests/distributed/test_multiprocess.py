@@ -127,7 +127,7 @@ def test_batch_8x1_equals_4x2_equals_two_processes_of_4(two_processes, one_proce
 def test_grpo_trajectory_with_two_processes_equals_one(two_processes, one_process, mode):
     reference = metrics(one_process["8x1"], "grpo")
     observed = metrics(two_processes / mode, "grpo")
-    keys = ["loss", "grad_norm", "reward/total/mean", "response_length", "kl", "completion_tokens"]
+    keys = ["loss", "grad_norm", "reward/total/mean", "reward/total/std", "response_length", "kl", "completion_tokens"]
     assert_same_trajectory(observed, reference, keys)
     assert any(abs(row["loss"]) > 1e-4 for row in reference)  # a trajectory that says something
 
