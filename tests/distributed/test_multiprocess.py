@@ -2,7 +2,8 @@
 
 Launches are the slow part (~15 s of start-up each), so one launch runs the same recipe under ZeRO-3 (from
 `recipes/accelerate/zero3.yaml`, the way a user launches), DDP and ZeRO-2, and the tests below read its
-outputs. The 1-process references run in this process.
+outputs; it also checks one ZeRO-2 and one ZeRO-3 optimizer step against plain torch. The 1-process
+references run in this process.
 
 Tolerances: 2 processes sum the loss and the gradients in another order than 1 process, and Adam turns
 tiny differences of near-zero gradients into differences of size lr in the update, so the trajectories
@@ -77,7 +78,12 @@ def two_processes(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("two_processes")
     recipe = folder / "recipe.yaml"
     recipe.write_text(RECIPE.format(sft_batch=4, grad_accum=1, prompts=2))
-    done, seconds = accelerate_launch("zero3.yaml", [str(WORKER), str(folder / "out"), str(recipe), "auto", "ddp", "zero2"], folder)
+    # DDP: 2 processes x batch 4; ZeRO: 2 processes x batch 2 x 2 accumulation steps, gradient checkpointing
+    zero_sft = ["stages.sft.train.batch_size=2", "stages.sft.train.grad_accum=2", "stages.sft.train.gradient_checkpointing=true"]
+    zero_set = [arg for override in zero_sft for arg in ("--zero-set", override)]
+    done, seconds = accelerate_launch(
+        "zero3.yaml", [str(WORKER), str(folder / "out"), str(recipe), "auto", "ddp", "zero2", *zero_set, "--check-zero-arithmetic"], folder
+    )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-8000:]
     print(f"2-process launch (ZeRO-3, DDP, ZeRO-2): {seconds:.1f}s")
     assert "worker: mode auto rank 1: ('ZeroAccelerator', 3, 2)" in done.stdout  # zero3.yaml was honoured
@@ -109,9 +115,22 @@ def assert_same_trajectory(observed: list[dict], expected: list[dict], keys: lis
 
 @pytest.mark.parametrize("mode", ["ddp", "zero2", "auto"])
 def test_sft_trajectory_with_two_processes_equals_one(two_processes, one_process, mode):
+    """DDP with batch 4 per process; ZeRO-2/3 with batch 2 x 2 accumulation steps per process and
+    gradient checkpointing: all the same global batch of 8 as 1 process with batch 8."""
     reference = metrics(one_process["8x1"], "sft")
     assert len(reference) == 3
     assert_same_trajectory(metrics(two_processes / mode, "sft"), reference, ["loss", "grad_norm", "loss_tokens"])
+
+
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_zero_step_is_plain_torch_step_on_the_whole_batch(two_processes, stage):
+    """Accumulation over micro-batches, averaging over processes and clipping under ZeRO, seen through an
+    SGD step (Adam's updates hardly change when every gradient is scaled, so a trajectory would not show a
+    clipping error)."""
+    result = json.loads((two_processes / "zero_arithmetic.json").read_text())[stage]
+    assert result["reference_norm"] > 10 * 0.05  # clipping is active
+    assert result["norm"] == pytest.approx(result["reference_norm"], rel=1e-5)
+    assert result["max_parameter_difference"] < 1e-6
 
 
 def test_batch_8x1_equals_4x2_equals_two_processes_of_4(two_processes, one_process):
@@ -178,7 +197,7 @@ stages:
   - name: pretrain
     kind: pretrain
     data: {source: "builtin:corpus", count: 16}
-    train: {steps: 2, batch_size: 2, seq_len: 32, lr: 1.0e-3, log_every: 1}
+    train: {steps: 2, batch_size: 2, grad_accum: 2, seq_len: 32, lr: 1.0e-3, log_every: 1, gradient_checkpointing: true}
   - name: sft
     kind: sft
     lora: {r: 4, alpha: 8}

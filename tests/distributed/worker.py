@@ -3,10 +3,10 @@
     accelerate launch --config_file recipes/accelerate/zero3.yaml tests/distributed/worker.py OUT RECIPE MODE...
 
 MODE is ``auto`` (what the launcher's config asks for), ``ddp``, ``zero2`` or ``zero3``; each runs the
-recipe into ``OUT/<mode>/``. Before a stage saves its checkpoint, the model's logits on fixed tokens are
+recipe into ``OUT/<mode>/`` (ZeRO modes with the ``--zero-set KEY=VALUE`` overrides). Before a stage saves its checkpoint, the model's logits on fixed tokens are
 computed by the training processes (under ZeRO-3: through the sharded model) and the main process writes
 them to ``OUT/<mode>/<stage>.logits.pt``, so a test can compare them with the saved checkpoint loaded in a
-plain process. With ``--kill-rank R --kill-step S`` process R kills itself (SIGKILL) at optimizer step S
+plain process. ``--check-zero-arithmetic`` first checks one ZeRO-2 and one ZeRO-3 step against plain torch. With ``--kill-rank R --kill-step S`` process R kills itself (SIGKILL) at optimizer step S
 of the first stage: the launch must fail, not hang.
 """
 
@@ -41,6 +41,46 @@ def record_logits_before_save(folder_of_run: dict[str, Path]) -> None:
     Stage.save = save
 
 
+def check_zero_arithmetic(out: Path) -> None:
+    """One SGD step (lr 1, so the update is the gradient) of a small model under ZeRO-2 and ZeRO-3: this
+    process's rows in 2 accumulated micro-batches, clipped to a norm well below the gradient's, against
+    the same step on the whole batch in plain torch. Writes ``OUT/zero_arithmetic.json``."""
+    import copy
+    import json
+    from contextlib import nullcontext
+
+    from posttrain.distributed import clip_gradients, gathered_parameters, make_accelerator
+
+    results = {}
+    for stage in (2, 3):
+        accelerator = make_accelerator(stage)
+        world, rank = accelerator.num_processes, accelerator.process_index
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+        reference = copy.deepcopy(model)
+        inputs = torch.randn(8, 6, generator=torch.Generator().manual_seed(1))
+        targets = torch.randn(8, 3, generator=torch.Generator().manual_seed(2))
+        (((reference(inputs) - targets) ** 2).sum() / 8).backward()
+        reference_norm = float(torch.nn.utils.clip_grad_norm_(reference.parameters(), 0.05))
+        with torch.no_grad():
+            for parameter in reference.parameters():
+                parameter -= parameter.grad
+        engine, optimizer = accelerator.prepare(model, torch.optim.SGD(model.parameters(), lr=1.0))
+        local = list(range(8))[rank::world]
+        for index, rows in enumerate([local[: len(local) // 2], local[len(local) // 2 :]]):
+            with accelerator.no_sync(engine) if index == 0 else nullcontext():
+                loss = ((engine(inputs[rows]) - targets[rows]) ** 2).sum() * world / 8
+            accelerator.backward(loss)
+        norm = clip_gradients(accelerator, engine, 0.05)
+        optimizer.step()
+        with gathered_parameters(accelerator):
+            trained = [parameter.detach().clone() for parameter in engine.module.parameters()]
+        difference = max(float((a - b).abs().max()) for a, b in zip(trained, reference.parameters()))
+        results[f"zero{stage}"] = {"norm": norm, "reference_norm": reference_norm, "max_parameter_difference": difference}
+    if accelerator.is_main_process:
+        (out / "zero_arithmetic.json").write_text(json.dumps(results))
+
+
 def kill_at(rank: int, step: int) -> None:
     import posttrain.training.loop as loop
 
@@ -60,6 +100,8 @@ def main() -> int:
     parser.add_argument("out", type=Path)
     parser.add_argument("recipe")
     parser.add_argument("modes", nargs="+", choices=sorted(MODES))
+    parser.add_argument("--zero-set", action="append", default=[], metavar="KEY=VALUE", help="overrides for ZeRO modes")
+    parser.add_argument("--check-zero-arithmetic", action="store_true")
     parser.add_argument("--kill-rank", type=int)
     parser.add_argument("--kill-step", type=int, default=1)
     args = parser.parse_args()
@@ -75,11 +117,15 @@ def main() -> int:
     current: dict[str, Path] = {}
     record_logits_before_save(current)
     try:
+        if args.check_zero_arithmetic:
+            args.out.mkdir(parents=True, exist_ok=True)
+            check_zero_arithmetic(args.out)
         for mode in args.modes:
             out = current["out"] = args.out / mode
             out.mkdir(parents=True, exist_ok=True)
-            loaded = load_recipe(args.recipe, [f"output_dir={out}"])
             accelerator = make_accelerator(MODES[mode])
+            zero = getattr(accelerator, "zero_stage", None) is not None
+            loaded = load_recipe(args.recipe, [f"output_dir={out}", *(args.zero_set if zero else [])])
             kind = type(accelerator).__name__, getattr(accelerator, "zero_stage", None), accelerator.num_processes
             print(f"worker: mode {mode} rank {accelerator.process_index}: {kind}", flush=True)
             Pipeline(loaded, accelerator=accelerator).run()
