@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from posttrain.algorithms import kl_estimate, masked_mean, masked_sum
+from posttrain.algorithms import kl_estimate, masked_sum
 from posttrain.config.rl import RLConfig
 from posttrain.distributed import (
     clip_gradients,
