@@ -5,10 +5,9 @@ Launches are the slow part (~15 s of start-up each), so one launch runs the same
 outputs; it also checks one ZeRO-2 and one ZeRO-3 optimizer step against plain torch. The 1-process
 references run in this process.
 
-Tolerances: 2 processes sum the loss and the gradients in another order than 1 process, and Adam turns
-tiny differences of near-zero gradients into differences of size lr in the update, so the trajectories
-agree to a relative 1e-3 (measured: ~1e-6 for SFT, the same order for GRPO), not bit for bit. Saved
-checkpoints give the logits the training processes computed to 1e-5.
+Tolerances: 2 processes sum the loss and the gradients in another order than 1 process, so trajectories
+agree to a relative 1e-4, not bit for bit (measured on 2026-11-24: at most 1.5e-7 for DDP SFT, 1.4e-6 for
+ZeRO SFT, 2.4e-6 for GRPO). Saved checkpoints give the logits the training processes computed to 1e-5.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("worker.py")
 PROBE_TOKENS = [[5, 17, 33, 2, 9, 40, 11, 3]]  # the worker's
 LAUNCH_TIMEOUT_S = 420
-RELATIVE = 1e-3
+RELATIVE = 1e-4
 
 # SFT then GRPO on the micro model. `{sft_batch}` / `{grad_accum}` / `{prompts}` are per process: 2
 # processes x 4 rows (2 prompts) against 1 process x 8 rows (4 prompts) is the same global batch. The grad
