@@ -22,7 +22,9 @@ def handle_errors(action: Callable[[], int], debug: bool) -> int:
     except known as err:
         if debug:
             traceback.print_exc()
-        print(f"error: {err}", file=sys.stderr)
+        from posttrain.distributed import rank_prefix
+
+        print(f"{rank_prefix()}error: {err}", file=sys.stderr)
         return 2
 
 

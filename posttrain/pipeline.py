@@ -137,10 +137,19 @@ class Pipeline:
     @property
     def accelerator(self):
         if self._accelerator is None:
-            from accelerate import Accelerator
+            from posttrain.distributed import make_accelerator
 
-            self._accelerator = Accelerator()
+            self._accelerator = make_accelerator()
         return self._accelerator
+
+    @property
+    def is_main(self) -> bool:
+        """Only the main process writes files and prints; with one process that is this one."""
+        return self.accelerator.is_main_process
+
+    def say(self, message: str) -> None:
+        if self.is_main:
+            self.log(message)
 
     def stage_dir(self, name: str) -> Path:
         return self.run_dir / "stages" / name
@@ -177,8 +186,10 @@ class Pipeline:
 
     def run(self) -> list[dict[str, Any]]:
         """Runs (or reuses) every stage and its evaluations; returns the evaluation table."""
-        _check_writable(self.run_dir)
-        (self.run_dir / "recipe.yaml").write_text(yaml.safe_dump(self.loaded.raw, sort_keys=False))
+        if self.is_main:
+            _check_writable(self.run_dir)
+            (self.run_dir / "recipe.yaml").write_text(yaml.safe_dump(self.loaded.raw, sort_keys=False))
+        self.accelerator.wait_for_everyone()
         fingerprints = self.fingerprints()
         if self.recipe.evaluate_base and self.recipe.evaluations:
             self._evaluate("base", None, _hash(["base", base_model_fingerprint(self.loaded)]))
@@ -197,18 +208,22 @@ class Pipeline:
         folder = self.stage_dir(stage.name)
         checkpoint = folder / "checkpoint"
         if self.is_complete(stage.name, fingerprint, input_checkpoint):
-            self.log(f"[{stage.name}] reused (config, inputs and data unchanged): {checkpoint}")
+            self.say(f"[{stage.name}] reused (config, inputs and data unchanged): {checkpoint}")
             manifest = _read_json(folder / "manifest.json")
             return StageRecord(stage.name, fingerprint, checkpoint, True, summary=manifest.get("summary", {}))
         from posttrain.stages import StageContext, stage_class
 
-        _check_writable(folder)
         accelerator = self.accelerator
+        if accelerator.is_main_process:
+            _check_writable(folder)
+        accelerator.wait_for_everyone()
         checkpoints = self._train_checkpoints(index, fingerprint, input_checkpoint)
-        stale = ["manifest.json", "eval.json"] + ([] if checkpoints.resume_from else ["metrics.jsonl"])
-        for name in stale:
-            (folder / name).unlink(missing_ok=True)
-        self.log(f"[{stage.name}] running {stage.kind} (from {self.recipe.parent_of(index) or 'base model'})")
+        if accelerator.is_main_process:
+            stale = ["manifest.json", "eval.json"] + ([] if checkpoints.resume_from else ["metrics.jsonl"])
+            for name in stale:
+                (folder / name).unlink(missing_ok=True)
+        accelerator.wait_for_everyone()
+        self.say(f"[{stage.name}] running {stage.kind} (from {self.recipe.parent_of(index) or 'base model'})")
         context = StageContext(
             config=bind_stage_outputs(stage, self.run_dir / "stages"),
             model_spec=self.recipe.model,
@@ -227,7 +242,7 @@ class Pipeline:
             summary = runner.train()
         finally:
             context.metrics.close()
-        checkpoint_hash = runner.save(checkpoint) if accelerator.is_main_process else None
+        checkpoint_hash = runner.save(checkpoint)  # every process: ZeRO-3 gathers its shards; the main one writes
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             _write_json(
@@ -249,9 +264,10 @@ class Pipeline:
                     "complete": True,
                 },
             )
+        accelerator.wait_for_everyone()  # the manifest is in place before any process reads it
         if accelerator.is_main_process:  # the stage's checkpoint is in place: its training states are spent
             shutil.rmtree(folder / "resume", ignore_errors=True)
-        self.log(f"[{stage.name}] finished in {time.time() - started:.1f}s -> {checkpoint}")
+        self.say(f"[{stage.name}] finished in {time.time() - started:.1f}s -> {checkpoint}")
         del runner
         return StageRecord(stage.name, fingerprint, checkpoint, False, summary=summary)
 
@@ -283,7 +299,7 @@ class Pipeline:
         }
         if self.accelerator.is_main_process:
             for removed in remove_stale_staging(folder) + remove_stale_staging(resume_dir):
-                self.log(f"[{stage.name}] removed a half-written checkpoint: {removed}")
+                self.say(f"[{stage.name}] removed a half-written checkpoint: {removed}")
         self.accelerator.wait_for_everyone()
         latest = latest_checkpoint(resume_dir)
         spec = getattr(stage, "train", None)  # stages that train nothing (e.g. `constitutional`) save no state
@@ -292,7 +308,7 @@ class Pipeline:
         )
         if latest is None:
             if self.resume:
-                self.log(f"[{stage.name}] no saved training state to resume from: starting the stage")
+                self.say(f"[{stage.name}] no saved training state to resume from: starting the stage")
             return keep
         state = read_state(latest)
         changes = describe_changes(state["identity"], identity)
@@ -304,7 +320,7 @@ class Pipeline:
                     + "\nUndo the change to continue from it, or pass --restart-changed to start this stage afresh"
                 )
             why = "it was made with other settings" if changes else "--resume was not given"
-            self.log(f"[{stage.name}] starting afresh, deleting the saved training state at {latest} ({why})")
+            self.say(f"[{stage.name}] starting afresh, deleting the saved training state at {latest} ({why})")
             if self.accelerator.is_main_process:
                 shutil.rmtree(resume_dir, ignore_errors=True)
             self.accelerator.wait_for_everyone()
@@ -312,7 +328,7 @@ class Pipeline:
         verify_checkpoint(latest)
         if self.accelerator.is_main_process:
             _truncate_metrics(folder / "metrics.jsonl", state["step"])
-        self.log(f"[{stage.name}] resuming from step {state['step']}: {latest}")
+        self.say(f"[{stage.name}] resuming from step {state['step']}: {latest}")
         keep.resume_from = latest
         return keep
 
@@ -326,6 +342,22 @@ class Pipeline:
         return MetricsWriter(folder / "metrics.jsonl", stage.name, is_main, progress=settings.progress, trackers=trackers)
 
     def _evaluate(self, name: str, checkpoint: Path | None, model_hash: str) -> dict[str, float]:
+        """Evaluates one checkpoint (`_evaluate_checkpoint`) and adds its row to the evaluation table.
+
+        With several processes the main one evaluates and writes; the others receive its metrics, so every
+        process applies the gates to the same table and stops (or goes on) together.
+        """
+        metrics = self._evaluate_checkpoint(name, checkpoint, model_hash) if self.is_main else None
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            metrics = broadcast_object_list([metrics], from_process=0)[0]
+        self.table.append({"stage": name, **metrics})
+        if self.is_main:
+            _write_json(self.run_dir / "evaluations.json", self.table)
+        return metrics
+
+    def _evaluate_checkpoint(self, name: str, checkpoint: Path | None, model_hash: str) -> dict[str, float]:
         """Runs every evaluation on one checkpoint, reusing results stored for the same model and config.
 
         A reward-model checkpoint is loaded as a sequence classifier and gets only the evaluations that
@@ -365,8 +397,6 @@ class Pipeline:
                 samples.write(folder, model_hash, model, tokenizer)
             del model
         self.log(f"[{name}] eval: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if not k.endswith(".n")))
-        self.table.append({"stage": name, **metrics})
-        _write_json(self.run_dir / "evaluations.json", self.table)
         return metrics
 
     def _check_gates(self, name: str, parent: str, metrics: dict[str, float]) -> None:

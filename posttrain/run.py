@@ -72,19 +72,24 @@ def run(args: argparse.Namespace) -> int:
     quiet_libraries()
     from posttrain.pipeline import Pipeline, format_table
 
+    from posttrain.distributed import shutdown
+
     pipeline = Pipeline(
         loaded, resume=getattr(args, "resume", False), restart_changed=getattr(args, "restart_changed", False)
     )
     try:
-        table = pipeline.run()
-    except BaseException:
-        write_run_report(pipeline)  # a failed stage or gate: report what finished
-        raise
-    if pipeline.accelerator.is_main_process:
-        if table:
-            print("\nEvaluation per stage:\n" + format_table(table))
-        print(f"\nRun directory: {pipeline.run_dir}")
-    write_run_report(pipeline)
+        try:
+            table = pipeline.run()
+        except BaseException:
+            write_run_report(pipeline)  # a failed stage or gate: report what finished
+            raise
+        if pipeline.accelerator.is_main_process:
+            if table:
+                print("\nEvaluation per stage:\n" + format_table(table))
+            print(f"\nRun directory: {pipeline.run_dir}")
+        write_run_report(pipeline)
+    finally:
+        shutdown()  # several processes: gloo aborts at exit when its process group is left alive
     return 0
 
 

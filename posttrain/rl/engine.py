@@ -28,8 +28,15 @@ from typing import Any
 
 import torch
 
-from posttrain.algorithms import kl_estimate, masked_mean
+from posttrain.algorithms import kl_estimate, masked_sum
 from posttrain.config.rl import RLConfig
+from posttrain.distributed import (
+    clip_gradients,
+    gathered_parameters,
+    is_zero3,
+    mean_metrics_over_processes,
+    sum_over_processes,
+)
 from posttrain.errors import NonFiniteLossError
 from posttrain.models.checkpoint import save_checkpoint
 from posttrain.rl.heldout import HeldoutEvaluation
@@ -37,18 +44,26 @@ from posttrain.rl.objectives import Experience, GRPOObjective, PPOObjective
 from posttrain.rl.policy import ActorCritic, FrozenReference, ValueHead, score_completions
 from posttrain.rl.prompts import PromptRow, encode_prompts
 from posttrain.rl.reward import RewardScorer
-from posttrain.rl.sampler import Rollout, RolloutSampler, SamplingSettings, decode_completions, end_token_ids
+from posttrain.rl.sampler import (
+    Rollout,
+    RolloutSampler,
+    RowNoise,
+    SamplingSettings,
+    decode_completions,
+    end_token_ids,
+)
 from posttrain.training.loop import lr_at, make_optimizer, step_rows
 from posttrain.training.metrics import MetricsWriter
 from posttrain.training.state import TrainCheckpoints
 
 
-def _micro_share(micro_mask_BC: torch.Tensor, mini_mask_BC: torch.Tensor, aggregation: str) -> float:
-    """The weight of a micro-batch's loss in its mini-batch's: its share of the tokens (token-mean) or of
-    the completions with tokens (sequence means), so accumulation gives the mini-batch's loss exactly."""
+def _loss_count(mask_BC: torch.Tensor, aggregation: str) -> float:
+    """What a loss aggregation averages over: tokens (token-mean) or completions with tokens (sequence
+    means). A micro-batch's loss weighs its count over the mini-batch's, so accumulation gives the
+    mini-batch's loss exactly."""
     if aggregation == "token-mean":
-        return float(micro_mask_BC.sum()) / max(float(mini_mask_BC.sum()), 1.0)
-    return float(micro_mask_BC.any(dim=1).sum()) / max(float(mini_mask_BC.any(dim=1).sum()), 1.0)
+        return float(mask_BC.sum())
+    return float(mask_BC.any(dim=1).sum())
 
 
 class RLEngine:
@@ -104,6 +119,7 @@ class RLEngine:
         if objective.uses_values:
             value_head = ValueHead(policy.config.hidden_size).to(self.device)
         self.reference = FrozenReference(policy, uses_lora=config.lora is not None)
+        objective.sum_over_processes = lambda values: sum_over_processes(accelerator, values)
         module = ActorCritic(policy, value_head)
         module.train()
         self.module, self.optimizer = accelerator.prepare(module, make_optimizer(module, self.train_spec))
@@ -145,7 +161,8 @@ class RLEngine:
                 since_heldout.append(values["reward/total/mean"])
                 if self.heldout is not None and self.heldout.due(step, steps):
                     training_reward = sum(since_heldout) / len(since_heldout)
-                    values.update(self.heldout.evaluate(self.policy, self.tokenizer, step, training_reward))
+                    with gathered_parameters(self.accelerator):
+                        values.update(self.heldout.evaluate(self.policy, self.tokenizer, step, training_reward))
                     since_heldout = []
                 last = values
                 if (step + 1) % self.train_spec.log_every == 0 or step + 1 == steps:
@@ -205,9 +222,13 @@ class RLEngine:
         finished = time.perf_counter()
         tokens = int(rollout.completion_mask_BC.sum())
         kl_BC = kl_estimate(experience.old_logprobs_BC, experience.ref_logprobs_BC, self.config.kl.estimator)
+        mask_BC = experience.completion_mask_BC
+        kl_total, kl_tokens = sum_over_processes(  # a token mean over the global batch
+            self.accelerator, torch.stack([masked_sum(kl_BC, mask_BC).double(), mask_BC.sum().double()])
+        ).tolist()
         values.update(
             {
-                "kl": float(masked_mean(kl_BC, experience.completion_mask_BC)),
+                "kl": kl_total / max(kl_tokens, 1.0),
                 "response_length": float(rollout.lengths_B.float().mean()),
                 "truncated_share": float(rollout.truncated_B.float().mean()),
                 "completion_tokens": tokens,
@@ -218,16 +239,26 @@ class RLEngine:
                 "lr": self.optimizer.param_groups[0]["lr"],
             }
         )
-        return values
+        # every process holds as many completions: the mean over processes is the mean over the global batch
+        return mean_metrics_over_processes(
+            self.accelerator, values, summed=("completion_tokens",), maxed=("time/", "logprob_mismatch")
+        )
 
     def _rollout(self, step: int) -> tuple[list[PromptRow], Rollout]:
-        """This process's prompts of ``step``, each repeated ``group_size`` times, and their completions."""
+        """This process's prompts of ``step``, each repeated ``group_size`` times, and their completions.
+
+        Whole groups stay on one process, so group statistics (GRPO, RLOO) need no communication. Random
+        draws follow each completion's place in the global batch (`RowNoise`): N processes sample what one
+        process would sample for the whole batch.
+        """
         world, rank = self.accelerator.num_processes, self.accelerator.process_index
         per_step = self.train_spec.prompts_per_step
         indices = step_rows(len(self.rows), step, per_step * world, self.seed)[rank::world]
         repeated = [index for index in indices for _ in range(self.group_size)]
-        generator = torch.Generator(device=self.device).manual_seed(_stream_seed(self.seed, step, rank, 0))
-        rollout = self.sampler.sample(self.policy, [self.prompt_ids[i] for i in repeated], self.settings, generator)
+        global_rows = [(k * world + rank) * self.group_size + g for k in range(len(indices)) for g in range(self.group_size)]
+        noise = RowNoise(_stream_seed(self.seed, step, 0, 0), global_rows)
+        with gathered_parameters(self.accelerator):
+            rollout = self.sampler.sample(self.policy, [self.prompt_ids[i] for i in repeated], self.settings, noise=noise)
         return [self.rows[i] for i in repeated], rollout
 
     @torch.no_grad()
@@ -262,16 +293,19 @@ class RLEngine:
         spec = self.train_spec
         shuffle = torch.Generator().manual_seed(_stream_seed(self.seed, step, 0, 1))
         tally = _UpdateTally()
+        world = self.accelerator.num_processes
         for epoch in range(spec.epochs):
             order = torch.randperm(experience.rewards_B.shape[0], generator=shuffle)
             for rows in order.chunk(spec.mini_batches):
                 mini = experience.rows(rows.to(self.device))
-                if not bool(mini.loss_mask_BC.any()):
-                    continue  # every completion here was excluded: nothing to learn from
+                local_count = torch.tensor(_loss_count(mini.loss_mask_BC, self.config.loss_aggregation))
+                global_count = float(sum_over_processes(self.accelerator, local_count))
+                if global_count == 0:
+                    continue  # every completion here was excluded (on every process): nothing to learn from
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr_at(self.updates_done, spec, self.updates_total)
                 try:
-                    self._accumulate_gradients(mini, tally, first_pass=epoch == 0, step=step)
+                    self._accumulate_gradients(mini, global_count, tally, first_pass=epoch == 0, step=step)
                     grad_norm = self._clip()
                     self._check_finite(torch.tensor(grad_norm), "gradient norm", step)
                 except _SkipUpdate:
@@ -284,21 +318,36 @@ class RLEngine:
                 tally.sums["grad_norm"] += grad_norm
                 tally.updates += 1
                 self.updates_done += 1
+        if world > 1:  # the losses were weighted by global shares: their sums over processes are the means
+            names = sorted(tally.sums)
+            totals = sum_over_processes(self.accelerator, torch.tensor([tally.sums[n] for n in names], dtype=torch.float64))
+            for name, total in zip(names, totals.tolist()):
+                tally.sums[name] = total / world if name == "grad_norm" else total
+            counts = sum_over_processes(self.accelerator, torch.tensor([tally.entropy_sum, tally.entropy_tokens], dtype=torch.float64))
+            tally.entropy_sum, tally.entropy_tokens = float(counts[0]), int(counts[1])
         return tally.metrics()
 
-    def _accumulate_gradients(self, mini: Experience, tally: "_UpdateTally", first_pass: bool, step: int) -> None:
-        """Backpropagates a mini-batch's loss, in micro-batches whose losses are weighted to add up to it."""
+    def _accumulate_gradients(
+        self, mini: Experience, global_count: float, tally: "_UpdateTally", first_pass: bool, step: int
+    ) -> None:
+        """Backpropagates a mini-batch's loss, in micro-batches whose losses are weighted to add up to it.
+
+        ``global_count`` is the mini-batch's `_loss_count` summed over processes: the mini-batch is the
+        union of every process's share, and DDP/ZeRO average gradients over processes, hence the factor
+        ``world`` on the loss.
+        """
         micro_size = self.train_spec.micro_batch_size or mini.rewards_B.shape[0]
         micro_batches = torch.arange(mini.rewards_B.shape[0], device=self.device).split(micro_size)
+        world = self.accelerator.num_processes
         for index, rows in enumerate(micro_batches):
             micro = mini.rows(rows)
-            share = _micro_share(micro.loss_mask_BC, mini.loss_mask_BC, self.config.loss_aggregation)
+            share = _loss_count(micro.loss_mask_BC, self.config.loss_aggregation) / max(global_count, 1.0)
             sync = nullcontext() if index == len(micro_batches) - 1 else self.accelerator.no_sync(self.module)
             with sync, self._autocast():
                 scores = score_completions(self.module, micro, self.settings.temperature, with_entropy=first_pass)
                 loss, loss_metrics = self.objective.loss(micro, scores)
             self._check_finite(loss, "loss", step)
-            self.accelerator.backward(loss * share)
+            self.accelerator.backward(loss * (share * world))
             tally.add({"loss": loss.detach(), **loss_metrics}, share)
             mask_BC = micro.completion_mask_BC
             if first_pass:
@@ -309,12 +358,7 @@ class RLEngine:
                 tally.mismatch = max(tally.mismatch, float(masked_max(gap_BC, mask_BC)))
 
     def _clip(self) -> float:
-        params = [p for p in self.module.parameters() if p.grad is not None]
-        if not params:
-            return 0.0
-        if self.train_spec.max_grad_norm is None:
-            return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
-        return float(self.accelerator.clip_grad_norm_(params, self.train_spec.max_grad_norm))
+        return clip_gradients(self.accelerator, self.module, self.train_spec.max_grad_norm)
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16)
@@ -328,7 +372,7 @@ class RLEngine:
             raise _SkipUpdate(what)
         folder = self.stage_dir / "last_good"
         saved = ""
-        if self.accelerator.is_main_process:
+        if self.accelerator.is_main_process and not is_zero3(self.accelerator):  # ZeRO-3 shards: no collective here
             self.optimizer.zero_grad(set_to_none=True)
             merge = getattr(self.config.lora, "merge", True)
             save_checkpoint(self.policy, self.tokenizer, folder, lora_merge=merge)

@@ -35,6 +35,10 @@ from posttrain.rl.policy import CompletionScores
 Metrics = dict[str, torch.Tensor | float]
 
 
+def _identity(values: torch.Tensor) -> torch.Tensor:
+    return values
+
+
 @dataclass
 class Experience:
     """One batch of rollouts with what the update needs; row i of every tensor is the same completion.
@@ -85,6 +89,7 @@ class GRPOObjective:
     """
 
     uses_values = False
+    sum_over_processes = staticmethod(_identity)  # groups never span processes: nothing to combine
 
     def __init__(self, config: GRPOConfig):
         self.config = config
@@ -143,6 +148,8 @@ class PPOObjective:
     """
 
     uses_values = True
+    # the engine sets this to a sum over processes, so whitening and the adaptive KL see the global batch
+    sum_over_processes = staticmethod(_identity)
 
     def __init__(self, config: PPOConfig):
         self.config = config
@@ -171,13 +178,24 @@ class PPOObjective:
             rewards_BC, experience.old_values_BC, mask_BC, self.config.gamma, self.config.lam
         )
         if self.config.whiten_advantages:
-            advantages_BC = masked_whiten(advantages_BC, mask_BC)
+            advantages_BC = self._whiten(advantages_BC, mask_BC)
         experience.advantages, experience.returns_BC = advantages_BC, returns_BC
         has_tokens_B = mask_BC.any(dim=1)
         return {
             "kl_penalty": float(masked_mean(-self.controller.kl_coef * masked_sum(kl_BC, mask_BC, dim=1), has_tokens_B)),
             "returns_mean": float(masked_mean(returns_BC, mask_BC)),
         }
+
+    def _whiten(self, values_BC: torch.Tensor, mask_BC: torch.Tensor) -> torch.Tensor:
+        """`masked_whiten` with the mean and (unbiased) variance of the whole batch across processes."""
+        if self.sum_over_processes is _identity:
+            return masked_whiten(values_BC, mask_BC)
+        kept_BC = torch.where(mask_BC, values_BC, torch.zeros_like(values_BC)).double()
+        count, total, squares = self.sum_over_processes(torch.stack([mask_BC.sum().double(), kept_BC.sum(), (kept_BC**2).sum()]))
+        mean = total / count.clamp(min=1)
+        variance = (squares - count * mean**2) / (count - 1).clamp(min=1)
+        whitened_BC = ((values_BC.double() - mean) * torch.rsqrt(variance + 1e-8)).to(values_BC.dtype)
+        return torch.where(mask_BC, whitened_BC, torch.zeros_like(whitened_BC))
 
     def loss(self, batch: Experience, scores: CompletionScores) -> tuple[torch.Tensor, Metrics]:
         policy_loss, metrics = self.policy_loss(
@@ -198,7 +216,9 @@ class PPOObjective:
         mask_BC = experience.loss_mask_BC
         kl_BC = kl_estimate(experience.old_logprobs_BC, experience.ref_logprobs_BC, self.config.kl.estimator)
         per_completion_B = masked_sum(kl_BC, mask_BC, dim=1)
-        kl = float(masked_mean(per_completion_B, mask_BC.any(dim=1)))
+        has_tokens_B = mask_BC.any(dim=1)
+        totals = self.sum_over_processes(torch.stack([masked_sum(per_completion_B, has_tokens_B), has_tokens_B.sum().to(kl_BC.dtype)]))
+        kl = float(totals[0] / totals[1].clamp(min=1))
         used = self.controller.kl_coef
         self.controller.update(kl, n_steps=int(mask_BC.shape[0]))
         return {"kl_coef": used}

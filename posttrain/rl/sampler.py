@@ -110,11 +110,52 @@ def filter_logits(logits_BV: torch.Tensor, top_k: int, top_p: float) -> torch.Te
     return logits_BV
 
 
+@dataclass(frozen=True)
+class RowNoise:
+    """Random numbers per completion rather than per batch: row ``i`` of a batch draws from a stream keyed
+    by ``(seed, rows[i], token position)``, so a completion is the same whichever batch or process samples
+    it (2 processes sampling half a batch each give the completions 1 process gives for the whole batch).
+
+    Attributes:
+        seed: the stream's seed (e.g. per run and step).
+        rows: each row's index in the global batch.
+    """
+
+    seed: int
+    rows: Sequence[int]
+
+    def uniform(self, position: int, vocab: int, device: torch.device) -> torch.Tensor:
+        """Uniform numbers in (0, 1), (B, vocab): a hash of (seed, row, position, token id)."""
+        rows_B = torch.tensor(list(self.rows), dtype=torch.int64, device=device)
+        key_B = _mix32((rows_B * 0x9E3779B1 + position * 0x85EBCA77 + (self.seed & _MASK32)) & _MASK32)
+        vocab_V = torch.arange(vocab, dtype=torch.int64, device=device)
+        bits_BV = _mix32(_mix32((key_B[:, None] + vocab_V[None, :] * 0x27D4EB2F) & _MASK32) ^ key_B[:, None])
+        return ((bits_BV >> 8).float() + 0.5) / float(1 << 24)
+
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _mix32(h: torch.Tensor) -> torch.Tensor:
+    """MurmurHash3's 32-bit finaliser on int64 tensors holding 32-bit values (products wrap; the low 32
+    bits, which are kept, are exact)."""
+    h = h ^ (h >> 16)
+    h = (h * 0x85EBCA6B) & _MASK32
+    h = h ^ (h >> 13)
+    h = (h * 0xC2B2AE35) & _MASK32
+    return h ^ (h >> 16)
+
+
 def sample_tokens(
-    logits_BV: torch.Tensor, settings: SamplingSettings, generator: torch.Generator | None
+    logits_BV: torch.Tensor,
+    settings: SamplingSettings,
+    generator: torch.Generator | None,
+    noise: RowNoise | None = None,
+    position: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draws one token per row; returns ``(tokens_B, logprobs_B)`` (see the module docstring for which
-    distribution the log-probabilities are of)."""
+    distribution the log-probabilities are of). With ``noise`` the draws of token ``position`` come from
+    per-row streams (`RowNoise`) instead of ``generator``."""
     logits_BV = logits_BV.float()
     if settings.temperature == 0:
         logprobs_BV = torch.log_softmax(logits_BV, dim=-1)
@@ -125,7 +166,10 @@ def sample_tokens(
         probs_BV = torch.softmax(filter_logits(scaled_BV, settings.top_k, settings.top_p), dim=-1)
         # exponential race (equivalent to Gumbel-max): argmax p / E with E = -log U ~ Exp(1) draws from p;
         # drawing U and taking its log is several times faster on a CPU than `exponential_`
-        uniform_BV = torch.rand(probs_BV.shape, generator=generator, device=probs_BV.device)
+        if noise is not None:
+            uniform_BV = noise.uniform(position, probs_BV.shape[-1], probs_BV.device)
+        else:
+            uniform_BV = torch.rand(probs_BV.shape, generator=generator, device=probs_BV.device)
         tokens_B = (probs_BV / -torch.log(uniform_BV)).argmax(dim=-1)
     return tokens_B, logprobs_BV.gather(-1, tokens_B[:, None]).squeeze(-1)
 
@@ -154,21 +198,27 @@ class RolloutSampler:
         prompts: Sequence[Sequence[int]],
         settings: SamplingSettings,
         generator: torch.Generator | None = None,
+        noise: RowNoise | None = None,
     ) -> Rollout:
         """Samples one completion per prompt (repeat a prompt in ``prompts`` for several).
 
-        The model is put in eval mode for sampling and returned to the mode it was in.
+        The model is put in eval mode for sampling and returned to the mode it was in. ``noise`` (one row
+        per prompt) replaces ``generator`` with per-row random streams.
         """
+        if noise is not None and len(noise.rows) != len(prompts):
+            raise ValueError(f"noise has {len(noise.rows)} rows for {len(prompts)} prompts")
         if settings.max_new_tokens <= 0:
             raise ValueError(f"max_new_tokens must be positive, got {settings.max_new_tokens}")
         was_training = model.training
         model.eval()
         try:
-            return self._sample(model, prompts, settings, generator)
+            return self._sample(model, prompts, settings, generator, noise)
         finally:
             model.train(was_training)
 
-    def _sample(self, model: Any, prompts: Sequence[Sequence[int]], settings: SamplingSettings, generator) -> Rollout:
+    def _sample(
+        self, model: Any, prompts: Sequence[Sequence[int]], settings: SamplingSettings, generator, noise: RowNoise | None
+    ) -> Rollout:
         device = next(model.parameters()).device
         prompt_ids_BP, prompt_mask_BP = left_pad(prompts, self.pad_token_id, device)
         batch, budget = prompt_ids_BP.shape[0], settings.max_new_tokens
@@ -181,7 +231,7 @@ class RolloutSampler:
         logits_BV = decoder.prefill(prompt_ids_BP, prompt_mask_BP)
         steps = 0
         for t in range(budget):
-            token_B, logprob_B = sample_tokens(logits_BV, settings, generator)
+            token_B, logprob_B = sample_tokens(logits_BV, settings, generator, noise, t)
             active_B = ~finished_B
             tokens_BC[:, t] = torch.where(active_B, token_B, self.pad_token_id)
             logprobs_BC[:, t] = torch.where(active_B, logprob_B, 0.0)

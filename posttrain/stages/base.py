@@ -13,6 +13,7 @@ from typing import Any
 
 from posttrain.config.common import ModelSpec
 from posttrain.config.stages import StageConfig
+from posttrain.distributed import gathered_parameters
 from posttrain.models.checkpoint import load_model_and_tokenizer, save_checkpoint
 from posttrain.registry import Registry
 from posttrain.training.metrics import MetricsWriter
@@ -56,11 +57,19 @@ class Stage:
         """Runs the stage; returns a summary (steps, tokens, seconds, ...) for the manifest."""
         raise NotImplementedError(f"{type(self).__name__} does not implement train()")
 
-    def save(self, folder: Path) -> str:
-        """Writes the output checkpoint (plain HF format); returns the weights hash."""
-        model = self.context.accelerator.unwrap_model(self.model)
+    def save(self, folder: Path) -> str | None:
+        """Writes the output checkpoint (plain HF format); returns the weights hash (None off the main process).
+
+        Called on every process: under ZeRO-3 the parameter shards are gathered (a collective) and the
+        main process writes the whole model.
+        """
+        accelerator = self.context.accelerator
+        model = accelerator.unwrap_model(self.model)
         merge = getattr(getattr(self.config, "lora", None), "merge", True)
-        return save_checkpoint(model, self.tokenizer, folder, lora_merge=merge)
+        with gathered_parameters(accelerator, training_continues=False):
+            if not accelerator.is_main_process:
+                return None
+            return save_checkpoint(model, self.tokenizer, folder, lora_merge=merge)
 
 
 STAGES: Registry[type[Stage]] = Registry("stage implementation")

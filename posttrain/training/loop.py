@@ -21,6 +21,7 @@ import torch
 
 from posttrain.config.common import TrainSpec
 from posttrain.data.packing import IGNORE_INDEX
+from posttrain.distributed import clip_gradients
 from posttrain.errors import NonFiniteLossError
 from posttrain.training.metrics import MetricsWriter
 from posttrain.training.state import TrainCheckpoints
@@ -235,8 +236,4 @@ def _to_tensors(rows: list[dict[str, list[int]]], device: torch.device) -> dict[
 
 
 def _clip(model: torch.nn.Module, accelerator: Any, max_norm: float | None) -> float:
-    params = [p for p in model.parameters() if p.grad is not None]
-    if max_norm is None:
-        norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])) if params else torch.zeros(())
-        return float(norm)
-    return float(accelerator.clip_grad_norm_(params, max_norm))
+    return clip_gradients(accelerator, model, max_norm)

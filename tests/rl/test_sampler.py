@@ -10,7 +10,15 @@ from posttrain.config.common import LoraSpec
 from posttrain.models.checkpoint import apply_lora
 from posttrain.rl.decoders import supports_cached_decoder
 from posttrain.rl.policy import ActorCritic, score_completions
-from posttrain.rl.sampler import RolloutSampler, SamplingSettings, end_token_ids, filter_logits, sample_tokens
+from posttrain.rl.sampler import (
+    RolloutSampler,
+    RowNoise,
+    SamplingSettings,
+    decode_completions,
+    end_token_ids,
+    filter_logits,
+    sample_tokens,
+)
 
 QUESTIONS = ["What is 3 + 4?", "Ann has 2 cups and gets 5 more. How many now?", "What is 17 + 5?", "What is 9 + 0?"]
 
@@ -130,3 +138,32 @@ def test_top_p_and_top_k_filtering_by_hand() -> None:
     assert torch.isfinite(filter_logits(logits, top_k=3, top_p=1.0)).tolist() == [[True, True, True, False]]
     tokens, _ = sample_tokens(logits.repeat(2000, 1), SamplingSettings(1, top_p=0.8), torch.Generator().manual_seed(0))
     assert set(tokens.tolist()) == {0, 1}
+
+
+def test_row_noise_draws_follow_the_reported_distribution() -> None:
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0]).repeat(40_000, 1)
+    settings = SamplingSettings(max_new_tokens=1, temperature=0.5)
+    tokens, _ = sample_tokens(logits, settings, None, RowNoise(seed=3, rows=range(40_000)), position=5)
+    expected = torch.softmax(logits[0] / 0.5, dim=-1)
+    observed = torch.bincount(tokens, minlength=4).float() / len(tokens)
+    assert torch.allclose(observed, expected, atol=0.01)
+    uniform = RowNoise(seed=3, rows=range(2)).uniform(0, 50_000, torch.device("cpu"))
+    assert 0 < float(uniform.min()) and float(uniform.max()) < 1
+    assert abs(float(torch.corrcoef(uniform)[0, 1])) < 0.02  # rows are independent streams
+
+
+def test_row_noise_samples_a_row_the_same_in_any_batch(micro) -> None:
+    """What lets N processes sample what one process samples: a row's completion depends on its global
+    index, not on which other rows share its batch."""
+    model, tokenizer = micro
+    sampler = RolloutSampler(end_token_ids(model, tokenizer), tokenizer.pad_token_id, "cached")
+    settings = SamplingSettings(max_new_tokens=10)
+    prompts = prompt_ids(tokenizer) * 2
+    whole = sampler.sample(model, prompts, settings, noise=RowNoise(7, range(8)))
+    halves = [sampler.sample(model, prompts[rank::2], settings, noise=RowNoise(7, range(rank, 8, 2))) for rank in (0, 1)]
+    for rank, half in enumerate(halves):
+        texts = decode_completions(tokenizer, half.completion_ids_BC, half.completion_mask_BC)
+        expected = decode_completions(tokenizer, whole.completion_ids_BC[rank::2], whole.completion_mask_BC[rank::2])
+        assert texts == expected
+    other_seed = sampler.sample(model, prompts, settings, noise=RowNoise(8, range(8)))
+    assert not torch.equal(other_seed.completion_ids_BC, whole.completion_ids_BC)
