@@ -154,7 +154,12 @@ class RLEngine:
                 restored["step"], restored["completion_tokens"], restored["since_heldout"], restored["last"]
             )
             self._load_counters(restored)
+        initial: dict[str, float] = {}
         try:
+            if self.heldout is not None and first_step == 0:
+                with gathered_parameters(self.accelerator):
+                    initial = self.heldout.evaluate_initial(self.policy, self.tokenizer)
+                self.metrics.log(0, initial, total=steps)
             for step in range(first_step, steps):
                 values = self.step(step)
                 completion_tokens += int(values["completion_tokens"])
@@ -180,6 +185,7 @@ class RLEngine:
             "seconds": round(time.perf_counter() - started, 2),
             "prompts": len(self.rows),
             "dropped_long_prompts": self.dropped_prompts,
+            **{f"initial_{k}": v for k, v in initial.items()},
             **{f"final_{k}": v for k, v in last.items() if k.startswith(("reward/total", "heldout/", "kl"))},
         }
 

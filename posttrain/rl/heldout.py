@@ -1,9 +1,12 @@
 """Held-out evaluation during an RL stage, and the reward-hacking warning.
 
 A policy can raise its training reward by exploiting the reward (a reward model's blind spot, a lenient
-format check) rather than by getting better. Every K steps the policy answers held-out prompts greedily
-and a gold reward scores them; if the training reward has risen since the previous evaluation while the
-held-out accuracy fell, a `RewardHackingWarning` is raised and the metric ``heldout/hacking_warning`` is 1.
+format check) rather than by getting better. Before the first step and every K steps the policy answers
+held-out prompts greedily and a gold reward scores them; if the training reward has risen since the previous
+evaluation while the held-out accuracy fell, a `RewardHackingWarning` is raised and the metric
+``heldout/hacking_warning`` is 1. When the gold reward is not the stage's own, the held-out answers are
+scored by the stage's reward too (``heldout/train_reward``): PPO against a reward model shows there whether
+the model's score of fresh answers rose.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ class HeldoutEvaluation:
         max_new_tokens: generation budget.
         batch_size: prompts per generation batch.
         every: evaluate every this many steps.
+        train_reward: the stage's own reward, when ``scorer`` is another (a gold verifier).
     """
 
     def __init__(
@@ -42,8 +46,10 @@ class HeldoutEvaluation:
         max_new_tokens: int,
         batch_size: int,
         every: int,
+        train_reward: RewardScorer | None = None,
     ):
         self.rows, self.prompt_ids, self.scorer, self.sampler = list(rows), list(prompt_ids), scorer, sampler
+        self.train_reward = train_reward
         self.settings = SamplingSettings(max_new_tokens=max_new_tokens, temperature=0.0)
         self.batch_size, self.every = batch_size, every
         self.previous: tuple[float, float] | None = None  # (training reward, held-out accuracy) at the last evaluation
@@ -52,19 +58,14 @@ class HeldoutEvaluation:
         """Whether to evaluate after 0-based step ``step`` of ``steps``."""
         return (step + 1) % self.every == 0 or step + 1 == steps
 
+    def evaluate_initial(self, policy: Any, tokenizer: Any) -> dict[str, float]:
+        """The held-out metrics of the starting policy (no reward-hacking check: nothing was trained yet)."""
+        return self._score(policy, tokenizer, step=-1)
+
     def evaluate(self, policy: Any, tokenizer: Any, step: int, training_reward: float) -> dict[str, float]:
         """Scores greedy answers; ``training_reward`` is the mean training reward since the last evaluation."""
-        completions: list[str] = []
-        truncated: list[bool] = []
-        for start in range(0, len(self.rows), self.batch_size):
-            rollout = self.sampler.sample(policy, self.prompt_ids[start : start + self.batch_size], self.settings)
-            completions += decode_completions(tokenizer, rollout.completion_ids_BC, rollout.completion_mask_BC)
-            truncated += rollout.truncated_B.tolist()
-        examples = [{**row.example, "truncated": cut} for row, cut in zip(self.rows, truncated)]
-        scored = self.scorer([row.question for row in self.rows], completions, examples, step)
-        passed = self.scorer.passed(scored)
-        accuracy = sum(passed) / len(passed)
-        metrics = {"heldout/accuracy": accuracy, "heldout/reward": float(scored.rewards_B.mean())}
+        metrics = self._score(policy, tokenizer, step)
+        accuracy = metrics["heldout/accuracy"]
         hacking = self.previous is not None and training_reward > self.previous[0] and accuracy < self.previous[1]
         if hacking:
             warnings.warn(
@@ -78,3 +79,19 @@ class HeldoutEvaluation:
         self.previous = (training_reward, accuracy)
         return metrics
 
+    def _score(self, policy: Any, tokenizer: Any, step: int) -> dict[str, float]:
+        completions: list[str] = []
+        truncated: list[bool] = []
+        for start in range(0, len(self.rows), self.batch_size):
+            rollout = self.sampler.sample(policy, self.prompt_ids[start : start + self.batch_size], self.settings)
+            completions += decode_completions(tokenizer, rollout.completion_ids_BC, rollout.completion_mask_BC)
+            truncated += rollout.truncated_B.tolist()
+        examples = [{**row.example, "truncated": cut} for row, cut in zip(self.rows, truncated)]
+        questions = [row.question for row in self.rows]
+        scored = self.scorer(questions, completions, examples, step)
+        passed = self.scorer.passed(scored)
+        metrics = {"heldout/accuracy": sum(passed) / len(passed), "heldout/reward": float(scored.rewards_B.mean())}
+        if self.train_reward is not None:
+            own = self.train_reward(questions, completions, examples, step)
+            metrics["heldout/train_reward"] = float(own.rewards_B.mean())
+        return metrics

@@ -58,7 +58,7 @@ class RLStage(Stage):
             gold = RewardScorer(spec.reward, stages_dir, device) if spec.reward is not None else reward
             engine.heldout = HeldoutEvaluation(
                 kept, ids, gold, engine.sampler, spec.max_new_tokens or config.generation.max_new_tokens,
-                spec.batch_size, spec.every,
+                spec.batch_size, spec.every, train_reward=reward if gold is not reward else None,
             )
         return engine
 

@@ -79,8 +79,13 @@ def metrics(pipeline: Pipeline, stage: str) -> list[dict]:
 def test_sft_then_grpo_runs_and_logs_per_source_rewards(run) -> None:
     pipeline, table = run
     assert [row["stage"] for row in table] == ["base", "sft", "grpo", "rm", "ppo"]
-    rows = metrics(pipeline, "grpo")
+    initial, *rows = metrics(pipeline, "grpo")
     assert [row["step"] for row in rows] == [1, 2]
+    # the starting policy is evaluated before the first step, by the gold verifier and by the stage's own
+    # reward (math + length penalty, so not the gold one)
+    assert initial["step"] == 0 and {"heldout/accuracy", "heldout/reward", "heldout/train_reward"} <= set(initial)
+    assert "heldout/hacking_warning" not in initial
+    assert all("heldout/train_reward" in row for row in rows)
     for row in rows:
         for key in ("reward/math/mean", "reward/math/std", "reward/length_penalty/mean", "reward/total/mean", "kl",
                     "entropy", "clip_fraction", "response_length", "truncated_share", "tokens_per_s",
@@ -89,6 +94,7 @@ def test_sft_then_grpo_runs_and_logs_per_source_rewards(run) -> None:
         assert row["reward/math/weight"] == 1.0 and row["reward/length_penalty/weight"] == 0.5
     manifest = json.loads((pipeline.stage_dir("grpo") / "manifest.json").read_text())
     assert manifest["summary"]["steps"] == 2 and manifest["summary"]["prompts"] == 32
+    assert manifest["summary"]["initial_heldout/accuracy"] == initial["heldout/accuracy"]
     config = json.loads((pipeline.stage_dir("grpo") / "checkpoint" / "config.json").read_text())
     assert config["architectures"] == ["Qwen2ForCausalLM"]
 
