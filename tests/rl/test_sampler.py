@@ -130,3 +130,55 @@ def test_top_p_and_top_k_filtering_by_hand() -> None:
     assert torch.isfinite(filter_logits(logits, top_k=3, top_p=1.0)).tolist() == [[True, True, True, False]]
     tokens, _ = sample_tokens(logits.repeat(2000, 1), SamplingSettings(1, top_p=0.8), torch.Generator().manual_seed(0))
     assert set(tokens.tolist()) == {0, 1}
+
+
+def _perturb_norms(model) -> None:
+    """RMS norm weights away from their initial ones, so folding them into the next matrix is exercised."""
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "norm" in name:
+                parameter.copy_(1 + 0.5 * torch.randn(parameter.shape, generator=generator))
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_fused_decoder_logits_equal_the_unfused_and_transformers_ones(micro, lora) -> None:
+    from posttrain.rl.decoders import CachedDecoder, TransformersDecoder
+    from posttrain.rl.sampler import left_pad
+
+    model, tokenizer = micro
+    _perturb_norms(model)
+    if lora:  # adapters wrap the layers' linear modules: those stay module calls, the LM head is still fused
+        model = apply_lora(model, LoraSpec(r=4, alpha=8))
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(parameter, std=0.5)
+    model.eval()
+    ids_BP, mask_BP = left_pad(prompt_ids(tokenizer), tokenizer.pad_token_id, torch.device("cpu"))
+    decoders = [CachedDecoder(model, 4, ids_BP.shape[1] + 5), CachedDecoder(model, 4, ids_BP.shape[1] + 5, fuse=False),
+                TransformersDecoder(model, 4, ids_BP.shape[1] + 5)]
+    assert decoders[0].head is not None and decoders[1].head is None
+    assert (decoders[0].layers[0].qkv is None) == lora and (decoders[0].layers[0].gate_up is None) == lora
+    logits = [decoder.prefill(ids_BP, mask_BP) for decoder in decoders]
+    for step in range(5):
+        for other in logits[1:]:
+            assert torch.allclose(logits[0], other, atol=1e-4), step
+        tokens_B = logits[0].argmax(dim=-1)
+        logits = [decoder.step(tokens_B) for decoder in decoders]
+
+
+def test_sampler_after_norm_folding_matches_training_forward(micro) -> None:
+    model, tokenizer = micro
+    _perturb_norms(model)
+    settings = SamplingSettings(max_new_tokens=10, temperature=1.0)
+    rollouts = [
+        RolloutSampler([10**6], tokenizer.pad_token_id, backend).sample(
+            model, prompt_ids(tokenizer), settings, torch.Generator().manual_seed(5)
+        )
+        for backend in ("cached", "transformers")
+    ]
+    # the same random numbers and (up to rounding) the same distribution: the same tokens
+    assert torch.equal(rollouts[0].completion_ids_BC, rollouts[1].completion_ids_BC)
+    assert torch.allclose(rollouts[0].logprobs_BC, rollouts[1].logprobs_BC, atol=1e-4)
+    mask = rollouts[0].completion_mask_BC
+    assert torch.allclose(training_logprobs(model, rollouts[0], 1.0)[mask], rollouts[0].logprobs_BC[mask], atol=1e-4)
