@@ -198,19 +198,35 @@ class CachedDecoder:
         self.length = 0  # cache slots filled
 
     def prefill(self, prompt_ids_BP: torch.Tensor, prompt_mask_BP: torch.Tensor) -> torch.Tensor:
-        """Runs the left-padded prompts; returns the logits of the next token, (B, V)."""
+        """Runs the left-padded prompts; returns the logits of the next token, (B, V).
+
+        A prompt repeated in the batch (GRPO's group of samples per prompt) is run once and its keys and
+        values copied to every row that has it.
+        """
         length = prompt_ids_BP.shape[1]
         mask_BP = prompt_mask_BP.bool()
         self.key_bias_BT[:, :length].masked_fill_(~mask_BP, float("-inf"))
         positions_BP = position_ids_for(mask_BP)
         self.next_position_B = positions_BP[:, -1] + 1
+        unique_UP, rows_B = torch.unique(prompt_ids_BP.masked_fill(~mask_BP, -1), dim=0, return_inverse=True)
+        if unique_UP.shape[0] == prompt_ids_BP.shape[0]:
+            return self._forward(prompt_ids_BP, positions_BP, self._prefill_mask(mask_BP))
+        first_U = torch.full((unique_UP.shape[0],), len(rows_B), dtype=torch.long, device=rows_B.device)
+        first_U = first_U.scatter_reduce(0, rows_B, torch.arange(len(rows_B), device=rows_B.device), "amin")
+        logits_UV = self._forward(
+            prompt_ids_BP[first_U], positions_BP[first_U], self._prefill_mask(mask_BP[first_U]), cache_rows_B=rows_B
+        )
+        return logits_UV[rows_B]
+
+    def _prefill_mask(self, mask_BP: torch.Tensor) -> torch.Tensor:
+        """The boolean attention mask of left-padded prompts, laid out for grouped-query attention."""
+        length = mask_BP.shape[1]
         causal_PP = torch.ones(length, length, dtype=torch.bool, device=mask_BP.device).tril()
         # a padding query may see only itself, so no row of the mask is empty (an empty row gives NaN)
         attend_BPP = (causal_PP & mask_BP[:, None, :]) | torch.eye(length, dtype=torch.bool, device=mask_BP.device)
         group = self.heads // self.kv_heads
         # grouped-query attention: the `group` query heads sharing a key/value head are extra query rows
-        attend = attend_BPP[:, None, None].expand(-1, 1, group, length, length).reshape(-1, 1, group * length, length)
-        return self._forward(prompt_ids_BP, positions_BP, attend)
+        return attend_BPP[:, None, None].expand(-1, 1, group, length, length).reshape(-1, 1, group * length, length)
 
     def step(self, tokens_B: torch.Tensor) -> torch.Tensor:
         """Appends one token per row (finished rows pass any token; it is never read); returns (B, V) logits."""
@@ -224,7 +240,12 @@ class CachedDecoder:
         return x_BTND * cos_BT1D + torch.roll(x_BTND, self.head_dim // 2, dims=-1) * signed_sin_BT1D
 
     @torch.no_grad()
-    def _forward(self, ids_BT: torch.Tensor, positions_BT: torch.Tensor, attend: torch.Tensor) -> torch.Tensor:
+    def _forward(
+        self, ids_BT: torch.Tensor, positions_BT: torch.Tensor, attend: torch.Tensor, cache_rows_B: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Runs ``ids_BT`` after what the cache holds; returns the last position's logits. With
+        ``cache_rows_B`` (an empty cache only) the rows are distinct prompts and cache row b receives the
+        keys and values of row ``cache_rows_B[b]``."""
         batch, steps = ids_BT.shape
         start, end = self.length, self.length + steps
         heads, kv_heads, head_dim = self.heads, self.kv_heads, self.head_dim
@@ -247,14 +268,18 @@ class CachedDecoder:
                 if layer.q_norm is not None:  # Qwen3: RMS norm per head before the rotary embedding
                     query, key = layer.q_norm(query), layer.k_norm(key)
                 query, key = self._rotary(query, cos_BT1D, sin_BT1D), self._rotary(key, cos_BT1D, sin_BT1D)
-            self.keys[index, :, :, start:end] = key.transpose(1, 2)
-            self.values[index, :, :, start:end] = value.reshape(batch, steps, kv_heads, head_dim).transpose(1, 2)
+            key, value = key.transpose(1, 2), value.reshape(batch, steps, kv_heads, head_dim).transpose(1, 2)
+            if cache_rows_B is None:
+                self.keys[index, :, :, start:end], self.values[index, :, :, start:end] = key, value
+                key, value = self.keys[index, :, :, :end], self.values[index, :, :, :end]
+            else:  # prefill of distinct prompts: attend to their own keys, fill every row of the cache
+                self.keys[index, :, :, start:end], self.values[index, :, :, start:end] = key[cache_rows_B], value[cache_rows_B]
             # grouped-query attention without copying keys: the `group` query heads sharing a key/value head
             # are extra query rows of that head (the mask is laid out to match)
             attended = torch.nn.functional.scaled_dot_product_attention(
                 query.transpose(1, 2).reshape(batch, kv_heads, group * steps, head_dim),
-                self.keys[index, :, :, :end],
-                self.values[index, :, :, :end],
+                key,
+                value,
                 attn_mask=attend,
                 scale=self.scaling,
             )

@@ -182,3 +182,31 @@ def test_sampler_after_norm_folding_matches_training_forward(micro) -> None:
     assert torch.allclose(rollouts[0].logprobs_BC, rollouts[1].logprobs_BC, atol=1e-4)
     mask = rollouts[0].completion_mask_BC
     assert torch.allclose(training_logprobs(model, rollouts[0], 1.0)[mask], rollouts[0].logprobs_BC[mask], atol=1e-4)
+
+
+def test_repeated_prompts_are_prefilled_once_with_the_same_result(micro, monkeypatch) -> None:
+    from posttrain.rl import decoders
+
+    model, tokenizer = micro
+    _perturb_norms(model)
+    prompts = [p for p in prompt_ids(tokenizer)[:3] for _ in range(4)]  # a GRPO batch: 3 prompts x 4 samples
+    settings = SamplingSettings(max_new_tokens=8, temperature=1.0)
+    prefilled_rows = []
+    forward = decoders.CachedDecoder._forward
+
+    def counting(self, ids_BT, *args, **kwargs):
+        prefilled_rows.append(ids_BT.shape[0])
+        return forward(self, ids_BT, *args, **kwargs)
+
+    monkeypatch.setattr(decoders.CachedDecoder, "_forward", counting)
+    rollouts = [
+        RolloutSampler([10**6], tokenizer.pad_token_id, backend).sample(
+            model, prompts, settings, torch.Generator().manual_seed(7)
+        )
+        for backend in ("cached", "transformers")
+    ]
+    assert prefilled_rows[0] == 3 and prefilled_rows[1:] == [12] * 7
+    assert torch.equal(rollouts[0].completion_ids_BC, rollouts[1].completion_ids_BC)
+    assert torch.allclose(rollouts[0].logprobs_BC, rollouts[1].logprobs_BC, atol=1e-4)
+    # rows of one group were sampled independently
+    assert len({tuple(row) for row in rollouts[0].completion_ids_BC[:4].tolist()}) > 1
