@@ -235,15 +235,37 @@ class CachedDecoder:
         # one query row per head group: the (B, 1, 1, S) bias broadcasts over heads and groups
         return self._forward(tokens_B[:, None], positions_B1, self.key_bias_BT[:, None, None, : self.length + 1])
 
+    def extend(self, ids_BT: torch.Tensor) -> torch.Tensor:
+        """Appends T tokens per row at once (causal within them, all of them read as real); returns the
+        logits after each, (B, T, V). Scores given completions after `prefill` without sampling."""
+        steps, start = ids_BT.shape[1], self.length
+        end = start + steps
+        positions_BT = self.next_position_B[:, None] + torch.arange(steps, device=ids_BT.device)
+        self.next_position_B = self.next_position_B + steps
+        # query t sees every earlier key and the chunk's keys up to itself; rows (group, t) as in prefill
+        key_index_S = torch.arange(end, device=ids_BT.device)
+        query_index_T = torch.arange(start, end, device=ids_BT.device)
+        future_TS = key_index_S[None, :] > query_index_T[:, None]
+        bias_TS = torch.zeros(future_TS.shape, dtype=self.key_bias_BT.dtype, device=ids_BT.device).masked_fill(future_TS, float("-inf"))
+        group = self.heads // self.kv_heads
+        attend = self.key_bias_BT[:, None, None, :end] + bias_TS.repeat(group, 1)[None, None]
+        return self._forward(ids_BT, positions_BT, attend, all_positions=True)
+
     def _rotary(self, x_BTND: torch.Tensor, cos_BT1D: torch.Tensor, signed_sin_BT1D: torch.Tensor) -> torch.Tensor:
         """The rotary embedding: ``x * cos + rotate_half(x) * sin``, with rotate_half as a roll."""
         return x_BTND * cos_BT1D + torch.roll(x_BTND, self.head_dim // 2, dims=-1) * signed_sin_BT1D
 
     @torch.no_grad()
     def _forward(
-        self, ids_BT: torch.Tensor, positions_BT: torch.Tensor, attend: torch.Tensor, cache_rows_B: torch.Tensor | None = None
+        self,
+        ids_BT: torch.Tensor,
+        positions_BT: torch.Tensor,
+        attend: torch.Tensor,
+        cache_rows_B: torch.Tensor | None = None,
+        all_positions: bool = False,
     ) -> torch.Tensor:
-        """Runs ``ids_BT`` after what the cache holds; returns the last position's logits. With
+        """Runs ``ids_BT`` after what the cache holds; returns the last position's logits, (B, V), or with
+        ``all_positions`` every position's, (B, T, V). With
         ``cache_rows_B`` (an empty cache only) the rows are distinct prompts and cache row b receives the
         keys and values of row ``cache_rows_B[b]``."""
         batch, steps = ids_BT.shape
@@ -287,8 +309,8 @@ class CachedDecoder:
             hidden_BTH = hidden_BTH + layer.project_out(attended_BTH.reshape(batch, steps, heads * head_dim))
             hidden_BTH = hidden_BTH + layer.feed_forward(hidden_BTH)
         self.length = end
-        last_BH = self.final_norm(hidden_BTH[:, -1])
-        return self.lm.lm_head(last_BH) if self.head is None else torch.nn.functional.linear(last_BH, *self.head)
+        last = self.final_norm(hidden_BTH if all_positions else hidden_BTH[:, -1])
+        return self.lm.lm_head(last) if self.head is None else torch.nn.functional.linear(last, *self.head)
 
 
 class TransformersDecoder:
@@ -329,6 +351,21 @@ class TransformersDecoder:
             **{self.cache_argument: self.cache},
         )
         return output.logits[:, -1]
+
+
+def completion_logits(
+    model: Any, prompt_ids_BP: torch.Tensor, prompt_mask_BP: torch.Tensor, completion_ids_BC: torch.Tensor
+) -> torch.Tensor:
+    """Logits predicting each completion token, (B, C, V), without gradients, by `CachedDecoder`: a prompt
+    repeated in the batch is run once and the completions in one chunk after it. Equals the model's
+    forward over prompt + completion (tokens after a row's end token see the padding before them as real,
+    which changes only positions that are themselves padding)."""
+    completion_length = completion_ids_BC.shape[1]
+    decoder = CachedDecoder(model, prompt_ids_BP.shape[0], prompt_ids_BP.shape[1] + completion_length)
+    first_B1V = decoder.prefill(prompt_ids_BP, prompt_mask_BP)[:, None]
+    if completion_length == 1:
+        return first_B1V
+    return torch.cat([first_B1V, decoder.extend(completion_ids_BC[:, :-1])], dim=1)
 
 
 def make_decoder(model: Any, batch_size: int, max_length: int, backend: str = "auto") -> CachedDecoder | TransformersDecoder:
