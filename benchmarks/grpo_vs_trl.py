@@ -21,7 +21,8 @@ ratio TRL / floor bounds the speed-up any implementation can show over TRL at th
 
 Remaining differences (state them with the figures): with beta = 0 TRL computes no reference model
 forward; ours still runs it because the KL to the reference is logged even when beta = 0 (a
-reward-hacking guard), one extra no-grad forward per step. TRL also logs more per step (entropy, clip
+reward-hacking guard): one extra no-grad forward per step (through our cached decoder, each distinct prompt
+once), which TRL's figure does not include. TRL also logs more per step (entropy, clip
 ratios, completion-length statistics); ours logs its per-step metrics to a writer that discards them.
 """
 

@@ -3,11 +3,13 @@
 Two implementations with one interface (`prefill`, `step`):
 
 - `CachedDecoder`: our own decoding forward for Llama-shaped models (Llama, Qwen2, Qwen3, Mistral) over a
-  key/value cache allocated once for the whole rollout. It calls the model's own submodules (norms,
-  projections, MLP, rotary embedding, LM head), so LoRA adapters and any dtype work unchanged, but skips
-  what makes a transformers forward slow at small sizes: building a 4-D mask per call, growing the cache
-  with ``torch.cat`` every token, and the generic keyword plumbing. On the built-in tiny model this is most
-  of the time per token (see `benchmarks/rollout_vs_hf.py`).
+  key/value cache allocated once for the whole rollout. It uses the model's own weights and rotary module
+  (LoRA-wrapped layers are called as modules, so adapters and any dtype work unchanged), fuses plain
+  linear layers with the RMS norm before them, and skips what makes a transformers forward slow at small
+  sizes: building a 4-D mask per call, growing the cache with ``torch.cat`` every token, and the generic
+  keyword plumbing (see `benchmarks/rollout_vs_hf.py`). A prompt repeated in the batch is prefilled once;
+  `extend` runs a whole chunk after the prompt, which `completion_logits` uses to score given completions
+  without gradients (the frozen reference's log-probabilities).
 - `TransformersDecoder`: the model's own forward with a `DynamicCache`, for every other architecture.
 
 Both compute the same function as the model's full forward (same position ids for left-padded prompts);
