@@ -1,14 +1,19 @@
 """Rollout throughput: posttrain's sampler against transformers' `generate`, same model, prompts and settings.
 
-    python benchmarks/rollout_vs_hf.py [--size tiny] [--batch-sizes 32 128] [--new-tokens 64] [--repeats 3]
-                                       [--device cpu] [--dtype float32] [--json PATH]
+    python benchmarks/rollout_vs_hf.py [--size tiny] [--batch-sizes 32 128] [--new-tokens 64] [--repeats 5]
+                                       [--device cpu] [--dtype float32] [--forward-loop] [--json PATH]
 
-Both sample (temperature 1, no top-p/top-k) exactly ``--new-tokens`` tokens per row: no end token can
-stop a row early (`generate` gets ``min_new_tokens``; our sampler is given an end token id the vocabulary
-does not have). Tokens/s counts generated tokens, timed over ``--repeats`` runs after one warm-up run.
-Prints both figures and the ratio for every batch size, for our cached decoder and, for reference, our
-loop over the model's own forward (``backend=transformers``). ``--size qwen2.5-0.5b`` builds a randomly
-initialised Qwen2.5-0.5B-shaped model (for a GPU, with ``--dtype bfloat16``).
+Both sample (temperature 1, no top-p/top-k, fp32 unless ``--dtype``) exactly ``--new-tokens`` tokens per
+row from the same left-padded prompts: no end token can stop a row early (`generate` gets
+``min_new_tokens``; our sampler is given an end token id the vocabulary does not have). Tokens/s counts
+generated tokens. After one warm-up run of each, the two are timed alternately, ``--repeats`` rounds of
+one run each, so load from other processes on a shared machine falls on both alike; the ratio printed is
+the median of the per-round ratios (the tokens/s figures are medians too). ``--forward-loop`` adds, for
+reference, our loop over the model's own forward (``backend=transformers``). ``--size qwen2.5-0.5b``
+builds a randomly initialised Qwen2.5-0.5B-shaped model (for a GPU, with ``--dtype bfloat16``).
+
+Remaining differences: `generate` also returns the prompt with the completion and applies its logits
+processors; ours also returns each token's log-probability and the masks (what RL needs).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import time
 
 import torch
@@ -47,38 +53,51 @@ def prompts(tokenizer, batch: int) -> list[list[int]]:
     return [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
 
 
-def time_runs(run, repeats: int, device: str) -> float:
+def timed(run, device: str) -> float:
+    """Seconds of one call of ``run``."""
+    started = time.perf_counter()
     run()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    started = time.perf_counter()
-    for _ in range(repeats):
-        run()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return (time.perf_counter() - started) / repeats
+    return time.perf_counter() - started
 
 
-def ours(model, ids: list[list[int]], new_tokens: int, backend: str, device: str, repeats: int) -> float:
+def our_run(model, ids: list[list[int]], new_tokens: int, backend: str, device: str):
     from posttrain.rl.sampler import RolloutSampler, SamplingSettings
 
     sampler = RolloutSampler([10**9], pad_token_id=0, backend=backend)  # an id no vocabulary has: never stops
     settings = SamplingSettings(max_new_tokens=new_tokens, temperature=1.0)
     generator = torch.Generator(device=device).manual_seed(0)
-    seconds = time_runs(lambda: sampler.sample(model, ids, settings, generator), repeats, device)
-    return len(ids) * new_tokens / seconds
+    return lambda: sampler.sample(model, ids, settings, generator)
 
 
-def huggingface(model, tokenizer, ids: list[list[int]], new_tokens: int, device: str, repeats: int) -> float:
+def hf_run(model, tokenizer, ids: list[list[int]], new_tokens: int, device: str):
     tokenizer.padding_side = "left"
     batch = tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(device)
     settings = dict(
         do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
         pad_token_id=tokenizer.pad_token_id,
     )
-    with torch.no_grad():
-        seconds = time_runs(lambda: model.generate(**batch, **settings), repeats, device)
-    return len(ids) * new_tokens / seconds
+
+    def run():
+        with torch.no_grad():
+            model.generate(**batch, **settings)
+
+    return run
+
+
+def compare(runs: dict, tokens: int, repeats: int, device: str) -> dict:
+    """Tokens/s of each run (median over rounds) and the median per-round ratio of ours over HF's."""
+    for run in runs.values():
+        run()  # warm-up
+    seconds = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            seconds[name].append(timed(run, device))
+    row = {name: tokens / statistics.median(values) for name, values in seconds.items()}
+    row["ratio"] = statistics.median(h / o for o, h in zip(seconds["ours_cached"], seconds["hf_generate"]))
+    row["ratio_per_round"] = [round(h / o, 3) for o, h in zip(seconds["ours_cached"], seconds["hf_generate"])]
+    return row
 
 
 def main() -> None:
@@ -86,9 +105,10 @@ def main() -> None:
     parser.add_argument("--size", default="tiny", help="tiny, micro or qwen2.5-0.5b")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128])
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--forward-loop", action="store_true", help="also time our loop over the model's forward")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -97,18 +117,19 @@ def main() -> None:
     results = []
     for batch in args.batch_sizes:
         ids = prompts(tokenizer, batch)
-        row = {
-            "batch": batch,
-            "ours_cached": ours(model, ids, args.new_tokens, "cached", args.device, args.repeats),
-            "ours_transformers_forward": ours(model, ids, args.new_tokens, "transformers", args.device, args.repeats),
-            "hf_generate": huggingface(model, tokenizer, ids, args.new_tokens, args.device, args.repeats),
+        runs = {
+            "ours_cached": our_run(model, ids, args.new_tokens, "cached", args.device),
+            "hf_generate": hf_run(model, tokenizer, ids, args.new_tokens, args.device),
         }
-        row["ratio"] = row["ours_cached"] / row["hf_generate"]
+        if args.forward_loop:
+            runs["ours_transformers_forward"] = our_run(model, ids, args.new_tokens, "transformers", args.device)
+        row = {"batch": batch, **compare(runs, batch * args.new_tokens, args.repeats, args.device)}
         results.append(row)
         print(
             f"batch {batch:4d} x {args.new_tokens} new tokens: ours {row['ours_cached']:9.0f} tok/s | "
-            f"ours over model forward {row['ours_transformers_forward']:9.0f} tok/s | "
-            f"HF generate {row['hf_generate']:9.0f} tok/s | ratio {row['ratio']:.2f}x",
+            + (f"ours over model forward {row['ours_transformers_forward']:9.0f} tok/s | " if args.forward_loop else "")
+            + f"HF generate {row['hf_generate']:9.0f} tok/s | ratio {row['ratio']:.2f}x "
+            f"(per round: {', '.join(f'{r:.2f}' for r in row['ratio_per_round'])})",
             flush=True,
         )
     if args.json:

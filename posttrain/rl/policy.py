@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import torch
 
 from posttrain.algorithms.logprobs import entropy_from_logits, token_logprobs
-from posttrain.rl.decoders import causal_lm_of
+from posttrain.rl.decoders import causal_lm_of, completion_logits, supports_cached_decoder
 
 
 class ValueHead(torch.nn.Module):
@@ -122,6 +122,11 @@ def score_completions(module: Any, batch: CompletionBatch, temperature: float, w
 class FrozenReference:
     """The starting policy, frozen, for the KL penalty.
 
+    Its log-probabilities need no gradient, so for Llama-shaped models they come from `CachedDecoder`
+    (`completion_logits`): fused matrices, each distinct prompt of a GRPO group run once, inference mode.
+    That is the same function as the model's forward (`tests/rl/test_policy_reference.py` checks it); it
+    matters because the KL to the reference is computed every step, even when its coefficient is 0.
+
     Args:
         policy: the policy at the start of the stage.
         uses_lora: the policy is a peft model; the reference is then the same model with adapters disabled.
@@ -144,6 +149,21 @@ class FrozenReference:
         model.eval()
         try:
             with adapters_off:
-                return score_completions(ActorCritic(model), batch, temperature).logprobs_BC
+                if not supports_cached_decoder(model):
+                    return score_completions(ActorCritic(model), batch, temperature).logprobs_BC
+                with torch.inference_mode():
+                    logprobs_BC = self._decoder_logprobs(model, batch, temperature)
+                return logprobs_BC.clone()
         finally:
             model.train(was_training)
+
+    @staticmethod
+    def _decoder_logprobs(model: Any, batch: CompletionBatch, temperature: float) -> torch.Tensor:
+        completion_ids_BC = batch.completion_ids_BC
+        prompt_width = batch.sequences_BS.shape[1] - completion_ids_BC.shape[1]
+        logits_BCV = completion_logits(
+            model, batch.sequences_BS[:, :prompt_width], batch.attention_mask_BS[:, :prompt_width], completion_ids_BC
+        )
+        if temperature not in (0, 1):
+            logits_BCV = logits_BCV / temperature
+        return token_logprobs(logits_BCV, completion_ids_BC, batch.completion_mask_BC)

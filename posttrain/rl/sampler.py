@@ -2,9 +2,12 @@
 
 Our own loop rather than transformers' `generate`: at the sizes the project trains on a CPU, `generate`
 spends most of each token in per-call overhead (logits processors, stopping criteria, cache growth, mask
-building). With `CachedDecoder` the loop samples several times as many tokens per second on the built-in
-tiny model (`benchmarks/rollout_vs_hf.py` prints the ratio), and it returns what RL needs in one pass: the
-token ids, each sampled token's log-probability and the masks.
+building). With `CachedDecoder` the loop samples faster than `generate` on the built-in tiny model
+(`benchmarks/rollout_vs_hf.py` prints the ratio; `benchmarks/results/rollout_vs_hf_cpu.txt` has the
+figures), and it returns what RL needs in one pass: the token ids, each sampled token's log-probability
+and the masks. The loop keeps the host out of the way: no per-token bookkeeping beyond collecting the
+sampled tokens (masks are derived from the end tokens once, at the end) and one host sync per token to
+stop early when every row has ended.
 
 Log-probabilities are those of the temperature-scaled distribution ``log_softmax(logits / temperature)``
 over the whole vocabulary, before top-k/top-p filtering: that is what the training-mode recomputation in
@@ -161,9 +164,10 @@ def sample_tokens(
         logprobs_BV = torch.log_softmax(logits_BV, dim=-1)
         tokens_B = logprobs_BV.argmax(dim=-1)
     else:
-        scaled_BV = logits_BV / settings.temperature
+        scaled_BV = logits_BV / settings.temperature if settings.temperature != 1 else logits_BV
         logprobs_BV = torch.log_softmax(scaled_BV, dim=-1)
-        probs_BV = torch.softmax(filter_logits(scaled_BV, settings.top_k, settings.top_p), dim=-1)
+        filtered = settings.top_k > 0 or settings.top_p < 1.0
+        probs_BV = torch.softmax(filter_logits(scaled_BV, settings.top_k, settings.top_p), dim=-1) if filtered else logprobs_BV.exp()
         # exponential race (equivalent to Gumbel-max): argmax p / E with E = -log U ~ Exp(1) draws from p;
         # drawing U and taking its log is several times faster on a CPU than `exponential_`
         if noise is not None:
@@ -221,35 +225,53 @@ class RolloutSampler:
     ) -> Rollout:
         device = next(model.parameters()).device
         prompt_ids_BP, prompt_mask_BP = left_pad(prompts, self.pad_token_id, device)
-        batch, budget = prompt_ids_BP.shape[0], settings.max_new_tokens
-        decoder = make_decoder(model, batch, prompt_ids_BP.shape[1] + budget, self.backend)
-        eos_E = torch.tensor(self.eos_token_ids, device=device)
-        tokens_BC = torch.full((batch, budget), self.pad_token_id, dtype=torch.long, device=device)
-        logprobs_BC = torch.zeros((batch, budget), dtype=torch.float32, device=device)
-        mask_BC = torch.zeros((batch, budget), dtype=torch.bool, device=device)
-        finished_B = torch.zeros(batch, dtype=torch.bool, device=device)
-        logits_BV = decoder.prefill(prompt_ids_BP, prompt_mask_BP)
-        steps = 0
-        for t in range(budget):
-            token_B, logprob_B = sample_tokens(logits_BV, settings, generator, noise, t)
-            active_B = ~finished_B
-            tokens_BC[:, t] = torch.where(active_B, token_B, self.pad_token_id)
-            logprobs_BC[:, t] = torch.where(active_B, logprob_B, 0.0)
-            mask_BC[:, t] = active_B
-            finished_B = finished_B | torch.isin(token_B, eos_E)
-            steps = t + 1
-            # one host sync per token; it lets a batch that has finished stop early
-            if t + 1 == budget or bool(finished_B.all()):
-                break
-            logits_BV = decoder.step(tokens_BC[:, t])
+        # inference mode skips autograd's bookkeeping on every op; the results are cloned out of it so the
+        # training step can use them like any other tensor
+        with torch.inference_mode():
+            tokens_BC, logprobs_BC = self._decode(model, prompt_ids_BP, prompt_mask_BP, settings, generator, noise)
+            is_end_BC = torch.isin(tokens_BC, torch.tensor(self.eos_token_ids, device=device))
+            # a token belongs to the completion when no end token came before it (the end token does)
+            mask_BC = (is_end_BC.cumsum(dim=1) - is_end_BC.long()) == 0
+            tokens_BC = torch.where(mask_BC, tokens_BC, self.pad_token_id)
+            logprobs_BC = torch.where(mask_BC, logprobs_BC, 0.0)
+            truncated_B = ~is_end_BC.any(dim=1)
         return Rollout(
             prompt_ids_BP=prompt_ids_BP,
             prompt_mask_BP=prompt_mask_BP,
-            completion_ids_BC=tokens_BC[:, :steps],
-            completion_mask_BC=mask_BC[:, :steps],
-            logprobs_BC=logprobs_BC[:, :steps],
-            truncated_B=~finished_B,
+            completion_ids_BC=tokens_BC.clone(),
+            completion_mask_BC=mask_BC.clone(),
+            logprobs_BC=logprobs_BC.clone(),
+            truncated_B=truncated_B.clone(),
         )
+
+    def _decode(
+        self,
+        model: Any,
+        prompt_ids_BP: torch.Tensor,
+        prompt_mask_BP: torch.Tensor,
+        settings: SamplingSettings,
+        generator,
+        noise: RowNoise | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw sampled tokens and their log-probabilities, (B, C): C is ``max_new_tokens`` or, when every row
+        has produced an end token sooner, the step at which the last one did. Tokens after a row's end token
+        are left as sampled (the caller masks them)."""
+        batch, budget = prompt_ids_BP.shape[0], settings.max_new_tokens
+        decoder = make_decoder(model, batch, prompt_ids_BP.shape[1] + budget, self.backend)
+        eos_E = torch.tensor(self.eos_token_ids, device=prompt_ids_BP.device)
+        finished_B = torch.zeros(batch, dtype=torch.bool, device=prompt_ids_BP.device)
+        tokens, logprobs = [], []
+        logits_BV = decoder.prefill(prompt_ids_BP, prompt_mask_BP)
+        for t in range(budget):
+            token_B, logprob_B = sample_tokens(logits_BV, settings, generator, noise, t)
+            tokens.append(token_B)
+            logprobs.append(logprob_B)
+            finished_B |= torch.isin(token_B, eos_E)
+            # one host sync per token; it lets a batch that has finished stop early
+            if t + 1 == budget or bool(finished_B.all()):
+                break
+            logits_BV = decoder.step(token_B)
+        return torch.stack(tokens, dim=1), torch.stack(logprobs, dim=1)
 
 
 def end_token_ids(model: Any, tokenizer: Any) -> list[int]:

@@ -167,3 +167,83 @@ def test_row_noise_samples_a_row_the_same_in_any_batch(micro) -> None:
         assert texts == expected
     other_seed = sampler.sample(model, prompts, settings, noise=RowNoise(8, range(8)))
     assert not torch.equal(other_seed.completion_ids_BC, whole.completion_ids_BC)
+
+
+def _perturb_norms(model) -> None:
+    """RMS norm weights away from their initial ones, so folding them into the next matrix is exercised."""
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "norm" in name:
+                parameter.copy_(1 + 0.5 * torch.randn(parameter.shape, generator=generator))
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_fused_decoder_logits_equal_the_unfused_and_transformers_ones(micro, lora) -> None:
+    from posttrain.rl.decoders import CachedDecoder, TransformersDecoder
+    from posttrain.rl.sampler import left_pad
+
+    model, tokenizer = micro
+    _perturb_norms(model)
+    if lora:  # adapters wrap the layers' linear modules: those stay module calls, the LM head is still fused
+        model = apply_lora(model, LoraSpec(r=4, alpha=8))
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(parameter, std=0.5)
+    model.eval()
+    ids_BP, mask_BP = left_pad(prompt_ids(tokenizer), tokenizer.pad_token_id, torch.device("cpu"))
+    decoders = [CachedDecoder(model, 4, ids_BP.shape[1] + 5), CachedDecoder(model, 4, ids_BP.shape[1] + 5, fuse=False),
+                TransformersDecoder(model, 4, ids_BP.shape[1] + 5)]
+    assert decoders[0].head is not None and decoders[1].head is None
+    assert (decoders[0].layers[0].qkv is None) == lora and (decoders[0].layers[0].gate_up is None) == lora
+    logits = [decoder.prefill(ids_BP, mask_BP) for decoder in decoders]
+    for step in range(5):
+        for other in logits[1:]:
+            assert torch.allclose(logits[0], other, atol=1e-4), step
+        tokens_B = logits[0].argmax(dim=-1)
+        logits = [decoder.step(tokens_B) for decoder in decoders]
+
+
+def test_sampler_after_norm_folding_matches_training_forward(micro) -> None:
+    model, tokenizer = micro
+    _perturb_norms(model)
+    settings = SamplingSettings(max_new_tokens=10, temperature=1.0)
+    rollouts = [
+        RolloutSampler([10**6], tokenizer.pad_token_id, backend).sample(
+            model, prompt_ids(tokenizer), settings, torch.Generator().manual_seed(5)
+        )
+        for backend in ("cached", "transformers")
+    ]
+    # the same random numbers and (up to rounding) the same distribution: the same tokens
+    assert torch.equal(rollouts[0].completion_ids_BC, rollouts[1].completion_ids_BC)
+    assert torch.allclose(rollouts[0].logprobs_BC, rollouts[1].logprobs_BC, atol=1e-4)
+    mask = rollouts[0].completion_mask_BC
+    assert torch.allclose(training_logprobs(model, rollouts[0], 1.0)[mask], rollouts[0].logprobs_BC[mask], atol=1e-4)
+
+
+def test_repeated_prompts_are_prefilled_once_with_the_same_result(micro, monkeypatch) -> None:
+    from posttrain.rl import decoders
+
+    model, tokenizer = micro
+    _perturb_norms(model)
+    prompts = [p for p in prompt_ids(tokenizer)[:3] for _ in range(4)]  # a GRPO batch: 3 prompts x 4 samples
+    settings = SamplingSettings(max_new_tokens=8, temperature=1.0)
+    prefilled_rows = []
+    forward = decoders.CachedDecoder._forward
+
+    def counting(self, ids_BT, *args, **kwargs):
+        prefilled_rows.append(ids_BT.shape[0])
+        return forward(self, ids_BT, *args, **kwargs)
+
+    monkeypatch.setattr(decoders.CachedDecoder, "_forward", counting)
+    rollouts = [
+        RolloutSampler([10**6], tokenizer.pad_token_id, backend).sample(
+            model, prompts, settings, torch.Generator().manual_seed(7)
+        )
+        for backend in ("cached", "transformers")
+    ]
+    assert prefilled_rows[0] == 3 and prefilled_rows[1:] == [12] * 7
+    assert torch.equal(rollouts[0].completion_ids_BC, rollouts[1].completion_ids_BC)
+    assert torch.allclose(rollouts[0].logprobs_BC, rollouts[1].logprobs_BC, atol=1e-4)
+    # rows of one group were sampled independently
+    assert len({tuple(row) for row in rollouts[0].completion_ids_BC[:4].tolist()}) > 1
