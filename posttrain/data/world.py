@@ -13,8 +13,11 @@ hard ones only partly, which leaves room for RL to improve it):
     4: two-digit subtraction         71 - 28   (never negative)
     5: three-digit plus two-digit    312 + 47
 
-Measured on the ~0.85M-parameter built-in model: level 1 is solved after a few hundred SFT steps, level 3
-needs several times more data than level 2, and levels 4 and 5 stay mostly unsolved by a short SFT.
+Measured on the ~0.85M-parameter built-in model (quickstart settings: 150 pre-training steps, then SFT on
+levels 1-3 at batch 16 x 128 packed tokens): level 1 is solved first; levels 2 and 3 are learned in a sharp
+transition, so held-out accuracy on levels 1-3 goes 10% (250 SFT steps) -> 27% (375) -> 39.5% (425) -> 95%
+(500). Pre-training matters as much: at lr 5e-3 the same 500 SFT steps reach only 8%, at 1e-3 28.5%,
+from no pre-training 43.5%. A mix of all five levels learns more slowly (10% after 500 steps).
 """
 
 from __future__ import annotations
