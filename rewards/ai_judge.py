@@ -7,8 +7,8 @@ a win scores 1, a loss 0, a tie 0.5; a completion's score is the mean over its c
 - ``mode: group``: each completion against every other completion of the same prompt (a GRPO group).
 
 The judge is any causal LM with a chat template: a folder, a hub id, or ``stage:NAME`` in an RL stage (an
-earlier stage's checkpoint, e.g. the policy's own starting model). The constitution's path is resolved
-against the working directory. torch loads when the source is built, not when this module is imported.
+earlier stage's checkpoint, e.g. the policy's own starting model). In a recipe the constitution's path is
+relative to the recipe's folder (else to the working directory). torch loads when the source is built, not when this module is imported.
 
 >>> AIJudgeReward.kind
 'ai_judge'

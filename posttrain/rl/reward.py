@@ -66,9 +66,29 @@ class GuardedSource(RewardSource):
         self.inner.close()
 
 
-def resolve_entry_args(entry: RewardEntry, stages_dir: Path, device: str) -> dict[str, Any]:
-    """The entry's arguments with ``stage:NAME`` paths resolved and a reward model's device defaulted."""
+# file arguments of the built-in sources: resolved against the recipe's folder when the file is there
+_FILE_ARGS = {"ai_judge": "constitution", "python": "function"}
+
+
+def _from_recipe_dir(value: str, recipe_dir: Path | None) -> str:
+    """``value`` (a path, or ``path.py:function``) relative to ``recipe_dir`` when that file exists, as stage
+    data paths are; otherwise unchanged (an absolute path, or one relative to the working directory)."""
+    path, sep, rest = value.partition(".py:") if value.count(".py:") == 1 else (value, "", "")
+    path = path + (".py" if sep else "")
+    if recipe_dir is None or Path(path).is_absolute() or not (recipe_dir / path).is_file():
+        return value
+    return str(recipe_dir / path) + (":" + rest if sep else "")
+
+
+def resolve_entry_args(
+    entry: RewardEntry, stages_dir: Path, device: str, recipe_dir: Path | None = None
+) -> dict[str, Any]:
+    """The entry's arguments with ``stage:NAME`` paths resolved, file arguments taken relative to the recipe's
+    folder (when the file is there), and a reward model's device defaulted."""
     args = dict(entry.args)
+    name = _FILE_ARGS.get(entry.source)
+    if name is not None and isinstance(args.get(name), str):
+        args[name] = _from_recipe_dir(args[name], recipe_dir)
     if entry.source not in ("reward_model", "ai_judge"):
         return args
     path = str(args.get("path", ""))
@@ -111,11 +131,16 @@ class RewardScorer:
         entries: the stage's `reward:` list.
         stages_dir: the run's `stages/` folder (for ``stage:NAME`` paths).
         device: default device of reward models.
+        recipe_dir: the recipe's folder (file arguments such as a constitution are relative to it).
     """
 
-    def __init__(self, entries: Sequence[RewardEntry], stages_dir: Path, device: str):
+    def __init__(
+        self, entries: Sequence[RewardEntry], stages_dir: Path, device: str, recipe_dir: Path | None = None
+    ):
         sources = {
-            entry.key: GuardedSource(build_reward_source(entry.source, **resolve_entry_args(entry, stages_dir, device)))
+            entry.key: GuardedSource(
+                build_reward_source(entry.source, **resolve_entry_args(entry, stages_dir, device, recipe_dir))
+            )
             for entry in entries
         }
         self.composite = CompositeReward(list(entries), sources=sources)

@@ -45,7 +45,7 @@ class RLStage(Stage):
         stages_dir = ctx.stage_dir.parent
         prompts = load_prompts(config.data, ctx.recipe_dir, ctx.seed)
         self.skipped_rows = prompts.skipped
-        reward = RewardScorer(config.reward, stages_dir, device)
+        reward = RewardScorer(config.reward, stages_dir, device, ctx.recipe_dir)
         engine = RLEngine(
             config=config, policy=self.model, tokenizer=self.tokenizer, objective=make_objective(config),
             reward=reward, prompts=prompts.rows, accelerator=ctx.accelerator, metrics=ctx.metrics, seed=ctx.seed,
@@ -55,7 +55,7 @@ class RLStage(Stage):
             spec = config.heldout
             rows = load_prompts(spec.data, ctx.recipe_dir, ctx.seed).rows
             kept, ids, _ = encode_prompts(self.tokenizer, rows, config.generation.max_prompt_tokens)
-            gold = RewardScorer(spec.reward, stages_dir, device) if spec.reward is not None else reward
+            gold = RewardScorer(spec.reward, stages_dir, device, ctx.recipe_dir) if spec.reward is not None else reward
             engine.heldout = HeldoutEvaluation(
                 kept, ids, gold, engine.sampler, spec.max_new_tokens or config.generation.max_new_tokens,
                 spec.batch_size, spec.every, train_reward=reward if gold is not reward else None,

@@ -95,3 +95,17 @@ def test_reward_model_stage_paths_resolve_to_the_run_checkpoint(tmp_path: Path) 
     assert resolve_entry_args(entry, tmp_path, "cuda:0") == {"path": str(tmp_path / "rm" / "checkpoint"), "device": "cuda:0"}
     explicit = RewardEntry(source="reward_model", args={"path": "/models/rm", "device": "cpu"})
     assert resolve_entry_args(explicit, tmp_path, "cuda:0") == {"path": "/models/rm", "device": "cpu"}
+
+
+def test_reward_file_arguments_are_relative_to_the_recipe_folder(tmp_path: Path) -> None:
+    recipe_dir = tmp_path / "recipes"
+    (recipe_dir / "constitutions").mkdir(parents=True)
+    (recipe_dir / "constitutions" / "c.yaml").write_text("principles: []")
+    (recipe_dir / "my_reward.py").write_text("def score(p, c, e): return 1.0")
+    judge = RewardEntry(source="ai_judge", args={"path": "/models/judge", "constitution": "constitutions/c.yaml"})
+    assert resolve_entry_args(judge, tmp_path, "cpu", recipe_dir)["constitution"] == str(recipe_dir / "constitutions" / "c.yaml")
+    own = RewardEntry(source="python", args={"function": "my_reward.py:score"})
+    assert resolve_entry_args(own, tmp_path, "cpu", recipe_dir) == {"function": f"{recipe_dir / 'my_reward.py'}:score"}
+    # a file that is not in the recipe's folder stays as given (relative to the working directory)
+    elsewhere = RewardEntry(source="python", args={"function": "lib/other.py:score"})
+    assert resolve_entry_args(elsewhere, tmp_path, "cpu", recipe_dir) == {"function": "lib/other.py:score"}
