@@ -22,6 +22,24 @@ from posttrain.errors import CheckpointError
 WEIGHT_SUFFIX = ".safetensors"
 
 
+STAGE_PREFIX = "stage:"
+
+
+def stage_checkpoint(reference: str, stages_dir: Path, what: str) -> str:
+    """The checkpoint folder a ``stage:NAME`` reference names in this run (``what`` says who refers to it, for
+    the error), or ``reference`` unchanged when it is not a stage reference."""
+    if not reference.startswith(STAGE_PREFIX):
+        return reference
+    checkpoint = stages_dir / reference.removeprefix(STAGE_PREFIX) / "checkpoint"
+    if not (checkpoint / "config.json").is_file():
+        finished = sorted(p.parent.name for p in stages_dir.glob("*/checkpoint"))
+        raise CheckpointError(
+            f"{what}: `{reference}` names no finished stage of this run (looked for {checkpoint}; finished "
+            f"stages: {finished or 'none'}); put that stage before this one"
+        )
+    return str(checkpoint)
+
+
 def load_model_and_tokenizer(spec: ModelSpec, path: str | Path | None = None, device: str = "cpu"):
     """Loads a causal LM and its tokenizer.
 

@@ -20,10 +20,9 @@ from typing import Any
 
 import torch
 
-from posttrain.errors import CheckpointError
+from posttrain.models.checkpoint import stage_checkpoint
 from posttrain.rewards import CompositeReward, Example, RewardEntry, RewardResult, RewardSource, build_reward_source
 
-STAGE_PREFIX = "stage:"
 
 
 class RewardSourceError(RuntimeError):
@@ -91,18 +90,8 @@ def resolve_entry_args(
         args[name] = _from_recipe_dir(args[name], recipe_dir)
     if entry.source not in ("reward_model", "ai_judge"):
         return args
-    path = str(args.get("path", ""))
-    if path.startswith(STAGE_PREFIX):
-        name = path.removeprefix(STAGE_PREFIX)
-        checkpoint = stages_dir / name / "checkpoint"
-        if not (checkpoint / "config.json").is_file():
-            finished = sorted(p.parent.name for p in stages_dir.glob("*/checkpoint"))
-            raise CheckpointError(
-                f"reward entry {entry.key!r}: `path: {path}` names no finished stage of this run "
-                f"(looked for {checkpoint}; finished stages: {finished or 'none'}); put the reward-model stage "
-                "before this one"
-            )
-        args["path"] = str(checkpoint)
+    if "path" in args:
+        args["path"] = stage_checkpoint(str(args["path"]), stages_dir, f"reward entry {entry.key!r} path")
     args.setdefault("device", device)
     return args
 

@@ -16,31 +16,20 @@ import torch
 
 from posttrain.config.common import ModelSpec
 from posttrain.data.packing import ChatRenderer
-from posttrain.errors import CheckpointError
+from posttrain.models.checkpoint import stage_checkpoint
 from posttrain.rl.decoders import position_ids_for
 from posttrain.rl.sampler import RolloutSampler, SamplingSettings, decode_completions, end_token_ids, left_pad
 from posttrain.rlaif.constitution import JUDGE_LABELS, Constitution
 from posttrain.rlaif.judge import JudgeQuery
 
 POLICY = "policy"
-STAGE_PREFIX = "stage:"
 
 
 def resolve_model_reference(reference: str, stages_dir: Path) -> str | None:
     """None for ``policy``; the checkpoint folder for ``stage:NAME``; otherwise the reference itself."""
     if reference == POLICY:
         return None
-    if reference.startswith(STAGE_PREFIX):
-        name = reference.removeprefix(STAGE_PREFIX)
-        checkpoint = stages_dir / name / "checkpoint"
-        if not (checkpoint / "config.json").is_file():
-            finished = sorted(p.parent.name for p in stages_dir.glob("*/checkpoint"))
-            raise CheckpointError(
-                f"model `{reference}` names no finished stage of this run (looked for {checkpoint}; finished "
-                f"stages: {finished or 'none'}); put that stage earlier in the recipe"
-            )
-        return str(checkpoint)
-    return reference
+    return stage_checkpoint(reference, stages_dir, "model")
 
 
 def load_role_model(reference: str, policy: Any, tokenizer: Any, stages_dir: Path, spec: ModelSpec, device: str):
