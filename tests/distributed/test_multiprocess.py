@@ -249,3 +249,50 @@ def test_every_stage_kind_runs_with_two_processes(tmp_path, config):
     assert not (run / "stages" / "sft" / "checkpoint" / "adapter_config.json").exists()
     assert [row["stage"] for row in json.loads((run / "evaluations.json").read_text())] == ["pretrain", "sft", "ppo"]
     assert (run / "report.html").is_file()
+
+
+# The RLAIF generation stages with 2 processes, after a short SFT on the built-in demonstrations (so that
+# revisions end with an end token): each stage runs, prints and writes its data once.
+RLAIF_RECIPE = """\
+name: rlaif-smoke
+seed: 0
+model: {{name_or_path: "builtin:micro"}}
+evaluate_base: false
+logging: {{report_to: [], samples: 0}}
+stages:
+  - name: sft
+    kind: sft
+    data: {{source: "builtin:rlaif", count: 600, levels: [1], constitution: {constitution}}}
+    train: {{steps: 40, batch_size: 8, seq_len: 128, lr: 3.0e-3, log_every: 10}}
+  - name: critique
+    kind: constitutional
+    constitution: {constitution}
+    data: {{source: "builtin:arithmetic", count: 6, levels: [1]}}
+    rounds: 1
+    response: {{max_new_tokens: 10, temperature: 1.0}}
+    revise: {{max_new_tokens: 10, temperature: 0.0}}
+    evaluate: false
+  - name: judge
+    kind: ai_judge
+    from: sft
+    constitution: {constitution}
+    data: {{source: "builtin:arithmetic", count: 6, levels: [1]}}
+    candidates: 2
+    generation: {{max_new_tokens: 10}}
+    evaluate: false
+"""
+
+
+def test_constitutional_and_judge_stages_run_with_two_processes(tmp_path):
+    recipe = tmp_path / "rlaif.yaml"
+    recipe.write_text(RLAIF_RECIPE.format(constitution=REPO / "recipes" / "constitutions" / "arithmetic.yaml"))
+    run = tmp_path / "run"
+    done, seconds = accelerate_launch("ddp.yaml", ["-m", "posttrain.run", str(recipe), "--output-dir", str(run)], tmp_path)
+    print(f"rlaif launch (ddp): {seconds:.1f}s")
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-8000:]
+    for stage in ("sft", "critique", "judge"):
+        assert done.stdout.count(f"[{stage}] running") == 1  # only the main process prints
+        assert json.loads((run / "stages" / stage / "manifest.json").read_text())["complete"]
+    trace = (run / "stages" / "critique" / "data" / "trace.jsonl").read_text().splitlines()
+    assert len(trace) == 6  # one round per prompt, written once (not once per process)
+    assert (run / "stages" / "judge" / "data" / "pairs.jsonl").is_file()
