@@ -41,9 +41,13 @@ def generator_for(context: Any, salt: int = 0) -> torch.Generator:
     return torch.Generator(device=str(context.accelerator.device)).manual_seed(context.seed * 1000 + salt)
 
 
-def write_output(stage_dir: Path, output: str, rows: Iterable[dict[str, Any]]) -> Path:
-    """Writes one output of a stage as JSONL (to a temporary file, renamed when complete)."""
+def write_output(stage_dir: Path, output: str, rows: Iterable[dict[str, Any]], accelerator: Any) -> Path:
+    """Writes one output of a stage as JSONL (to a temporary file, renamed when complete), on the main process
+    only; every process generated the same rows (same seed), and the pipeline's barrier after the stage
+    makes the file visible to all before the next stage reads it."""
     path = stage_output_path(stage_dir.parent, stage_dir.name, output)
+    if not accelerator.is_main_process:
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(path.name + f".tmp-{os.getpid()}")
     with temp.open("w") as handle:

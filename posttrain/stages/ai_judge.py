@@ -62,7 +62,7 @@ class AIJudgeStage(Stage):
                         "judge_forward": verdict.forward, "judge_backward": verdict.backward,
                         "ground_truth": None if truth is None else ("chosen" if truth == verdict.label else "rejected"),
                         **{k: v for k, v in row.example.items() if k not in ("prompt", "chosen", "rejected")}})
-        write_output(ctx.stage_dir, "pairs", out)
+        write_output(ctx.stage_dir, "pairs", out, ctx.accelerator)
         metrics = counter.metrics()
         metrics["judge/identical_or_empty_skipped"] = float(same)
         metrics["seconds"] = time.time() - started

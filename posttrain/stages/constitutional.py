@@ -50,10 +50,11 @@ class ConstitutionalStage(Stage):
         )
         revised = [item for item in result.items if item.revised]
         with_original = [item for item in revised if item.original.strip()]
-        write_output(ctx.stage_dir, "revisions", (item.sft_row() for item in revised))
-        write_output(ctx.stage_dir, "pairs", (item.pair_row() for item in with_original))
+        write_output(ctx.stage_dir, "revisions", (item.sft_row() for item in revised), ctx.accelerator)
+        write_output(ctx.stage_dir, "pairs", (item.pair_row() for item in with_original), ctx.accelerator)
         write_output(ctx.stage_dir, "trace", ({"prompt": i.prompt, "original": i.original, "final": i.final,
-                                               "rounds": [vars(r) for r in i.rounds]} for i in result.items))
+                                               "rounds": [vars(r) for r in i.rounds]} for i in result.items),
+                     ctx.accelerator)
         metrics = result.metrics()
         for when, texts in (("before", [i.original for i in result.items]), ("after", [i.final for i in result.items])):
             metrics.update({f"violations/{when}/{k}": v for k, v in violation_rates(constitution, texts).items()})
