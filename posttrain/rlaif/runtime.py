@@ -37,6 +37,17 @@ def role_models(context: Any, policy: Any, tokenizer: Any, reference: str, setti
     return own, RoleModel(model, role_tokenizer, settings.batch_size, settings.max_prompt_tokens)
 
 
+def stage_inputs(stage: Any, constitution: str, role: str) -> tuple[Constitution, Any, RoleModel, RoleModel]:
+    """What an RLAIF generation stage starts from: its constitution, its prompts (`load_prompts`), the policy
+    and the model in ``role`` (critic or judge: the policy itself, a stage's checkpoint, or a path)."""
+    from posttrain.rl.prompts import load_prompts
+
+    ctx, config = stage.context, stage.config
+    prompts = load_prompts(config.data, ctx.recipe_dir, ctx.seed)
+    policy, other = role_models(ctx, stage.model, stage.tokenizer, role, config.roles)
+    return stage_constitution(constitution, ctx.recipe_dir), prompts, policy, other
+
+
 def generator_for(context: Any, salt: int = 0) -> torch.Generator:
     return torch.Generator(device=str(context.accelerator.device)).manual_seed(context.seed * 1000 + salt)
 

@@ -15,9 +15,8 @@ import time
 from typing import Any
 
 from posttrain.config.rlaif import AIJudgeConfig
-from posttrain.rl.prompts import load_prompts
 from posttrain.rlaif.judge import AgreementCounter, ground_truth, judge_pairs
-from posttrain.rlaif.runtime import generator_for, role_models, sampling_settings, stage_constitution, write_output
+from posttrain.rlaif.runtime import generator_for, sampling_settings, stage_inputs, write_output
 from posttrain.stages.base import Stage, register_stage
 
 
@@ -34,9 +33,8 @@ class AIJudgeStage(Stage):
     def train(self) -> dict[str, Any]:
         ctx, config = self.context, self.config
         started = time.time()
-        constitution = stage_constitution(config.constitution, ctx.recipe_dir)
-        rows = load_prompts(config.data, ctx.recipe_dir, ctx.seed).rows
-        policy, judge = role_models(ctx, self.model, self.tokenizer, config.judge, config.roles)
+        constitution, prompts, policy, judge = stage_inputs(self, config.constitution, config.judge)
+        rows = prompts.rows
         count = config.candidates
         answers = policy.generate([r.messages for r in rows for _ in range(count)], sampling_settings(config.generation),
                                   generator_for(ctx))

@@ -17,9 +17,8 @@ import time
 from typing import Any
 
 from posttrain.config.rlaif import ConstitutionalConfig
-from posttrain.rl.prompts import load_prompts
 from posttrain.rlaif.critique import critique_and_revise, violation_rates
-from posttrain.rlaif.runtime import generator_for, role_models, sampling_settings, stage_constitution, write_output
+from posttrain.rlaif.runtime import generator_for, sampling_settings, stage_inputs, write_output
 from posttrain.stages.base import Stage, register_stage
 
 
@@ -36,9 +35,7 @@ class ConstitutionalStage(Stage):
     def train(self) -> dict[str, Any]:
         ctx, config = self.context, self.config
         started = time.time()
-        constitution = stage_constitution(config.constitution, ctx.recipe_dir)
-        prompts = load_prompts(config.data, ctx.recipe_dir, ctx.seed)
-        policy, critic = role_models(ctx, self.model, self.tokenizer, config.critic, config.roles)
+        constitution, prompts, policy, critic = stage_inputs(self, config.constitution, config.critic)
         generator = generator_for(ctx)
         answers = policy.generate([row.messages for row in prompts.rows], sampling_settings(config.response), generator)
         revise_settings = sampling_settings(config.revise)
