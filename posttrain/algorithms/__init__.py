@@ -25,7 +25,7 @@ from posttrain.algorithms.policy_losses import (
     ppo_clip_loss,
     register_policy_loss,
 )
-from posttrain.algorithms.preference_losses import bradley_terry_loss, dpo_loss
+from posttrain.algorithms.preference_losses import bradley_terry_loss, chosen_nll_loss, dpo_loss
 from posttrain.algorithms.value_loss import clipped_value_loss
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "advantage_estimator_names",
     "aggregate_loss",
     "bradley_terry_loss",
+    "chosen_nll_loss",
     "clipped_value_loss",
     "dpo_loss",
     "entropy_from_logits",

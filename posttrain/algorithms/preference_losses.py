@@ -85,3 +85,23 @@ def dpo_loss(
         "rewards/accuracy": (logits_B > 0).to(logits_B.dtype).mean(),
     }
     return losses_B.mean(), {name: value.detach() for name, value in metrics.items()}
+
+
+def chosen_nll_loss(policy_chosen_logps_B: torch.Tensor, chosen_lengths_B: torch.Tensor) -> torch.Tensor:
+    """Length-normalised negative log-likelihood of the chosen responses: the NLL term of DPO+NLL.
+
+    Pang et al., "Iterative Reasoning Preference Optimization" (arXiv 2404.19733, §2, eq. 1) add
+    ``-log pi(y_w|x) / |y_w|`` to the DPO loss so that training on correct-vs-wrong answers raises the
+    correct answers' likelihood instead of only the gap (plain DPO lowers both). The paper weights the DPO
+    term; here, as in TRL's ``rpo_alpha``, the weight is on this term (`DPOObjective`'s ``nll_weight``)::
+
+        loss = mean_b( -logp_chosen[b] / length[b] )
+
+    Args:
+        policy_chosen_logps_B: Summed log-probability of each chosen response under the policy, (B,).
+        chosen_lengths_B: Number of tokens summed in each, (B,); must be positive.
+
+    Returns:
+        A 0-dim loss.
+    """
+    return (-policy_chosen_logps_B / chosen_lengths_B.to(policy_chosen_logps_B.dtype)).mean()

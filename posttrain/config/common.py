@@ -63,6 +63,12 @@ class DataSpec(Strict):
         description="`builtin:rlaif` only: the constitution file (relative to the recipe) whose principles and "
         "templates the demonstrations use; default the built-in arithmetic constitution.",
     )
+    negatives: Literal["clear", "near", "mixed"] | None = Field(
+        None,
+        description="`builtin:preferences` only: the wrong answers of the correctness pairs: `clear` (off by "
+        "30-60% of the answer; the default), `near` (off by 1, 2 or 10, or two digits swapped) or `mixed` "
+        "(each half the time).",
+    )
 
 
 class LoraSpec(Strict):

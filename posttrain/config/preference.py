@@ -59,5 +59,12 @@ class DPOConfig(StageConfig):
     label_smoothing: float = Field(
         0.0, ge=0, lt=0.5, description="Assumed rate of flipped labels (conservative DPO); 0 is plain DPO."
     )
+    nll_weight: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of the chosen responses' length-normalised NLL added to the loss (DPO+NLL, as in "
+        "Iterative RPO and TRL's `rpo_alpha`); keeps correct answers likely when pairs differ in correctness. "
+        "0 is plain DPO.",
+    )
 
     _check_data = field_validator("data")(_pairs_only)

@@ -68,8 +68,8 @@ _RAMBLE = (
 )
 
 
-def _wrong_answer(answer: int, rng: random.Random) -> int:
-    """A plausible wrong answer: off by a little, or with its last two digits swapped."""
+def _near_miss(answer: int, rng: random.Random) -> int:
+    """A wrong answer one slip away: off by 1, 2 or 10, or with its last two digits swapped."""
     text = str(answer)
     if len(text) >= 2 and text[-1] != text[-2] and rng.random() < 0.3:
         return int(text[:-2] + text[-1] + text[-2])
@@ -77,30 +77,53 @@ def _wrong_answer(answer: int, rng: random.Random) -> int:
     return answer + rng.choice(offsets)
 
 
+def _clearly_wrong(answer: int, rng: random.Random) -> int:
+    """A wrong answer of the right shape but far off: 30-60% of the answer away from it (at least 3)."""
+    low, high = max(3, round(0.3 * answer)), max(6, round(0.6 * answer))
+    offset = rng.randint(low, high)
+    return answer + offset if offset > answer or rng.random() < 0.5 else answer - offset
+
+
 def _rambling(answer: str, rng: random.Random) -> str:
     """The right answer buried after filler sentences."""
     return " ".join(rng.sample(_RAMBLE, rng.randint(1, 2))) + f" Now it is {answer}."
 
 
+# the pair kind and wrong-answer maker of each `negatives` choice (`mixed` alternates the two)
+NEGATIVES = {"clear": ("correct", _clearly_wrong), "near": ("near_miss", _near_miss)}
+
+
 def builtin_preference_rows(
-    split: str, count: int, seed: int, levels: tuple[int, ...] = world.LEVELS
+    split: str, count: int, seed: int, levels: tuple[int, ...] = world.LEVELS, negatives: str = "clear"
 ) -> list[dict[str, Any]]:
     """Preference rows over the built-in arithmetic problems of one split.
 
-    Pairs alternate between two kinds: ``correct`` (the right answer over a wrong one) and ``format``
-    (the bare answer the SFT data teaches over a rambling one with the same number). Rows come from the
+    Pairs alternate between correctness pairs (the right answer over a wrong one) and ``format`` pairs (the
+    bare answer the SFT data teaches over a rambling one with the same number). The wrong answers follow
+    ``negatives``: ``clear`` ones (kind ``correct``) are 30-60% off, ``near`` ones (kind ``near_miss``) are
+    one slip away (off by 1, 2 or 10, or two digits swapped), ``mixed`` alternates the two. Rows come from the
     problems of ``split`` only, so test pairs never share a problem with training pairs.
+
+    Why two kinds of wrong answer: a scalar reward head on the tiny SFT model learns ``clear`` pairs (95%
+    held-out after 300 correctness-only steps) but not ``near`` ones (chance after 300 steps; 63% after 800
+    steps of half-and-half), although the SFT model's own log-probabilities rank 87% of ``near`` pairs right:
+    telling a near miss needs the model's next-token prediction, which a head reading the last position
+    does not see. The near misses are the mistakes the SFT model makes, so they are what DPO is measured on.
 
     >>> row = builtin_preference_rows("train", 2, seed=0)[1]
     >>> row["kind"], row["chosen"] == row["answer"], row["rejected"].endswith(row["answer"] + ".")
     ('format', True, True)
     """
+    if negatives not in (*NEGATIVES, "mixed"):
+        raise ValueError(f"negatives must be one of {sorted((*NEGATIVES, 'mixed'))}, got {negatives!r}")
     rng = random.Random(f"preferences/{split}/{seed}")
     rows = []
     for index, (problem, question) in enumerate(world.arithmetic_problems(split, count, seed, levels)):
         chosen = world.answer_text(problem)
         if index % 2 == 0:
-            kind, rejected = "correct", str(_wrong_answer(problem.answer, rng))
+            choice = negatives if negatives != "mixed" else ("clear", "near")[index // 2 % 2]
+            kind, wrong = NEGATIVES[choice]
+            rejected = str(wrong(problem.answer, rng))
         else:
             kind, rejected = "format", _rambling(chosen, rng)
         rows.append(
@@ -169,7 +192,7 @@ def load_preferences(spec: DataSpec, recipe_dir: Path, seed: int) -> PreferenceD
     if spec.source == BUILTIN_PREFERENCES:
         levels = tuple(spec.levels) if spec.levels else world.LEVELS
         try:
-            rows = builtin_preference_rows(spec.split, spec.count or 2000, seed, levels)
+            rows = builtin_preference_rows(spec.split, spec.count or 2000, seed, levels, spec.negatives or "clear")
         except ValueError as err:
             raise DataError(f"{spec.source}: {err}") from None
         records = ((f"{spec.source} ({spec.split}) row {i}", row) for i, row in enumerate(rows))

@@ -45,7 +45,7 @@ class DPOStage(Stage):
         reference = self.model.disable_adapter() if self.config.lora is not None else nullcontext()
         with reference:
             add_reference_logprobs(self.model, rows, spec.batch_size)
-        objective = DPOObjective(self.config.beta, self.config.label_smoothing)
+        objective = DPOObjective(self.config.beta, self.config.label_smoothing, self.config.nll_weight)
         result = train_loop(
             self.model, rows, spec, seed=ctx.seed, accelerator=ctx.accelerator, metrics=ctx.metrics,
             loss_sum_fn=objective, count_fn=pair_count, step_metrics=objective.step_metrics,

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import torch
 
 from posttrain.algorithms.logprobs import sequence_logprobs
-from posttrain.algorithms.preference_losses import bradley_terry_loss, dpo_loss
+from posttrain.algorithms.preference_losses import bradley_terry_loss, chosen_nll_loss, dpo_loss
 
 Batch = dict[str, torch.Tensor]
 PairScorer = Callable[[Any, Batch], tuple[torch.Tensor, torch.Tensor]]
@@ -111,15 +111,16 @@ class BradleyTerryObjective(PairObjective):
 
 
 class DPOObjective(PairObjective):
-    """DPO: `dpo_loss` on the policy's response log-probabilities against stored reference ones.
+    """DPO: `dpo_loss` on the policy's response log-probabilities against stored reference ones, plus
+    ``nll_weight`` times `chosen_nll_loss` (DPO+NLL) when it is above 0.
 
     The batch must carry ``reference_chosen_logps`` and ``reference_rejected_logps`` (see
     `add_reference_logprobs`).
     """
 
-    def __init__(self, beta: float, label_smoothing: float = 0.0) -> None:
+    def __init__(self, beta: float, label_smoothing: float = 0.0, nll_weight: float = 0.0) -> None:
         super().__init__()
-        self.beta, self.label_smoothing = beta, label_smoothing
+        self.beta, self.label_smoothing, self.nll_weight = beta, label_smoothing, nll_weight
 
     def __call__(self, model: Any, batch: Batch) -> tuple[torch.Tensor, int]:
         chosen_B, rejected_B = response_logprobs(model, batch)
@@ -127,6 +128,11 @@ class DPOObjective(PairObjective):
             chosen_B, rejected_B, batch["reference_chosen_logps"], batch["reference_rejected_logps"],
             self.beta, self.label_smoothing,
         )
+        if self.nll_weight:  # DPO+NLL: the chosen tokens' mean NLL, over the tokens `response_logprobs` sums
+            lengths_B = batch["chosen_response_mask"][:, 1:].sum(-1)
+            nll = chosen_nll_loss(chosen_B, lengths_B)
+            loss = loss + self.nll_weight * nll
+            metrics["nll/chosen"] = nll.detach()
         metrics["logps/chosen"] = chosen_B.detach().mean()
         metrics["logps/rejected"] = rejected_B.detach().mean()
         pairs = chosen_B.shape[0]

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from posttrain.algorithms import bradley_terry_loss, dpo_loss
+from posttrain.algorithms import bradley_terry_loss, chosen_nll_loss, dpo_loss
 
 
 def test_bradley_terry_by_hand() -> None:
@@ -76,3 +76,13 @@ def test_dpo_loss_rejects_bad_label_smoothing() -> None:
     zeros = torch.zeros(1)
     with pytest.raises(ValueError, match="label_smoothing"):
         dpo_loss(zeros, zeros, zeros, zeros, beta=0.1, label_smoothing=0.5)
+
+
+def test_chosen_nll_loss_by_hand() -> None:
+    # two chosen responses: log-prob -3 over 2 tokens (1.5 per token) and -1 over 4 tokens (0.25);
+    # mean of the per-token NLLs = (1.5 + 0.25) / 2 = 0.875; d/d logp = -1 / (2 * length).
+    logps = torch.tensor([-3.0, -1.0], dtype=torch.float64, requires_grad=True)
+    loss = chosen_nll_loss(logps, torch.tensor([2, 4]))
+    assert loss.item() == pytest.approx(0.875)
+    loss.backward()
+    assert logps.grad.tolist() == pytest.approx([-0.25, -0.125])

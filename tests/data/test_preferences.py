@@ -129,3 +129,46 @@ def test_a_prompt_longer_than_seq_len_is_an_error_naming_the_row() -> None:
     pair = check_pair({"prompt": "What is 12 + 34? " * 10, "chosen": "46", "rejected": "47"}, "long.jsonl:5")
     with pytest.raises(DataError, match="long.jsonl:5: the prompt fills all 16 tokens"):
         encode_pairs(build_tokenizer(), [pair], seq_len=16)
+
+
+def _slips(answer: int) -> set[int]:
+    """The near misses of an answer: off by 1, 2 or 10, or its last two digits swapped."""
+    text = str(answer)
+    swapped = {int(text[:-2] + text[-1] + text[-2])} if len(text) >= 2 else set()
+    return {answer + d for d in (-10, -2, -1, 1, 2, 10) if answer + d >= 0} | swapped
+
+
+def test_negatives_choose_clearly_wrong_or_near_miss_answers() -> None:
+    clear = [r for r in builtin_preference_rows("train", 400, seed=0) if r["kind"] != "format"]
+    near = [r for r in builtin_preference_rows("train", 400, seed=0, negatives="near") if r["kind"] != "format"]
+    assert {r["kind"] for r in clear} == {"correct"} and {r["kind"] for r in near} == {"near_miss"}
+    for row in clear:  # 30-60% of the answer away, at least 3
+        answer, wrong = int(row["answer"]), int(row["rejected"])
+        assert wrong >= 0 and max(3, round(0.3 * answer)) <= abs(wrong - answer) <= max(6, round(0.6 * answer))
+    assert all(int(r["rejected"]) in _slips(int(r["answer"])) for r in near)
+    # the same problems either way, so the two kinds of pair can be compared problem for problem
+    assert [r["prompt"] for r in clear] == [r["prompt"] for r in near]
+    mixed = builtin_preference_rows("train", 400, seed=0, negatives="mixed")
+    assert [r["kind"] for r in mixed[:8]] == ["correct", "format", "near_miss", "format"] * 2
+    with pytest.raises(ValueError, match="negatives"):
+        builtin_preference_rows("train", 4, seed=0, negatives="far")
+
+
+def test_negatives_reach_the_builtin_source_and_only_it(tmp_path: Path, write_recipe) -> None:
+    spec = DataSpec(source="builtin:preferences", count=40, negatives="near")
+    kinds = {pair.extra["kind"] for pair in load_preferences(spec, tmp_path, seed=0).pairs}
+    assert kinds == {"near_miss", "format"}
+    from posttrain.errors import RecipeError
+    from posttrain.recipe import load_recipe
+
+    recipe = write_recipe(tmp_path, """
+        name: x
+        model: {name_or_path: "builtin:micro"}
+        stages:
+          - name: sft
+            kind: sft
+            data: {source: "builtin:arithmetic", count: 10, negatives: near}
+            train: {steps: 1}
+    """)
+    with pytest.raises(RecipeError, match=r"data.negatives: only `builtin:preferences`"):
+        load_recipe(recipe)

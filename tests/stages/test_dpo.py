@@ -101,6 +101,13 @@ def test_objective_matches_dpo_loss_by_hand() -> None:
     assert float(loss_sum) / 4 == pytest.approx(-math.log(1 / (1 + math.exp(-1.0))), abs=1e-5)
     expected, _ = dpo_loss(chosen, rejected, chosen - 1.0, rejected + 1.0, 0.5)
     assert float(loss_sum) / 4 == pytest.approx(float(expected), abs=1e-6)
+    # DPO+NLL adds nll_weight x the chosen responses' mean per-token NLL, counted over the response tokens
+    # (their end-of-turn token included) whose log-probabilities `response_logprobs` sums
+    lengths = [sum(row["chosen_response_mask"]) for row in rows]
+    nll = sum(-float(c) / n for c, n in zip(chosen, lengths)) / 4
+    with torch.no_grad():
+        loss_sum, _ = DPOObjective(beta=0.5, nll_weight=0.3)(model, batch)
+    assert float(loss_sum) / 4 == pytest.approx(float(expected) + 0.3 * nll, abs=1e-5)
 
 
 def test_lora_reference_is_the_base_model_with_adapters_disabled() -> None:
