@@ -232,7 +232,7 @@ class Pipeline:
             recipe_dir=self.loaded.directory,
             seed=self.recipe.seed,
             accelerator=accelerator,
-            metrics=self._metrics_writer(stage, folder, accelerator.is_main_process),
+            metrics=self._metrics_writer(stage, folder, accelerator.is_main_process, checkpoints.resume_from),
             checkpoints=checkpoints,
         )
         _seed_everything(self.recipe.seed)
@@ -332,13 +332,18 @@ class Pipeline:
         keep.resume_from = latest
         return keep
 
-    def _metrics_writer(self, stage: StageConfig, folder: Path, is_main: bool):
+    def _metrics_writer(self, stage: StageConfig, folder: Path, is_main: bool, resume_from: Path | None):
         """The stage's metrics writer: metrics.jsonl, the recipe's trackers, and the progress display."""
         from posttrain.training.metrics import MetricsWriter
+        from posttrain.training.state import read_state
         from posttrain.training.trackers import open_trackers
 
         settings = self.recipe.logging
-        trackers = open_trackers(settings, self.run_dir, self.recipe.name, stage.name, _dump(stage)) if is_main else []
+        resume_step = read_state(resume_from)["step"] if resume_from is not None else None
+        trackers = (
+            open_trackers(settings, self.run_dir, self.recipe.name, stage.name, _dump(stage), resume_step)
+            if is_main else []
+        )
         return MetricsWriter(folder / "metrics.jsonl", stage.name, is_main, progress=settings.progress, trackers=trackers)
 
     def _evaluate(self, name: str, checkpoint: Path | None, model_hash: str) -> dict[str, float]:

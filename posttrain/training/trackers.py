@@ -31,12 +31,15 @@ def _numeric(values: dict[str, Any]) -> dict[str, float]:
 class TensorBoardTracker:
     """Scalars to a TensorBoard event file (``torch.utils.tensorboard``, needs the `tensorboard` package)."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, resume_step: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
-        # a stage that re-runs replaces its curves rather than drawing a second line over the first
-        shutil.rmtree(folder, ignore_errors=True)
-        self.writer = SummaryWriter(log_dir=str(folder))
+        # a stage that re-runs replaces its curves rather than drawing a second line over the first; one that
+        # resumes after step N keeps steps <= N and has TensorBoard drop the later ones (they are redone)
+        if resume_step is None:
+            shutil.rmtree(folder, ignore_errors=True)
+        purge = None if resume_step is None else resume_step + 1
+        self.writer = SummaryWriter(log_dir=str(folder), purge_step=purge)
 
     def log(self, step: int, values: dict[str, float]) -> None:
         for key, value in _numeric(values).items():
@@ -78,13 +81,18 @@ def check_trackers(config: LoggingConfig) -> None:
 
 
 def open_trackers(
-    config: LoggingConfig, run_dir: Path, recipe_name: str, stage: str, stage_config: dict[str, Any]
+    config: LoggingConfig,
+    run_dir: Path,
+    recipe_name: str,
+    stage: str,
+    stage_config: dict[str, Any],
+    resume_step: int | None = None,
 ) -> list[Tracker]:
-    """The trackers a recipe asks for, opened for one stage."""
+    """The trackers a recipe asks for, opened for one stage (``resume_step``: the stage resumes after it)."""
     check_trackers(config)
     trackers: list[Tracker] = []
     if "tensorboard" in config.report_to:
-        trackers.append(TensorBoardTracker(run_dir / "tensorboard" / stage))
+        trackers.append(TensorBoardTracker(run_dir / "tensorboard" / stage, resume_step))
     if "wandb" in config.report_to:
         trackers.append(WandbTracker(config.wandb_project, recipe_name, stage, stage_config, run_dir))
     return trackers

@@ -46,6 +46,19 @@ def test_a_rerun_stage_replaces_its_curves(tmp_path: Path) -> None:
     assert scalars(tmp_path / "tensorboard" / "sft") == {"loss": [(1, 1.0)]}
 
 
+def test_a_resumed_stage_keeps_the_steps_before_it_and_redraws_the_later_ones(tmp_path: Path) -> None:
+    # steps 1-3 logged, then a kill; the stage resumes from the state saved at step 2 and redoes step 3 on
+    import time
+
+    log_steps(open_trackers(LoggingConfig(), tmp_path, "micro", "sft", {}), [{"loss": 9.0}, {"loss": 8.0}, {"loss": 7.0}])
+    time.sleep(1.1)  # event files are named by the second they are opened
+    trackers = open_trackers(LoggingConfig(), tmp_path, "micro", "sft", {}, resume_step=2)
+    trackers[0].log(3, {"loss": 6.0})
+    trackers[0].log(4, {"loss": 5.0})
+    trackers[0].close()
+    assert scalars(tmp_path / "tensorboard" / "sft") == {"loss": [(1, 9.0), (2, 8.0), (3, 6.0), (4, 5.0)]}
+
+
 def test_no_trackers_when_report_to_is_empty(tmp_path: Path) -> None:
     assert open_trackers(LoggingConfig(report_to=[]), tmp_path, "micro", "sft", {}) == []
     assert not (tmp_path / "tensorboard").exists()
