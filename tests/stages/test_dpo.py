@@ -1,5 +1,5 @@
-"""The DPO stage: its objective by hand, a reference that is the starting model, and a tiny run on the
-built-in world that fits its pairs without undoing SFT."""
+"""The DPO stage: its objective by hand (plain and DPO+NLL), a reference that is the starting model, and a
+tiny run in which DPO raises held-out preference accuracy without lowering task accuracy."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 
 from posttrain.algorithms.preference_losses import dpo_loss
 from posttrain.config.common import LoraSpec
+from posttrain.data import world
 from posttrain.data.preferences import builtin_preference_rows, check_pair, encode_pairs
 from posttrain.errors import CheckpointError
 from posttrain.models.checkpoint import apply_lora
@@ -20,57 +21,68 @@ from posttrain.pipeline import Pipeline
 from posttrain.recipe import load_recipe
 from posttrain.training.pairs import DPOObjective, add_reference_logprobs, response_logprobs
 
-# SFT teaches level-1 sums; DPO then trains on built-in pairs (right answer over wrong, plain over rambling).
+# A tiny run: SFT teaches levels 1-2 (~9% held-out), then DPO learns a preference the SFT data never showed,
+# "Answer: N" over "Result: N", from pairs on training problems; it is measured on held-out problems.
 RECIPE = """
 name: dpo-test
 seed: 0
-model: {name_or_path: "builtin:micro"}
+evaluate_base: false
+model: {{name_or_path: "builtin:tiny"}}
 stages:
   - name: sft
     kind: sft
-    data: {source: "builtin:arithmetic", count: 2000, levels: [1, 2]}
-    train: {steps: 60, batch_size: 16, seq_len: 32, lr: 1.0e-2, warmup_steps: 5}
+    data: {{source: "builtin:arithmetic", count: 8000, levels: [1, 2]}}
+    train: {{steps: 200, batch_size: 16, seq_len: 64, lr: 3.0e-3, warmup_steps: 10}}
   - name: dpo
     kind: dpo
     from: sft
-    data: {source: "builtin:preferences", count: 200, levels: [1, 2]}
-    train: {steps: 20, batch_size: 16, seq_len: 48, lr: 2.0e-3, log_every: 1}
+    data: {{source: "{folder}/style_train.jsonl"}}
+    train: {{steps: 40, batch_size: 16, seq_len: 48, lr: 2.0e-4, log_every: 1}}
     beta: 0.1
 evaluations:
+  - name: style
+    kind: preference_accuracy
+    data: {{source: "{folder}/style_test.jsonl"}}
   - name: prefs
     kind: preference_accuracy
-    data: {source: "builtin:preferences", split: test, count: 40, levels: [1, 2]}
+    data: {{source: "builtin:preferences", split: test, count: 80, levels: [1, 2]}}
   - name: arith
     kind: exact_match
-    data: {source: "builtin:arithmetic", split: test, count: 40, levels: [1, 2]}
-    max_new_tokens: 4
-  - name: arith_seen
-    kind: exact_match
-    data: {source: "builtin:arithmetic", split: train, count: 40, levels: [1, 2]}
-    max_new_tokens: 4
+    data: {{source: "builtin:arithmetic", split: test, count: 80, levels: [1, 2]}}
+    max_new_tokens: 8
 """
 
 
+def _style_pairs(path: Path, split: str, count: int) -> None:
+    with path.open("w") as f:
+        for problem, question in world.arithmetic_problems(split, count, 0, (1, 2)):
+            pair = {"prompt": question, "chosen": f"Answer: {problem.answer}", "rejected": f"Result: {problem.answer}"}
+            f.write(json.dumps(pair) + "\n")
+
+
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Pipeline, dict[str, dict]]:
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Pipeline, dict[str, dict], str]:
     folder = tmp_path_factory.mktemp("dpo")
-    (folder / "recipe.yaml").write_text(RECIPE)
+    _style_pairs(folder / "style_train.jsonl", "train", 640)
+    _style_pairs(folder / "style_test.jsonl", "test", 80)
+    text = RECIPE.format(folder=folder)
+    (folder / "recipe.yaml").write_text(text)
     pipeline = Pipeline(load_recipe(folder / "recipe.yaml", [f"output_dir={folder / 'run'}"]), log=lambda _: None)
-    return pipeline, {row["stage"]: row for row in pipeline.run()}
+    return pipeline, {row["stage"]: row for row in pipeline.run()}, text
 
 
-def test_dpo_keeps_the_format_preference_and_task_accuracy(run) -> None:
-    # On a micro model DPO cannot learn to add in 20 steps (held-out "correct" pairs stay near chance); what
-    # it must not do is undo SFT: the format preference holds and task accuracy does not drop.
-    _, table = run
+def test_dpo_raises_held_out_preference_accuracy_without_lowering_task_accuracy(run) -> None:
+    # measured: style 0.0 -> 0.76 (30 steps), built-in pairs 0.9875 -> 0.9875, arithmetic 0.0875 -> 0.10
+    _, table, _ = run
     sft, dpo = table["sft"], table["dpo"]
-    assert dpo["prefs.accuracy_format"] == 1.0
-    for task in ("arith", "arith_seen"):
-        assert dpo[f"{task}.accuracy"] >= sft[f"{task}.accuracy"] - 0.05
+    assert sft["arith.accuracy"] > 0.05  # the SFT model can add a little, so "not lowered" is not vacuous
+    assert dpo["style.accuracy"] >= sft["style.accuracy"] + 0.3
+    assert dpo["prefs.accuracy"] >= sft["prefs.accuracy"] - 0.05 and dpo["prefs.accuracy_format"] == 1.0
+    assert dpo["arith.accuracy"] >= sft["arith.accuracy"] - 0.05
 
 
 def test_dpo_logs_rewards_margins_and_accuracy(run) -> None:
-    pipeline, _ = run
+    pipeline, _, _ = run
     steps = [json.loads(line) for line in (pipeline.stage_dir("dpo") / "metrics.jsonl").read_text().splitlines()]
     steps = [s for s in steps if "loss" in s]
     assert {"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracy"} <= set(steps[-1])
@@ -131,9 +143,9 @@ def test_lora_reference_is_the_base_model_with_adapters_disabled() -> None:
 
 
 def test_dpo_refuses_to_start_from_a_reward_model(tmp_path: Path, run) -> None:
-    pipeline, _ = run
+    pipeline, _, text = run
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(RECIPE.replace("kind: dpo\n    from: sft", "kind: dpo\n    from: rm").replace(
+    recipe.write_text(text.replace("kind: dpo\n    from: sft", "kind: dpo\n    from: rm").replace(
         "  - name: dpo\n",
         "  - name: rm\n    kind: reward_model\n    from: sft\n"
         "    data: {source: \"builtin:preferences\", count: 16, levels: [1]}\n"
