@@ -63,6 +63,11 @@ class DataSpec(Strict):
         description="`builtin:rlaif` only: the constitution file (relative to the recipe) whose principles and "
         "templates the demonstrations use; default the built-in arithmetic constitution.",
     )
+    demonstrations: list[Literal["answer", "critique", "revision", "judge"]] | None = Field(
+        None,
+        description="`builtin:rlaif` only: which demonstrations to make (answers, or the critic's, reviser's and "
+        "judge's roles), in their usual shares renormalised; default all (see posttrain.data.constitution).",
+    )
 
 
 class LoraSpec(Strict):
