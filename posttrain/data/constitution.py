@@ -12,14 +12,15 @@ which (`posttrain.rlaif.checks`), so every claim of the loop is measured against
 
 Demonstrations (rendered with the constitution's own templates, so edited templates are taught too):
 
-- answers: a question and an answer in one of the styles, each with the correct number. The bare number
-  (what `builtin:arithmetic` teaches) is most of them, so the SFT model's greedy answer breaks
-  `answer_format` while its number is worked out where the task data taught it; the other styles are
-  there to be sampled (the judge's pairs, the revisions). Measured on the tiny model: with no style
-  dominant (the former mix, 30% "The answer is N."), greedy decoding blends the styles' openings
-  ("Weswer: 14") and the number after such a blend is mostly wrong (an arithmetic SFT model at 95%
-  held-out fell to 12% after 150 steps at lr 1e-3 on such answers; with 60% bare, 500 steps from the
-  pretrained model reached 14% and 700 steps 40.5%, greedy answers mostly bare);
+- answers: a question and an answer in one of the styles, each with the correct number. Most are
+  ``Well, Answer: N``, so the SFT model's greedy answer breaks `no_filler`, and the fix (dropping the
+  filler) leaves the number where the model worked it out, after ``Answer:``; the other styles are there to
+  be sampled (the judge's pairs). Measured on the tiny model: with no style dominant (the former mix, 30%
+  "The answer is N."), greedy decoding blends the styles' openings ("Weswer: 14") and the number after such
+  a blend is mostly wrong (an arithmetic SFT model at 95% held-out fell to 12% after 150 steps at lr 1e-3
+  on such answers); with the bare number dominant (60%, 700 steps: 40.5% held-out), fixing its format by
+  SFT on the revisions ``Answer: N`` moved the number into a context it was rarely computed in, and
+  accuracy fell to 22% (lr 3e-4, 20 steps) or 9% (lr 1e-3, 60 steps);
 - critiques: a principle's critique request and a response; the target names the fault or says
   ``No problem.``;
 - revisions: the revision request, a response and its critique; the target is ``Answer: N`` with N the
@@ -49,14 +50,14 @@ from posttrain.rlaif.constitution import DEFAULT_TEMPLATES, JUDGE_LABELS, Consti
 BUILTIN_RLAIF = "builtin:rlaif"
 NO_PROBLEM = "No problem."
 
-# style name -> (answer text of a number, share of the answer demonstrations); the bare number dominates
+# style name -> (answer text of a number, share of the answer demonstrations); "Well, Answer: N" dominates
 # (see the module docstring)
 STYLES: dict[str, tuple[Callable[[str], str], float]] = {
     "clean": (lambda n: f"Answer: {n}", 0.08),
-    "bare": (lambda n: n, 0.60),
+    "bare": (lambda n: n, 0.08),
     "sentence": (lambda n: f"The answer is {n}.", 0.08),
     "filler": (lambda n: f"Well, I think it is {n}.", 0.08),
-    "filler_tagged": (lambda n: f"Well, Answer: {n}", 0.08),
+    "filler_tagged": (lambda n: f"Well, Answer: {n}", 0.60),
     "long": (lambda n: f"We work it out and get {n}. Answer: {n}", 0.08),
 }
 # critique of a response that breaks a principle, by the principle's check
@@ -69,7 +70,11 @@ CRITIQUES = {
 SHARES = {"answer": 0.4, "critique": 0.2, "revision": 0.2, "judge": 0.2}
 DEMONSTRATIONS = tuple(SHARES)
 
+# the reviser sees no question and the response last: it copies the response's number, next to its answer,
+# rather than working the problem out again (recipes/constitutions/templates/revision.txt says the same)
+ARITHMETIC_REVISION_TEMPLATE = "{revision_request}\nCritique: {critique}\nResponse: {response}"
 ARITHMETIC_CONSTITUTION: dict[str, Any] = {
+    "templates": {"revision": {"text": ARITHMETIC_REVISION_TEMPLATE}},
     "principles": [
         {
             "name": "answer_format",
@@ -98,8 +103,9 @@ ARITHMETIC_CONSTITUTION: dict[str, Any] = {
 
 
 def arithmetic_constitution() -> Constitution:
-    """The built-in world's constitution with the default templates (`recipes/constitutions/arithmetic.yaml`
-    holds the same principles and templates as files to edit)."""
+    """The built-in world's constitution: the default critique and judge templates and
+    `ARITHMETIC_REVISION_TEMPLATE` (`recipes/constitutions/arithmetic.yaml` holds the same principles and
+    templates as files to edit)."""
     return parse_constitution(ARITHMETIC_CONSTITUTION, "<built-in arithmetic constitution>")
 
 

@@ -57,15 +57,18 @@ def test_test_split_demonstrations_share_no_problem_with_train() -> None:
     assert not questions("train") & questions("test")
 
 
-def test_answers_carry_the_right_number_and_are_mostly_bare() -> None:
-    # the SFT model's greedy answer must be a bare number (it breaks answer_format and is worked out where the
-    # arithmetic data taught it); with no style dominant, greedy decoding blends the styles' openings
+def test_answers_carry_the_right_number_and_mostly_end_in_the_answer_line_after_a_filler() -> None:
+    # the SFT model's greedy answer must be one coherent style (with none dominant, greedy decoding blends
+    # their openings) that breaks a principle whose fix leaves the number after "Answer:", where it was computed
     rows = [row for row in rlaif_sft_rows("train", 2000, seed=0) if row["kind"] == "answer"]
     assert all(re.findall(r"\d+", row["messages"][1]["content"])[-1] == row["answer"] for row in rows)
     styles = [row["style"] for row in rows]
-    assert {name for name in STYLES} == set(styles)
-    assert styles.count("bare") / len(styles) > 0.5
-    assert all(styles.count("bare") > 4 * styles.count(name) for name in STYLES if name != "bare")
+    assert set(STYLES) == set(styles)
+    dominant = max(STYLES, key=styles.count)
+    assert dominant == "filler_tagged" and styles.count(dominant) / len(styles) > 0.5
+    assert all(styles.count(dominant) > 4 * styles.count(name) for name in STYLES if name != dominant)
+    broken = [p.name for p in CONSTITUTION.principles if not p.follows(STYLES[dominant][0]("12"))]
+    assert broken == ["no_filler"] and STYLES[dominant][0]("12").endswith("Answer: 12")
 
 
 def test_demonstrations_select_the_kinds_of_row() -> None:
