@@ -405,10 +405,11 @@ class Pipeline:
         return metrics
 
     def _check_gates(self, name: str, parent: str, metrics: dict[str, float]) -> None:
-        previous = next((row for row in self.table if row["stage"] == parent), None)
         for gate in self.recipe.gates:
             if gate.stages is not None and name not in gate.stages:
                 continue
+            baseline = gate.relative_to or parent
+            previous = next((row for row in self.table if row["stage"] == baseline), None)
             value = metrics.get(gate.metric)
             if value is None:
                 raise GateFailed(f"gate on {gate.metric!r}: stage {name!r} produced no such metric ({sorted(metrics)})")
@@ -419,7 +420,7 @@ class Pipeline:
                 if drop > gate.max_drop:
                     raise GateFailed(
                         f"gate failed after stage {name!r}: {gate.metric} fell from {previous[gate.metric]:.4g} "
-                        f"({parent}) to {value:.4g}, a drop of {drop:.4g} > max_drop {gate.max_drop}; "
+                        f"({baseline}) to {value:.4g}, a drop of {drop:.4g} > max_drop {gate.max_drop}; "
                         f"the checkpoint is kept at {self.stage_dir(name) / 'checkpoint'}"
                     )
 

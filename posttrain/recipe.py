@@ -272,6 +272,8 @@ def _check_semantics(recipe: Recipe, recipe_dir: Path, lines: dict[tuple, int]) 
         for name in gate.stages or []:
             if name not in seen:
                 problems.append(f"gates[{i}].stages: {name!r} names no stage")
+        if gate.relative_to is not None and gate.relative_to not in seen | {"base"}:
+            problems.append(f"gates[{i}].relative_to: {gate.relative_to!r} names no stage (nor base)")
     return problems
 
 

@@ -268,6 +268,15 @@ def test_max_drop_gate_compares_with_the_parent_stage(copied: Run) -> None:
         pipeline._check_gates("sft", "pretrain", {"other.accuracy": 0.9})
 
 
+def test_max_drop_gate_relative_to_a_named_stage(copied: Run) -> None:
+    pipeline = copied.pipeline(["gates=[{metric: arith.accuracy, max_drop: 0.1, relative_to: base}]"])
+    pipeline.table = [{"stage": "base", "arith.accuracy": 0.5}, {"stage": "pretrain", "arith.accuracy": 0.45}]
+    pipeline._check_gates("sft", "pretrain", {"arith.accuracy": 0.42})
+    # 0.07 below its parent, but 0.12 below the stage the gate names
+    with pytest.raises(GateFailed, match=r"fell from 0.5 \(base\) to 0.38.*max_drop 0.1"):
+        pipeline._check_gates("sft", "pretrain", {"arith.accuracy": 0.38})
+
+
 def test_evaluate_base_off(copied: Run) -> None:
     table = copied(["evaluate_base=false"])
     assert [row["stage"] for row in table] == ["pretrain", "sft"]

@@ -178,6 +178,11 @@ def test_gate_naming_no_stage(tmp_path: Path) -> None:
     assert "gates[0].stages: 'dpo' names no stage" in recipe_error(tmp_path, text)
 
 
+def test_gate_relative_to_no_stage(tmp_path: Path) -> None:
+    text = BASE + "gates:\n  - metric: arith.accuracy\n    max_drop: 0.1\n    relative_to: sfft\n"
+    assert "gates[0].relative_to: 'sfft' names no stage" in recipe_error(tmp_path, text)
+
+
 def test_gate_without_condition(tmp_path: Path) -> None:
     text = BASE + "gates:\n  - metric: arith.accuracy\n"
     message = recipe_error(tmp_path, text)

@@ -69,6 +69,11 @@ class DataSpec(Strict):
         "30-60% of the answer; the default), `near` (off by 1, 2 or 10, or two digits swapped) or `mixed` "
         "(each half the time).",
     )
+    demonstrations: list[Literal["answer", "critique", "revision", "judge"]] | None = Field(
+        None,
+        description="`builtin:rlaif` only: which demonstrations to make (answers, or the critic's, reviser's and "
+        "judge's roles), in their usual shares renormalised; default all (see posttrain.data.constitution).",
+    )
 
 
 class LoraSpec(Strict):

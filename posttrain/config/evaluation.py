@@ -47,10 +47,15 @@ class GateConfig(Strict):
 
     metric: str = Field(description="Metric name as in the table, e.g. `arithmetic.accuracy`.")
     max_drop: float | None = Field(
-        None, ge=0, description="The metric may fall by at most this much relative to the previous stage."
+        None, ge=0, description="The metric may fall by at most this much from the stage's parent (or `relative_to`)."
     )
     min: float | None = Field(None, description="The metric must be at least this.")
     stages: list[str] | None = Field(None, description="Stages the gate applies to; default all.")
+    relative_to: str | None = Field(
+        None,
+        description="`max_drop` is measured from this earlier stage's value (or `base`: the starting model), e.g. "
+        "the SFT model every later stage must stay near, instead of from each stage's parent.",
+    )
 
     @model_validator(mode="after")
     def _has_condition(self) -> "GateConfig":

@@ -64,6 +64,11 @@ class ConstitutionalConfig(StageConfig):
         description="How the critic writes critiques and revisions (default greedy).",
     )
     max_revision_chars: int = Field(400, gt=0, description="A longer revision is dropped as `too_long` (as is one cut off by max_new_tokens).")
+    keep_answer: bool = Field(
+        False,
+        description="Drop (as `changed_answer`) a revision whose last number differs from the response's: for tasks "
+        "answered by a number, a revision must fix how the answer is given, not change it.",
+    )
     roles: RoleSettings = Field(default_factory=RoleSettings, description="Batching of the role models.")
 
 

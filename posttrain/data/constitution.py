@@ -12,8 +12,15 @@ which (`posttrain.rlaif.checks`), so every claim of the loop is measured against
 
 Demonstrations (rendered with the constitution's own templates, so edited templates are taught too):
 
-- answers: a question and an answer in one of the styles (the plain sentence style is the most common, so
-  the SFT model's greedy answer breaks `answer_format`);
+- answers: a question and an answer in one of the styles, each with the correct number. Most are
+  ``Well, Answer: N``, so the SFT model's greedy answer breaks `no_filler`, and the fix (dropping the
+  filler) leaves the number where the model worked it out, after ``Answer:``; the other styles are there to
+  be sampled (the judge's pairs). Measured on the tiny model: with no style dominant (the former mix, 30%
+  "The answer is N."), greedy decoding blends the styles' openings ("Weswer: 14") and the number after such
+  a blend is mostly wrong (an arithmetic SFT model at 95% held-out fell to 12% after 150 steps at lr 1e-3
+  on such answers); with the bare number dominant (60%, 700 steps: 40.5% held-out), fixing its format by
+  SFT on the revisions ``Answer: N`` moved the number into a context it was rarely computed in, and
+  accuracy fell to 22% (lr 3e-4, 20 steps) or 9% (lr 1e-3, 60 steps);
 - critiques: a principle's critique request and a response; the target names the fault or says
   ``No problem.``;
 - revisions: the revision request, a response and its critique; the target is ``Answer: N`` with N the
@@ -22,14 +29,20 @@ Demonstrations (rendered with the constitution's own templates, so edited templa
   of the one that follows it, each label equally often.
 
 Half of the critique, revision and judgement demonstrations use a wrong number, so the roles learn to read
-the response rather than to solve the problem. Plain Python (no torch).
+the response rather than to solve the problem.
+
+``demonstrations`` selects which of the four a dataset holds (their `SHARES` renormalised), so a recipe can
+train the policy on answers and a separate critic/judge on the roles, as `recipes/rlaif_constitutional.yaml`
+does. Measured on the tiny model, starting from an arithmetic SFT at 95% held-out: 200 steps on all four
+at lr 3e-3 took it to 13% even with every answer demonstration a bare number, and at lr 1e-3 to 0.5% with
+the roles still unlearnt (the judge labelled none of its pairs). Plain Python (no torch).
 """
 
 from __future__ import annotations
 
 import random
 import re
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from posttrain.data import world
 from posttrain.rlaif.constitution import DEFAULT_TEMPLATES, JUDGE_LABELS, Constitution, Principle, parse_constitution
@@ -37,14 +50,15 @@ from posttrain.rlaif.constitution import DEFAULT_TEMPLATES, JUDGE_LABELS, Consti
 BUILTIN_RLAIF = "builtin:rlaif"
 NO_PROBLEM = "No problem."
 
-# style name -> (answer text of a number, share of the answer demonstrations)
+# style name -> (answer text of a number, share of the answer demonstrations); "Well, Answer: N" dominates
+# (see the module docstring)
 STYLES: dict[str, tuple[Callable[[str], str], float]] = {
-    "clean": (lambda n: f"Answer: {n}", 0.15),
-    "bare": (lambda n: n, 0.15),
-    "sentence": (lambda n: f"The answer is {n}.", 0.30),
-    "filler": (lambda n: f"Well, I think it is {n}.", 0.15),
-    "filler_tagged": (lambda n: f"Well, Answer: {n}", 0.10),
-    "long": (lambda n: f"We work it out and get {n}. Answer: {n}", 0.15),
+    "clean": (lambda n: f"Answer: {n}", 0.08),
+    "bare": (lambda n: n, 0.08),
+    "sentence": (lambda n: f"The answer is {n}.", 0.08),
+    "filler": (lambda n: f"Well, I think it is {n}.", 0.08),
+    "filler_tagged": (lambda n: f"Well, Answer: {n}", 0.60),
+    "long": (lambda n: f"We work it out and get {n}. Answer: {n}", 0.08),
 }
 # critique of a response that breaks a principle, by the principle's check
 CRITIQUES = {
@@ -54,8 +68,13 @@ CRITIQUES = {
 }
 # what a row of `builtin:rlaif` demonstrates, and its share of the rows
 SHARES = {"answer": 0.4, "critique": 0.2, "revision": 0.2, "judge": 0.2}
+DEMONSTRATIONS = tuple(SHARES)
 
+# the reviser sees no question and the response last: it copies the response's number, next to its answer,
+# rather than working the problem out again (recipes/constitutions/templates/revision.txt says the same)
+ARITHMETIC_REVISION_TEMPLATE = "{revision_request}\nCritique: {critique}\nResponse: {response}"
 ARITHMETIC_CONSTITUTION: dict[str, Any] = {
+    "templates": {"revision": {"text": ARITHMETIC_REVISION_TEMPLATE}},
     "principles": [
         {
             "name": "answer_format",
@@ -84,8 +103,9 @@ ARITHMETIC_CONSTITUTION: dict[str, Any] = {
 
 
 def arithmetic_constitution() -> Constitution:
-    """The built-in world's constitution with the default templates (`recipes/constitutions/arithmetic.yaml`
-    holds the same principles and templates as files to edit)."""
+    """The built-in world's constitution: the default critique and judge templates and
+    `ARITHMETIC_REVISION_TEMPLATE` (`recipes/constitutions/arithmetic.yaml` holds the same principles and
+    templates as files to edit)."""
     return parse_constitution(ARITHMETIC_CONSTITUTION, "<built-in arithmetic constitution>")
 
 
@@ -132,23 +152,33 @@ def _judge_demo(constitution: Constitution, principle: Principle, question: str,
 
 def rlaif_sft_rows(
     split: str, count: int, seed: int, constitution: Constitution | None = None,
-    levels: tuple[int, ...] = world.LEVELS,
+    levels: tuple[int, ...] = world.LEVELS, demonstrations: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """SFT rows of the demonstration (see the module docstring), ``kind`` telling which role each shows.
 
-    Only principles whose check has a built-in critique (`CRITIQUES`) get critique and judgement rows.
+    Args:
+        split, count, seed, levels: which arithmetic problems the rows are built on (`world.arithmetic_problems`).
+        constitution: principles and templates to render (default `arithmetic_constitution`). Only principles
+            whose check has a built-in critique (`CRITIQUES`) get critique and judgement rows.
+        demonstrations: the kinds of row to make (of `DEMONSTRATIONS`), in their `SHARES` renormalised;
+            default all.
 
     >>> rows = rlaif_sft_rows("train", 200, seed=0)
     >>> sorted({row["kind"] for row in rows})
     ['answer', 'critique', 'judge', 'revision']
+    >>> sorted({row["kind"] for row in rlaif_sft_rows("train", 200, seed=0, demonstrations=["critique", "judge"])})
+    ['critique', 'judge']
     """
     constitution = constitution or arithmetic_constitution()
+    kinds = list(demonstrations) if demonstrations is not None else list(SHARES)
+    unknown = [kind for kind in kinds if kind not in SHARES]
+    if unknown or not kinds:
+        raise ValueError(f"unknown demonstrations {unknown or kinds!r}; valid: {', '.join(DEMONSTRATIONS)}")
     taught = [p for p in constitution.principles if p.check in CRITIQUES]
-    if not taught:
+    if not taught and set(kinds) != {"answer"}:
         raise ValueError(f"{constitution.origin}: no principle uses a check the built-in demonstration teaches "
                          f"({', '.join(CRITIQUES)})")
     rng = random.Random(f"rlaif/{split}/{seed}")
-    kinds = list(SHARES)
     rows: list[dict[str, Any]] = []
     for problem, question in world.arithmetic_problems(split, count, seed, levels):
         answer = str(problem.answer)
@@ -174,4 +204,4 @@ def rlaif_sft_rows(
     return rows
 
 
-__all__ = ["ARITHMETIC_CONSTITUTION", "BUILTIN_RLAIF", "DEFAULT_TEMPLATES", "arithmetic_constitution", "rlaif_sft_rows"]
+__all__ = ["ARITHMETIC_CONSTITUTION", "BUILTIN_RLAIF", "DEMONSTRATIONS", "DEFAULT_TEMPLATES", "arithmetic_constitution", "rlaif_sft_rows"]

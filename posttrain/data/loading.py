@@ -61,7 +61,7 @@ def _rlaif_rows(spec: DataSpec, recipe_dir: Path, seed: int) -> list[dict[str, A
     path = resolve_data_path(spec.constitution, recipe_dir) if spec.constitution else None
     constitution = load_constitution(path) if path is not None else None
     levels = tuple(spec.levels) if spec.levels else world.LEVELS
-    return rlaif_sft_rows(spec.split, spec.count or 2000, seed, constitution, levels)
+    return rlaif_sft_rows(spec.split, spec.count or 2000, seed, constitution, levels, spec.demonstrations)
 
 
 def _read_jsonl(path: Path) -> Iterable[tuple[str, Any]]:

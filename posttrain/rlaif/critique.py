@@ -87,8 +87,10 @@ def critique_and_revise(
     rng: random.Random,
     max_chars: int,
     examples: Sequence[dict[str, Any]] | None = None,
+    keep_answer: bool = False,
 ) -> LoopResult:
-    """Runs ``rounds`` critique/revision rounds over every (prompt, response), batched across prompts."""
+    """Runs ``rounds`` critique/revision rounds over every (prompt, response), batched across prompts;
+    ``keep_answer`` drops revisions that change the response's final number (`filters.degenerate_reason`)."""
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     items = [Revised(p, r, r, example=dict(examples[i]) if examples else {}) for i, (p, r) in enumerate(zip(prompts, responses))]
@@ -103,7 +105,8 @@ def critique_and_revise(
         ])
         for item, principle, (critique, _), (revision, truncated) in zip(items, principles, critiques, revisions):
             revision = revision.strip()
-            reason = degenerate_reason(item.final, revision, truncated=truncated, max_chars=max_chars, echo_markers=markers)
+            reason = degenerate_reason(item.final, revision, truncated=truncated, max_chars=max_chars,
+                                       echo_markers=markers, keep_answer=keep_answer)
             item.rounds.append(RoundRecord(principle.name, critique.strip(), revision, reason))
             if reason is None:
                 item.final = revision

@@ -6,29 +6,42 @@ A revision is dropped (and counted by reason) when it is
 - ``unchanged``: the same text as the response it revises (white space aside): nothing was learnt;
 - ``too_long``: cut off by the generation budget, or longer than the character limit;
 - ``template_echo``: it repeats text of the prompt it was given (a template's fixed line or a
-  principle's request) instead of answering, a common failure of small models.
+  principle's request) instead of answering, a common failure of small models;
+- ``changed_answer`` (only when asked, ``keep_answer``): its last number differs from the response's, so
+  it would teach a different answer rather than a better-behaved one (for tasks whose answer is a number).
 
 >>> degenerate_reason("7", "Answer: 7", truncated=False, max_chars=100, echo_markers=["Critique:"])
 >>> degenerate_reason("7", " 7 ", truncated=False, max_chars=100, echo_markers=[])
 'unchanged'
 >>> degenerate_reason("7", "Critique: none", truncated=False, max_chars=100, echo_markers=["Critique:"])
 'template_echo'
+>>> degenerate_reason("So 7.", "Answer: 8", truncated=False, max_chars=100, echo_markers=[], keep_answer=True)
+'changed_answer'
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from typing import Iterable
 
-REASONS = ("empty", "unchanged", "too_long", "template_echo")
+REASONS = ("empty", "unchanged", "too_long", "template_echo", "changed_answer")
+_NUMBER = re.compile(r"-?\d+")
 
 
 def _normal(text: str) -> str:
     return " ".join(text.split())
 
 
+def final_number(text: str) -> str | None:
+    """The last integer in ``text`` (how the built-in evaluators read an answer), or None."""
+    numbers = _NUMBER.findall(text)
+    return numbers[-1] if numbers else None
+
+
 def degenerate_reason(
-    original: str, revision: str, *, truncated: bool, max_chars: int, echo_markers: Iterable[str]
+    original: str, revision: str, *, truncated: bool, max_chars: int, echo_markers: Iterable[str],
+    keep_answer: bool = False,
 ) -> str | None:
     """Why ``revision`` of ``original`` is unusable (one of `REASONS`), or None if it is usable."""
     if not revision.strip():
@@ -39,6 +52,8 @@ def degenerate_reason(
         return "too_long"
     if any(marker in revision for marker in echo_markers):
         return "template_echo"
+    if keep_answer and final_number(revision) != final_number(original):
+        return "changed_answer"
     return None
 
 

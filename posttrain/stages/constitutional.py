@@ -44,6 +44,7 @@ class ConstitutionalStage(Stage):
             lambda texts: critic.answer(texts, revise_settings, generator),
             rounds=config.rounds, rng=random.Random(f"constitutional/{ctx.seed}"),
             max_chars=config.max_revision_chars, examples=[row.example for row in prompts.rows],
+            keep_answer=config.keep_answer,
         )
         revised = [item for item in result.items if item.revised]
         with_original = [item for item in revised if item.original.strip()]

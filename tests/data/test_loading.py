@@ -135,3 +135,10 @@ def test_builtin_sources_and_fingerprint() -> None:
     again = load_dataset(DataSpec(source="builtin:corpus", count=4), Path("."), seed=0)
     other = load_dataset(DataSpec(source="builtin:corpus", count=4), Path("."), seed=1)
     assert corpus.fingerprint() == again.fingerprint() != other.fingerprint()
+
+
+def test_rlaif_demonstrations_from_the_spec(tmp_path: Path) -> None:
+    spec = DataSpec(source="builtin:rlaif", count=40, demonstrations=["critique", "judge"])
+    assert {row["kind"] for row in load_dataset(spec, tmp_path, seed=0).rows} == {"critique", "judge"}
+    with pytest.raises(ValueError, match="answer"):
+        DataSpec(source="builtin:rlaif", demonstrations=["answers"])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from posttrain.data.constitution import STYLES, arithmetic_constitution, rlaif_sft_rows
 from posttrain.rlaif.constitution import parse_constitution
 from posttrain.data.constitution import ARITHMETIC_CONSTITUTION
@@ -53,3 +55,27 @@ def test_test_split_demonstrations_share_no_problem_with_train() -> None:
     def questions(split: str) -> set[str]:
         return {r["messages"][0]["content"] for r in rlaif_sft_rows(split, 300, seed=0) if r["kind"] == "answer"}
     assert not questions("train") & questions("test")
+
+
+def test_answers_carry_the_right_number_and_mostly_end_in_the_answer_line_after_a_filler() -> None:
+    # the SFT model's greedy answer must be one coherent style (with none dominant, greedy decoding blends
+    # their openings) that breaks a principle whose fix leaves the number after "Answer:", where it was computed
+    rows = [row for row in rlaif_sft_rows("train", 2000, seed=0) if row["kind"] == "answer"]
+    assert all(re.findall(r"\d+", row["messages"][1]["content"])[-1] == row["answer"] for row in rows)
+    styles = [row["style"] for row in rows]
+    assert set(STYLES) == set(styles)
+    dominant = max(STYLES, key=styles.count)
+    assert dominant == "filler_tagged" and styles.count(dominant) / len(styles) > 0.5
+    assert all(styles.count(dominant) > 4 * styles.count(name) for name in STYLES if name != dominant)
+    broken = [p.name for p in CONSTITUTION.principles if not p.follows(STYLES[dominant][0]("12"))]
+    assert broken == ["no_filler"] and STYLES[dominant][0]("12").endswith("Answer: 12")
+
+
+def test_demonstrations_select_the_kinds_of_row() -> None:
+    answers = rlaif_sft_rows("train", 300, seed=0, demonstrations=["answer"])
+    assert len(answers) == 300 and {row["kind"] for row in answers} == {"answer"}
+    roles = rlaif_sft_rows("train", 600, seed=0, demonstrations=["critique", "revision", "judge"])
+    counts = {kind: sum(row["kind"] == kind for row in roles) for kind in ("critique", "revision", "judge")}
+    assert all(150 < n < 250 for n in counts.values()), counts
+    with pytest.raises(ValueError, match="valid: answer, critique, revision, judge"):
+        rlaif_sft_rows("train", 10, seed=0, demonstrations=["answers"])

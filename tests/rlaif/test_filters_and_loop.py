@@ -29,9 +29,35 @@ def test_degenerate_reason(original: str, revision: str, truncated: bool, expect
     assert degenerate_reason(original, revision, truncated=truncated, max_chars=60, echo_markers=MARKERS) == expected
 
 
+@pytest.mark.parametrize(
+    "original, revision, expected",
+    [
+        ("The answer is 5.", "Answer: 5", None),
+        ("Well, I think it is 12.", "Answer: 12", None),
+        ("The answer is 5.", "Answer: 6", "changed_answer"),
+        ("We get 3. Answer: 4", "Answer: 3", "changed_answer"),
+        ("five", "Answer: 5", "changed_answer"),
+    ],
+)
+def test_keep_answer_drops_revisions_that_change_the_number(original: str, revision: str, expected: str | None) -> None:
+    assert degenerate_reason(original, revision, truncated=False, max_chars=60, echo_markers=MARKERS,
+                             keep_answer=True) == expected
+    assert degenerate_reason(original, revision, truncated=False, max_chars=60, echo_markers=MARKERS) is None
+
+
+def test_loop_with_keep_answer_keeps_the_response_number() -> None:
+    generate, _ = stub_critic({"The answer is 5.": "Answer: 6", "Answer: 4": "Answer: 4.", "7": "Answer: 7"})
+    result = critique_and_revise(
+        arithmetic_constitution(), ["q1", "q2", "q3"], ["The answer is 5.", "Answer: 4", "7"], generate,
+        rounds=1, rng=random.Random(0), max_chars=100, keep_answer=True,
+    )
+    assert [item.final for item in result.items] == ["The answer is 5.", "Answer: 4.", "Answer: 7"]
+    assert result.dropped["changed_answer"] == 1 and result.metrics()["revise/dropped_changed_answer"] == 1
+
+
 def test_count_reasons_lists_every_reason() -> None:
     assert count_reasons(["empty", None, "empty", "too_long"]) == {
-        "empty": 2, "unchanged": 0, "too_long": 1, "template_echo": 0}
+        "empty": 2, "unchanged": 0, "too_long": 1, "template_echo": 0, "changed_answer": 0}
 
 
 def stub_critic(revisions: dict[str, str]):
@@ -67,7 +93,7 @@ def test_loop_revises_filters_and_keeps_principles_and_critiques() -> None:
     assert first.rounds[0].critique == "critique of The answer is 5."
     assert not clean.revised and clean.final == "Answer: 4"
     assert not empty.revised and not echo.revised
-    assert result.dropped == {"empty": 2, "unchanged": 3, "too_long": 0, "template_echo": 2}
+    assert result.dropped == {"empty": 2, "unchanged": 3, "too_long": 0, "template_echo": 2, "changed_answer": 0}
     pair = first.pair_row()
     assert (pair["chosen"], pair["rejected"], pair["answer"]) == ("Answer: 5", "The answer is 5.", "5")
     assert pair["principles"] == [first.rounds[0].principle] and pair["critiques"] == [first.rounds[0].critique]
