@@ -20,6 +20,7 @@ in place, so a crash mid-stage leaves nothing that a later run would take as fin
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -57,11 +58,26 @@ def _dump(model: Strict) -> Any:
     return model.model_dump(mode="json", by_alias=True)
 
 
+@functools.lru_cache(maxsize=1)
+def builtin_generators_digest() -> str:
+    """A hash of the code that generates built-in data (`posttrain/data/*.py`): a change to a generator
+    (new answer styles, other wrong answers) changes the data, so stages trained on the old data re-run."""
+    digest = hashlib.sha256()
+    for source in sorted((Path(__file__).parent / "data").glob("*.py")):
+        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def data_fingerprint(spec: DataSpec, recipe_dir: Path, seed: int) -> str:
-    """Built-in data: its spec and the seed; files: their content; hub datasets: their name and split."""
+    """Built-in data: its spec, the seed, the generators' code and the constitution file it names; files:
+    their content; hub datasets: their name and split."""
     path = resolve_data_path(spec.source, recipe_dir)
     if path is None:
-        return _hash([_dump(spec), seed])
+        if not spec.source.startswith("builtin:"):
+            return _hash([_dump(spec), seed])
+        constitution = resolve_data_path(spec.constitution, recipe_dir) if spec.constitution else None
+        text = constitution.read_text() if constitution is not None and constitution.is_file() else None
+        return _hash([_dump(spec), seed, builtin_generators_digest(), text])
     digest = hashlib.sha256(json.dumps(_dump(spec), sort_keys=True).encode())
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

@@ -365,3 +365,21 @@ def test_run_entry_point_in_a_subprocess(tmp_path: Path, write_recipe) -> None:
     assert f"Run directory: {output}" in done.stdout
     assert yaml.safe_load((output / "recipe.yaml").read_text())["stages"][0]["train"]["steps"] == 1
     assert json.loads((output / "stages" / "sft" / "manifest.json").read_text())["summary"]["steps"] == 1
+
+
+def test_builtin_data_fingerprint_follows_the_generator_code_and_the_constitution_file(tmp_path: Path, monkeypatch) -> None:
+    import posttrain.pipeline as pipeline_module
+    from posttrain.config.common import DataSpec
+
+    spec = DataSpec(source="builtin:rlaif", count=10, constitution="c.yaml")
+    (tmp_path / "c.yaml").write_text("principles: []\n")
+    first = pipeline_module.data_fingerprint(spec, tmp_path, seed=0)
+    assert pipeline_module.data_fingerprint(spec, tmp_path, seed=0) == first
+    (tmp_path / "c.yaml").write_text("principles: [x]\n")  # an edited constitution makes other demonstrations
+    edited = pipeline_module.data_fingerprint(spec, tmp_path, seed=0)
+    assert edited != first
+    monkeypatch.setattr(pipeline_module, "builtin_generators_digest", lambda: "other generator code")
+    assert pipeline_module.data_fingerprint(spec, tmp_path, seed=0) != edited
+    # a hub dataset is named, not generated: the generators' code does not enter its fingerprint
+    hub = DataSpec(source="hf:org/data")
+    assert pipeline_module.data_fingerprint(hub, tmp_path, 0) == pipeline_module._hash([pipeline_module._dump(hub), 0])
