@@ -274,6 +274,14 @@ def _check_semantics(recipe: Recipe, recipe_dir: Path, lines: dict[tuple, int]) 
                 problems.append(f"gates[{i}].stages: {name!r} names no stage")
         if gate.relative_to is not None and gate.relative_to not in seen | {"base"}:
             problems.append(f"gates[{i}].relative_to: {gate.relative_to!r} names no stage (nor base)")
+        unevaluated = {stage.name for stage in recipe.stages if not stage.evaluate}
+        if not recipe.evaluate_base:
+            unevaluated.add("base")
+        if gate.relative_to in unevaluated:
+            problems.append(
+                f"gates[{i}].relative_to: {gate.relative_to!r} is not evaluated (`evaluate: false` or "
+                "`evaluate_base: false`), so there is no value to measure the drop from"
+            )
     return problems
 
 

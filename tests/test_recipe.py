@@ -183,6 +183,12 @@ def test_gate_relative_to_no_stage(tmp_path: Path) -> None:
     assert "gates[0].relative_to: 'sfft' names no stage" in recipe_error(tmp_path, text)
 
 
+def test_gate_relative_to_a_stage_that_is_not_evaluated(tmp_path: Path) -> None:
+    gate = "gates:\n  - metric: arith.accuracy\n    max_drop: 0.1\n    relative_to: base\n"
+    message = recipe_error(tmp_path, "evaluate_base: false\n" + BASE + gate)
+    assert "gates[0].relative_to: 'base' is not evaluated" in message
+
+
 def test_gate_without_condition(tmp_path: Path) -> None:
     text = BASE + "gates:\n  - metric: arith.accuracy\n"
     message = recipe_error(tmp_path, text)
