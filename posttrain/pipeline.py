@@ -216,7 +216,7 @@ class Pipeline:
             if stage.evaluate and self.recipe.evaluations:
                 manifest = _read_json(self.stage_dir(stage.name) / "manifest.json")
                 record.metrics = self._evaluate(stage.name, record.checkpoint, manifest["checkpoint_hash"])
-                self._check_gates(stage.name, parent or "base", record.metrics)
+                self._check_gates(stage.name, self.recipe.evaluated_ancestor(index), record.metrics)
         return self.table
 
     def _run_stage(self, index: int, fingerprint: str, input_checkpoint: Path | None) -> StageRecord:
@@ -420,11 +420,13 @@ class Pipeline:
         self.log(f"[{name}] eval: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if not k.endswith(".n")))
         return metrics
 
-    def _check_gates(self, name: str, parent: str, metrics: dict[str, float]) -> None:
+    def _check_gates(self, name: str, ancestor: str | None, metrics: dict[str, float]) -> None:
+        """Checks the gates on stage ``name``; a `max_drop` is measured from `relative_to`, else from
+        ``ancestor``, the nearest evaluated stage up its lineage."""
         for gate in self.recipe.gates:
             if gate.stages is not None and name not in gate.stages:
                 continue
-            baseline = gate.relative_to or parent
+            baseline = gate.relative_to or ancestor
             previous = next((row for row in self.table if row["stage"] == baseline), None)
             value = metrics.get(gate.metric)
             if value is None:

@@ -53,6 +53,17 @@ class Recipe(Strict):
             return stage.from_
         return self.stages[index - 1].name if index > 0 else None
 
+    def evaluated_ancestor(self, index: int) -> str | None:
+        """The nearest stage up stage ``index``'s lineage that is evaluated (``base`` for the recipe's model
+        when `evaluate_base`), or None: where a `max_drop` gate without `relative_to` measures from."""
+        names = {stage.name: i for i, stage in enumerate(self.stages)}
+        parent = self.parent_of(index)
+        while parent is not None:
+            if self.stages[names[parent]].evaluate:
+                return parent
+            parent = self.parent_of(names[parent])
+        return "base" if self.evaluate_base else None
+
 
 @dataclass(frozen=True)
 class LoadedRecipe:
@@ -265,6 +276,9 @@ def _check_semantics(recipe: Recipe, recipe_dir: Path, lines: dict[tuple, int]) 
     eval_names = [e.name for e in recipe.evaluations]
     if len(set(eval_names)) != len(eval_names):
         problems.append(f"evaluations: names must be unique, got {eval_names}")
+    unevaluated = {stage.name for stage in recipe.stages if not stage.evaluate}
+    if not recipe.evaluate_base:
+        unevaluated.add("base")
     for i, gate in enumerate(recipe.gates):
         prefix = gate.metric.split(".")[0]
         if prefix not in eval_names:
@@ -274,14 +288,19 @@ def _check_semantics(recipe: Recipe, recipe_dir: Path, lines: dict[tuple, int]) 
                 problems.append(f"gates[{i}].stages: {name!r} names no stage")
         if gate.relative_to is not None and gate.relative_to not in seen | {"base"}:
             problems.append(f"gates[{i}].relative_to: {gate.relative_to!r} names no stage (nor base)")
-        unevaluated = {stage.name for stage in recipe.stages if not stage.evaluate}
-        if not recipe.evaluate_base:
-            unevaluated.add("base")
         if gate.relative_to in unevaluated:
             problems.append(
                 f"gates[{i}].relative_to: {gate.relative_to!r} is not evaluated (`evaluate: false` or "
                 "`evaluate_base: false`), so there is no value to measure the drop from"
             )
+        if gate.max_drop is not None and gate.relative_to is None:
+            for index, stage in enumerate(recipe.stages):
+                gated = gate.stages is None or stage.name in gate.stages
+                if gated and stage.evaluate and recipe.evaluated_ancestor(index) is None:
+                    problems.append(
+                        f"gates[{i}]: nothing stage {stage.name!r} descends from is evaluated (nor the base model), "
+                        "so its drop cannot be measured; set `relative_to:` or evaluate an earlier stage"
+                    )
     return problems
 
 

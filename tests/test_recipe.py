@@ -189,6 +189,19 @@ def test_gate_relative_to_a_stage_that_is_not_evaluated(tmp_path: Path) -> None:
     assert "gates[0].relative_to: 'base' is not evaluated" in message
 
 
+def test_gate_baseline_is_the_nearest_evaluated_ancestor(tmp_path: Path) -> None:
+    # sft starts from pretrain; with pretrain unevaluated a max_drop gate on sft measures from the base model,
+    # and with the base unevaluated too there is nothing to measure from: an error before any training
+    text = edited("  - name: pretrain\n", "  - name: pretrain\n    evaluate: false\n")
+    gate = "gates:\n  - metric: arith.accuracy\n    max_drop: 0.1\n    stages: [sft]\n"
+    good = tmp_path / "good.yaml"
+    good.write_text(text + gate)
+    recipe = load_recipe(good).recipe
+    assert [recipe.evaluated_ancestor(i) for i in range(2)] == ["base", "base"]
+    message = recipe_error(tmp_path, "evaluate_base: false\n" + text + gate)
+    assert "gates[0]: nothing stage 'sft' descends from is evaluated" in message
+
+
 def test_gate_without_condition(tmp_path: Path) -> None:
     text = BASE + "gates:\n  - metric: arith.accuracy\n"
     message = recipe_error(tmp_path, text)

@@ -47,7 +47,10 @@ class GateConfig(Strict):
 
     metric: str = Field(description="Metric name as in the table, e.g. `arithmetic.accuracy`.")
     max_drop: float | None = Field(
-        None, ge=0, description="The metric may fall by at most this much from the stage's parent (or `relative_to`)."
+        None,
+        ge=0,
+        description="The metric may fall by at most this much from the stage's parent (the nearest evaluated "
+        "stage it descends from; or `relative_to`).",
     )
     min: float | None = Field(None, description="The metric must be at least this.")
     stages: list[str] | None = Field(None, description="Stages the gate applies to; default all.")
