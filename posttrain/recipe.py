@@ -295,8 +295,10 @@ def _check_semantics(recipe: Recipe, recipe_dir: Path, lines: dict[tuple, int]) 
             )
         if gate.max_drop is not None and gate.relative_to is None:
             for index, stage in enumerate(recipe.stages):
-                gated = gate.stages is None or stage.name in gate.stages
-                if gated and stage.evaluate and recipe.evaluated_ancestor(index) is None:
+                # a gate on every stage skips those with nothing evaluated before them (the first stage when
+                # the base is not evaluated); a gate that names the stage must have something to measure from
+                named = gate.stages is not None and stage.name in gate.stages
+                if named and stage.evaluate and recipe.evaluated_ancestor(index) is None:
                     problems.append(
                         f"gates[{i}]: nothing stage {stage.name!r} descends from is evaluated (nor the base model), "
                         "so its drop cannot be measured; set `relative_to:` or evaluate an earlier stage"
