@@ -277,6 +277,16 @@ def test_max_drop_gate_relative_to_a_named_stage(copied: Run) -> None:
         pipeline._check_gates("sft", "pretrain", {"arith.accuracy": 0.38})
 
 
+def test_max_drop_gate_after_an_unevaluated_parent_measures_from_the_nearest_evaluated_one(
+    copied: Run, monkeypatch
+) -> None:
+    # pretrain is not evaluated: the gate on sft must measure from the base model, not skip the check
+    checked = []
+    monkeypatch.setattr(Pipeline, "_check_gates", lambda self, name, ancestor, metrics: checked.append((name, ancestor)))
+    copied(["stages.pretrain.evaluate=false", "gates=[{metric: arith.accuracy, max_drop: 0.1}]"])
+    assert checked == [("sft", "base")]
+
+
 def test_evaluate_base_off(copied: Run) -> None:
     table = copied(["evaluate_base=false"])
     assert [row["stage"] for row in table] == ["pretrain", "sft"]

@@ -41,7 +41,6 @@ the roles still unlearnt (the judge labelled none of its pairs). Plain Python (n
 from __future__ import annotations
 
 import random
-import re
 from typing import Any, Callable, Sequence
 
 from posttrain.data import world
@@ -131,8 +130,7 @@ def critique_target(principle: Principle, response: str) -> str:
 
 def revision_target(response: str) -> str:
     """``Answer: N`` with the response's own last number (follows every built-in principle)."""
-    numbers = re.findall(r"-?\d+", response)
-    return f"Answer: {numbers[-1] if numbers else '0'}"
+    return f"Answer: {world.last_number(response) or '0'}"
 
 
 def _chat(user: str, assistant: str, **extra: Any) -> dict[str, Any]:

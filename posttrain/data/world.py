@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -70,6 +71,20 @@ def answer_text(problem: Problem) -> str:
     before the result made the tiny model learn far more slowly, as it first has to learn to copy).
     """
     return str(problem.answer)
+
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def last_number(text: str) -> str | None:
+    """The last number in ``text`` with thousands separators removed: how an answer is read (by the
+    `exact_match` evaluator, the constitutional loop's `keep_answer`, and the revision demonstrations).
+
+    >>> last_number("The answer is 1,024.")
+    '1024'
+    """
+    found = _NUMBER.findall(text)
+    return found[-1].replace(",", "") if found else None
 
 
 def sample_problem(level: int, rng: random.Random) -> Problem:

@@ -7,30 +7,19 @@ the pipeline prefixes metric names with the evaluation's name (``arithmetic.accu
 from __future__ import annotations
 
 import math
-import re
 from typing import Any, Callable
 
 import torch
 
 from posttrain.config.evaluation import EvalConfig
 from posttrain.data.packing import IGNORE_INDEX, ChatRenderer, encode_texts, pack, render_prompt
+from posttrain.data.world import last_number
 from posttrain.registry import Registry
 
 Evaluator = Callable[[Any, Any, list[dict[str, Any]], EvalConfig], dict[str, float]]
 EVALUATORS: Registry[Evaluator] = Registry("evaluator")
 register_evaluator = EVALUATORS.register
 evaluator = EVALUATORS.get
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-
-
-def last_number(text: str) -> str | None:
-    """The last number in ``text`` with thousands separators removed.
-
-    >>> last_number("The answer is 1,024.")
-    '1024'
-    """
-    found = _NUMBER.findall(text)
-    return found[-1].replace(",", "") if found else None
 
 
 @torch.no_grad()

@@ -21,22 +21,16 @@ A revision is dropped (and counted by reason) when it is
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from typing import Iterable
 
+from posttrain.data.world import last_number
+
 REASONS = ("empty", "unchanged", "too_long", "template_echo", "changed_answer")
-_NUMBER = re.compile(r"-?\d+")
 
 
 def _normal(text: str) -> str:
     return " ".join(text.split())
-
-
-def final_number(text: str) -> str | None:
-    """The last integer in ``text`` (how the built-in evaluators read an answer), or None."""
-    numbers = _NUMBER.findall(text)
-    return numbers[-1] if numbers else None
 
 
 def degenerate_reason(
@@ -52,7 +46,7 @@ def degenerate_reason(
         return "too_long"
     if any(marker in revision for marker in echo_markers):
         return "template_echo"
-    if keep_answer and final_number(revision) != final_number(original):
+    if keep_answer and last_number(revision) != last_number(original):
         return "changed_answer"
     return None
 
