@@ -319,14 +319,9 @@ class TransformersDecoder:
     """The model's own forward with a transformers `DynamicCache` (any causal LM)."""
 
     def __init__(self, model: Any, batch_size: int, max_length: int):
-        from transformers import DynamicCache
-
         self.model = model
         self.lm = causal_lm_of(model)
-        forward = inspect.signature(self.lm.forward).parameters
-        # transformers 5 renamed `past_key_values` to `cache`
-        self.cache_argument = "cache" if "cache" in forward else "past_key_values"
-        self.cache = DynamicCache(config=self.lm.config) if "config" in inspect.signature(DynamicCache).parameters else DynamicCache()
+        self.cache, self.cache_argument = new_cache(self.lm)
         self.mask_BT = torch.zeros(batch_size, 0, dtype=torch.long, device=self.lm.device)
         self.next_position_B = torch.zeros(batch_size, dtype=torch.long, device=self.lm.device)
 
@@ -368,6 +363,18 @@ def completion_logits(
     if completion_length == 1:
         return first_B1V
     return torch.cat([first_B1V, decoder.extend(completion_ids_BC[:, :-1])], dim=1)
+
+
+def new_cache(model: Any) -> tuple[Any, str]:
+    """An empty transformers `DynamicCache` for ``model`` (a causal LM or its backbone), and the name of the
+    forward argument that takes it (transformers 5 renamed `past_key_values` to `cache`)."""
+    from transformers import DynamicCache
+
+    forward = inspect.signature(model.forward).parameters
+    argument = "cache" if "cache" in forward else "past_key_values"
+    config = getattr(model, "config", None)
+    takes_config = "config" in inspect.signature(DynamicCache).parameters
+    return (DynamicCache(config=config) if takes_config and config is not None else DynamicCache()), argument
 
 
 def make_decoder(model: Any, batch_size: int, max_length: int, backend: str = "auto") -> CachedDecoder | TransformersDecoder:
