@@ -133,6 +133,14 @@ class HeldoutSpec(Strict):
     )
     max_new_tokens: int | None = Field(None, gt=0, description="Generation budget; default the stage's `generation.max_new_tokens`.")
     batch_size: int = Field(64, gt=0, description="Prompts per generation batch.")
+    samples: int = Field(
+        0,
+        ge=0,
+        description="Also sample this many completions per held-out prompt with the stage's generation settings and "
+        "score them with the stage's reward (`heldout/sampled_reward`) and the gold one (`heldout/sampled_accuracy`): "
+        "the objective RL raises, on prompts it never trained on. The random draws are the same at every "
+        "evaluation, so a change is the policy's. 0 skips it.",
+    )
 
     @field_validator("reward")
     @classmethod

@@ -6,7 +6,13 @@ held-out prompts greedily and a gold reward scores them; if the training reward 
 evaluation while the held-out accuracy fell, a `RewardHackingWarning` is raised and the metric
 ``heldout/hacking_warning`` is 1. When the gold reward is not the stage's own, the held-out answers are
 scored by the stage's reward too (``heldout/train_reward``): PPO against a reward model shows there whether
-the model's score of fresh answers rose.
+the model's score of fresh greedy answers rose.
+
+Greedy answers move only when a prompt's most likely answer changes; RL raises the expected reward of
+*sampled* answers. With ``samples`` the evaluation also draws that many completions per held-out prompt with
+the stage's sampling settings and reports their mean training reward (``heldout/sampled_reward``) and gold
+pass rate (``heldout/sampled_accuracy``). Every evaluation uses the same random numbers (`RowNoise` with a
+fixed seed), so two evaluations differ only by the policy.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from typing import Any, Sequence
 
 from posttrain.rl.prompts import PromptRow
 from posttrain.rl.reward import RewardScorer
-from posttrain.rl.sampler import RolloutSampler, SamplingSettings, decode_completions
+from posttrain.rl.sampler import RolloutSampler, RowNoise, SamplingSettings, decode_completions
 
 
 class RewardHackingWarning(UserWarning):
@@ -35,6 +41,9 @@ class HeldoutEvaluation:
         batch_size: prompts per generation batch.
         every: evaluate every this many steps.
         train_reward: the stage's own reward, when ``scorer`` is another (a gold verifier).
+        samples: completions sampled per prompt with ``sampling`` (0: greedy answers only).
+        sampling: the stage's sampling settings (needed when ``samples`` > 0).
+        seed: seeds the sampled completions' random numbers (the same at every evaluation).
     """
 
     def __init__(
@@ -47,9 +56,15 @@ class HeldoutEvaluation:
         batch_size: int,
         every: int,
         train_reward: RewardScorer | None = None,
+        samples: int = 0,
+        sampling: SamplingSettings | None = None,
+        seed: int = 0,
     ):
+        if samples > 0 and (sampling is None or sampling.temperature == 0):
+            raise ValueError("held-out samples need the stage's sampling settings with a temperature above 0")
         self.rows, self.prompt_ids, self.scorer, self.sampler = list(rows), list(prompt_ids), scorer, sampler
         self.train_reward = train_reward
+        self.samples, self.sampling, self.seed = samples, sampling, seed
         self.settings = SamplingSettings(max_new_tokens=max_new_tokens, temperature=0.0)
         self.batch_size, self.every = batch_size, every
         self.previous: tuple[float, float] | None = None  # (training reward, held-out accuracy) at the last evaluation
@@ -80,18 +95,35 @@ class HeldoutEvaluation:
         return metrics
 
     def _score(self, policy: Any, tokenizer: Any, step: int) -> dict[str, float]:
-        completions: list[str] = []
-        truncated: list[bool] = []
-        for start in range(0, len(self.rows), self.batch_size):
-            rollout = self.sampler.sample(policy, self.prompt_ids[start : start + self.batch_size], self.settings)
-            completions += decode_completions(tokenizer, rollout.completion_ids_BC, rollout.completion_mask_BC)
-            truncated += rollout.truncated_B.tolist()
-        examples = [{**row.example, "truncated": cut} for row, cut in zip(self.rows, truncated)]
-        questions = [row.question for row in self.rows]
+        completions, examples, questions = self._answer(policy, tokenizer, self.rows, self.prompt_ids, self.settings)
         scored = self.scorer(questions, completions, examples, step)
         passed = self.scorer.passed(scored)
         metrics = {"heldout/accuracy": sum(passed) / len(passed), "heldout/reward": float(scored.rewards_B.mean())}
         if self.train_reward is not None:
             own = self.train_reward(questions, completions, examples, step)
             metrics["heldout/train_reward"] = float(own.rewards_B.mean())
+        if self.samples > 0:
+            rows = [row for row in self.rows for _ in range(self.samples)]
+            prompt_ids = [ids for ids in self.prompt_ids for _ in range(self.samples)]
+            completions, examples, questions = self._answer(policy, tokenizer, rows, prompt_ids, self.sampling, sampled=True)
+            gold = self.scorer(questions, completions, examples, step)
+            own = gold if self.train_reward is None else self.train_reward(questions, completions, examples, step)
+            passed = self.scorer.passed(gold)
+            metrics["heldout/sampled_accuracy"] = sum(passed) / len(passed)
+            metrics["heldout/sampled_reward"] = float(own.rewards_B.mean())
         return metrics
+
+    def _answer(
+        self, policy: Any, tokenizer: Any, rows: list[PromptRow], prompt_ids: list, settings: SamplingSettings, sampled: bool = False
+    ) -> tuple[list[str], list[dict], list[str]]:
+        """Completions of ``rows`` (greedy, or sampled with fixed random numbers), their examples and questions."""
+        completions: list[str] = []
+        truncated: list[bool] = []
+        for start in range(0, len(rows), self.batch_size):
+            batch = prompt_ids[start : start + self.batch_size]
+            noise = RowNoise(self.seed, range(start, start + len(batch))) if sampled else None
+            rollout = self.sampler.sample(policy, batch, settings, noise=noise)
+            completions += decode_completions(tokenizer, rollout.completion_ids_BC, rollout.completion_mask_BC)
+            truncated += rollout.truncated_B.tolist()
+        examples = [{**row.example, "truncated": cut} for row, cut in zip(rows, truncated)]
+        return completions, examples, [row.question for row in rows]

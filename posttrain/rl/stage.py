@@ -6,6 +6,7 @@ Stages never import one another, so the common part lives here and `posttrain/st
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from posttrain.config.rl import RLConfig
@@ -56,9 +57,12 @@ class RLStage(Stage):
             rows = load_prompts(spec.data, ctx.recipe_dir, ctx.seed).rows
             kept, ids, _ = encode_prompts(self.tokenizer, rows, config.generation.max_prompt_tokens)
             gold = RewardScorer(spec.reward, stages_dir, device, ctx.recipe_dir) if spec.reward is not None else reward
+            budget = spec.max_new_tokens or config.generation.max_new_tokens
             engine.heldout = HeldoutEvaluation(
-                kept, ids, gold, engine.sampler, spec.max_new_tokens or config.generation.max_new_tokens,
+                kept, ids, gold, engine.sampler, budget,
                 spec.batch_size, spec.every, train_reward=reward if gold is not reward else None,
+                samples=spec.samples, sampling=replace(engine.settings, max_new_tokens=budget),
+                seed=(ctx.seed * 1_000_003) ^ 0x2545F491,  # a stream the training rollouts do not use
             )
         return engine
 

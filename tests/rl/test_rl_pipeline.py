@@ -15,7 +15,7 @@ from posttrain.rewards import RewardEntry
 from posttrain.rl.heldout import HeldoutEvaluation, RewardHackingWarning
 from posttrain.rl.prompts import encode_prompts, load_prompts
 from posttrain.rl.reward import RewardScorer
-from posttrain.rl.sampler import RolloutSampler, end_token_ids
+from posttrain.rl.sampler import RolloutSampler, RowNoise, SamplingSettings, decode_completions, end_token_ids
 
 RECIPE = """
 name: rl-micro
@@ -42,6 +42,7 @@ stages:
       data: {source: "builtin:arithmetic", split: test, count: 8, levels: [1, 2]}
       every: 1
       reward: [{source: math, args: {workers: 1}}]
+      samples: 2
   - name: rm
     kind: reward_model
     from: sft
@@ -84,6 +85,7 @@ def test_sft_then_grpo_runs_and_logs_per_source_rewards(run) -> None:
     # the starting policy is evaluated before the first step, by the gold verifier and by the stage's own
     # reward (math + length penalty, so not the gold one)
     assert initial["step"] == 0 and {"heldout/accuracy", "heldout/reward", "heldout/train_reward"} <= set(initial)
+    assert {"heldout/sampled_accuracy", "heldout/sampled_reward"} <= set(initial)
     assert "heldout/hacking_warning" not in initial
     assert all("heldout/train_reward" in row for row in rows)
     for row in rows:
@@ -125,6 +127,35 @@ def test_heldout_warns_when_training_reward_rises_and_accuracy_falls(micro, tmp_
         assert heldout.evaluate(model, tokenizer, step=9, training_reward=1.0)["heldout/hacking_warning"] == 1.0
     heldout.previous = (2.0, 0.5)  # the training reward fell too: no warning
     assert heldout.evaluate(model, tokenizer, step=11, training_reward=1.0)["heldout/hacking_warning"] == 0.0
+
+
+def test_heldout_samples_score_sampled_answers_with_the_same_random_numbers(micro, tmp_path: Path) -> None:
+    model, tokenizer = micro
+    rows = load_prompts(load_recipe_spec(), tmp_path, seed=0).rows
+    kept, ids, _ = encode_prompts(tokenizer, rows, 64)
+    gold = RewardScorer([RewardEntry(source="format", args={"pattern": "[0-9]"})], tmp_path, "cpu")
+    length = RewardScorer([RewardEntry(source="length_penalty", args={"target_length": 2, "max_length": 20})], tmp_path, "cpu")
+    sampler = RolloutSampler(end_token_ids(model, tokenizer), tokenizer.pad_token_id)
+    sampling = SamplingSettings(6, temperature=1.0)
+    heldout = HeldoutEvaluation(
+        kept, ids, gold, sampler, max_new_tokens=6, batch_size=4, every=1, train_reward=length, samples=3,
+        sampling=sampling, seed=5,
+    )
+    first, again = heldout.evaluate_initial(model, tokenizer), heldout.evaluate_initial(model, tokenizer)
+    assert first == again  # the same random numbers at every evaluation: only the policy changes the figures
+    # by hand: 3 samples per prompt from one batch (the per-row streams make batching irrelevant)
+    repeated = [prompt for prompt in ids for _ in range(3)]
+    rollout = sampler.sample(model, repeated, sampling, noise=RowNoise(5, range(len(repeated))))
+    texts = decode_completions(tokenizer, rollout.completion_ids_BC, rollout.completion_mask_BC)
+    examples = [{**kept[i // 3].example, "truncated": cut} for i, cut in enumerate(rollout.truncated_B.tolist())]
+    questions = [kept[i // 3].question for i in range(len(repeated))]
+    expected = length(questions, texts, examples, 0).rewards_B.mean().item()
+    assert first["heldout/sampled_reward"] == pytest.approx(expected)
+    passed = gold.passed(gold(questions, texts, examples, 0))
+    assert first["heldout/sampled_accuracy"] == pytest.approx(sum(passed) / len(passed))
+    assert len(set(texts)) > len(kept)  # sampled, not greedy (greedy gives one answer per prompt)
+    with pytest.raises(ValueError, match="temperature above 0"):
+        HeldoutEvaluation(kept, ids, gold, sampler, 6, 4, 1, samples=2, sampling=SamplingSettings(6, temperature=0.0))
 
 
 def load_recipe_spec():
