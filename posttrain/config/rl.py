@@ -231,3 +231,16 @@ class PPOConfig(RLConfig):
     value_coef: float = Field(0.1, ge=0, description="Weight of the value loss in the total loss.")
     value_clip: float = Field(0.2, gt=0, description="Clip range of the value prediction around its rollout-time value.")
     whiten_advantages: bool = Field(True, description="Normalise advantages to zero mean and unit variance per batch.")
+    value_lr: float | None = Field(
+        None,
+        gt=0,
+        description="Peak learning rate of the value head (same schedule); default train.lr. The head starts "
+        "from scratch while the policy starts trained: at the policy's small rate it barely learns in a short stage.",
+    )
+    normalize_reward: bool = Field(
+        True,
+        description="Shift and scale the sequence reward by its mean and standard deviation over the first rollout "
+        "batch, then keep those constants (the reward model normalised to mean 0, variance 1 under the starting "
+        "policy, Ziegler et al. arXiv 1909.08593 §2.2): a reward model's offset is arbitrary, and the value head "
+        "starts near 0.",
+    )

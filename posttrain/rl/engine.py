@@ -52,7 +52,7 @@ from posttrain.rl.sampler import (
     decode_completions,
     end_token_ids,
 )
-from posttrain.training.loop import lr_at, make_optimizer, step_rows
+from posttrain.training.loop import lr_at, make_optimizer, set_lr, step_rows
 from posttrain.training.metrics import MetricsWriter
 from posttrain.training.state import TrainCheckpoints
 
@@ -122,7 +122,9 @@ class RLEngine:
         objective.sum_over_processes = lambda values: sum_over_processes(accelerator, values)
         module = ActorCritic(policy, value_head)
         module.train()
-        self.module, self.optimizer = accelerator.prepare(module, make_optimizer(module, self.train_spec))
+        value_lr = getattr(config, "value_lr", None)
+        lr_scales = [(value_head, value_lr / self.train_spec.lr)] if value_head is not None and value_lr is not None else []
+        self.module, self.optimizer = accelerator.prepare(module, make_optimizer(module, self.train_spec, lr_scales))
         # our losses are already means over the mini-batch; Accelerate must not divide them again
         accelerator.gradient_accumulation_steps = 1
         generation = config.generation
@@ -242,7 +244,7 @@ class RLEngine:
                 "time/generation": generated - began,
                 "time/scoring": scored_at - generated,
                 "time/update": finished - scored_at,
-                "lr": self.optimizer.param_groups[0]["lr"],
+                "lr": self.optimizer.param_groups[0]["lr"],  # the first group is the policy's (scale 1)
             }
         )
         # every process holds as many completions: the mean over processes is the mean over the global batch
@@ -308,8 +310,7 @@ class RLEngine:
                 global_count = float(sum_over_processes(self.accelerator, local_count))
                 if global_count == 0:
                     continue  # every completion here was excluded (on every process): nothing to learn from
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr_at(self.updates_done, spec, self.updates_total)
+                set_lr(self.optimizer, lr_at(self.updates_done, spec, self.updates_total))
                 try:
                     self._accumulate_gradients(mini, global_count, tally, first_pass=epoch == 0, step=step)
                     grad_norm = self._clip()

@@ -12,6 +12,7 @@ with what settings.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -158,22 +159,30 @@ class PPOObjective:
             AdaptiveKLController(kl.coef, kl.target, kl.horizon) if kl.controller == "adaptive" else FixedKLController(kl.coef)
         )
         self.policy_loss = get_policy_loss("ppo_clip")
+        self.reward_stats: tuple[float, float] | None = None  # (mean, std) of the first batch's rewards
 
-    def token_rewards(self, experience: Experience) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(rewards_BC, kl_BC)``: the KL-shaped per-token reward and the per-token KL estimate."""
+    def token_rewards(self, experience: Experience, rewards_B: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(rewards_BC, kl_BC)``: the KL-shaped per-token reward and the per-token KL estimate.
+        ``rewards_B`` replaces the experience's sequence rewards (the normalised ones)."""
+        rewards_B = experience.rewards_B if rewards_B is None else rewards_B
         mask_BC = experience.loss_mask_BC
         kl_BC = kl_estimate(experience.old_logprobs_BC, experience.ref_logprobs_BC, self.config.kl.estimator)
         kl_BC = torch.where(mask_BC, kl_BC, torch.zeros_like(kl_BC))
         rewards_BC = -self.controller.kl_coef * kl_BC
         last_B = (experience.completion_mask_BC.sum(dim=1) - 1).clamp(min=0)
-        rewards_BC = rewards_BC.scatter_add(1, last_B[:, None], experience.rewards_B[:, None].to(rewards_BC.dtype))
+        rewards_BC = rewards_BC.scatter_add(1, last_B[:, None], rewards_B[:, None].to(rewards_BC.dtype))
         return torch.where(mask_BC, rewards_BC, torch.zeros_like(rewards_BC)), kl_BC
 
     def prepare(self, experience: Experience) -> Metrics:
         if experience.old_values_BC is None:
             raise ValueError("PPO needs the rollout's value estimates (old_values_BC)")
         mask_BC = experience.loss_mask_BC
-        rewards_BC, kl_BC = self.token_rewards(experience)
+        rewards_B = experience.rewards_B
+        if self.config.normalize_reward:
+            if self.reward_stats is None:
+                self.reward_stats = self._reward_stats(rewards_B, ~experience.excluded_B)
+            rewards_B = normalize_reward(rewards_B, *self.reward_stats)
+        rewards_BC, kl_BC = self.token_rewards(experience, rewards_B)
         advantages_BC, returns_BC = gae_advantages(
             rewards_BC, experience.old_values_BC, mask_BC, self.config.gamma, self.config.lam
         )
@@ -185,6 +194,16 @@ class PPOObjective:
             "kl_penalty": float(masked_mean(-self.controller.kl_coef * masked_sum(kl_BC, mask_BC, dim=1), has_tokens_B)),
             "returns_mean": float(masked_mean(returns_BC, mask_BC)),
         }
+
+    def _reward_stats(self, rewards_B: torch.Tensor, kept_B: torch.Tensor) -> tuple[float, float]:
+        """Mean and standard deviation of the kept rewards of the global batch."""
+        kept_rewards_B = torch.where(kept_B, rewards_B, torch.zeros_like(rewards_B)).double()
+        count, total, squares = self.sum_over_processes(
+            torch.stack([kept_B.sum().double(), kept_rewards_B.sum(), (kept_rewards_B**2).sum()])
+        ).tolist()
+        mean = total / max(count, 1.0)
+        variance = (squares - count * mean**2) / max(count - 1, 1.0)
+        return mean, math.sqrt(max(variance, 0.0))
 
     def _whiten(self, values_BC: torch.Tensor, mask_BC: torch.Tensor) -> torch.Tensor:
         """`masked_whiten` with the mean and (unbiased) variance of the whole batch across processes."""
@@ -223,13 +242,23 @@ class PPOObjective:
         self.controller.update(kl, n_steps=int(mask_BC.shape[0]))
         return {"kl_coef": used}
 
-    def state_dict(self) -> dict[str, float]:
-        """The KL controller's state (an adaptive beta moves); for resumable checkpoints."""
-        return self.controller.state_dict()
+    def state_dict(self) -> dict[str, Any]:
+        """The KL controller's state (an adaptive beta moves) and the reward normalisation's constants; for
+        resumable checkpoints."""
+        return {**self.controller.state_dict(), "reward_stats": self.reward_stats}
 
-    def load_state_dict(self, state: dict[str, float]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restores `state_dict`."""
         self.controller.load_state_dict(state)
+        stats = state.get("reward_stats")
+        self.reward_stats = tuple(stats) if stats is not None else None
+
+
+def normalize_reward(rewards_B: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """``(r - mean) / std`` with the constants of the starting policy's rewards (Ziegler et al., arXiv
+    1909.08593 §2.2: the reward model normalised to mean 0 and variance 1 under the initial policy). A
+    constant first batch (std 0) is only shifted."""
+    return (rewards_B - mean) / (std if std > 1e-8 else 1.0)
 
 
 def make_objective(config: RLConfig) -> GRPOObjective | PPOObjective:

@@ -15,7 +15,7 @@ import random
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -104,13 +104,30 @@ def step_rows(num_rows: int, step: int, global_batch: int, seed: int) -> list[in
     return out
 
 
-def make_optimizer(model: torch.nn.Module, spec: TrainSpec) -> torch.optim.Optimizer:
-    """AdamW with weight decay on matrices only (not on norms and biases)."""
+def make_optimizer(
+    model: torch.nn.Module, spec: TrainSpec, lr_scales: Sequence[tuple[torch.nn.Module, float]] = ()
+) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only (not on norms and biases).
+
+    ``lr_scales``: submodules whose parameters learn at ``scale`` times the schedule's rate (their groups
+    carry ``lr_scale``, which `set_lr` applies).
+    """
+    scaled = {id(p): scale for module, scale in lr_scales for p in module.parameters()}
     params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": spec.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = []
+    for scale in [1.0, *sorted(set(scaled.values()))]:
+        own = [p for p in params if scaled.get(id(p), 1.0) == scale]
+        for decay in (True, False):
+            chosen = [p for p in own if (p.ndim >= 2) == decay]
+            if chosen:
+                groups.append({"params": chosen, "weight_decay": spec.weight_decay if decay else 0.0, "lr_scale": scale})
     return torch.optim.AdamW(groups, lr=spec.lr, betas=spec.betas)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Sets every parameter group's rate to ``lr`` times its ``lr_scale`` (1 by default)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def train_loop(
@@ -172,8 +189,7 @@ def train_loop(
         if world > 1:
             step_tokens = accelerator.reduce(step_tokens, reduction="sum")
         denominator = max(1, int(step_tokens))
-        for g in optimizer.param_groups:
-            g["lr"] = lr_at(step, spec, steps)
+        set_lr(optimizer, lr_at(step, spec, steps))
         loss_total = torch.zeros((), device=device)
         for i, batch in enumerate(tensors):
             sync = nullcontext() if i == len(tensors) - 1 else accelerator.no_sync(model)

@@ -221,6 +221,7 @@ stages:
       - {source: reward_model, args: {path: "stage:rm"}}
     kl: {coef: 0.05, estimator: k1, controller: adaptive, target: 1.0, horizon: 100}
     generation: {max_new_tokens: 4}
+    value_lr: 1.0e-3
     train: {steps: 2, prompts_per_step: 2, epochs: 2, mini_batches: 2, log_every: 1}
 evaluations:
   - {name: arith, kind: exact_match, data: {source: "builtin:arithmetic", split: test, count: 4, levels: [1]}, max_new_tokens: 4}

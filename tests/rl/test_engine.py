@@ -71,6 +71,21 @@ def test_ppo_step_updates_policy_and_value_head_several_times(make_stage) -> Non
     assert row["updates"] == 4 and {"value_loss", "value_clip_fraction", "kl_penalty"} <= set(row)
 
 
+def test_ppo_value_head_learns_at_its_own_rate(make_stage) -> None:
+    """Adam's first step moves every parameter with a gradient by its group's rate: the value head by
+    ``value_lr``, the policy by ``train.lr``."""
+    config = rl_config("ppo", value_lr=1e-3, train={"lr": 1e-5, "schedule": "constant", "max_grad_norm": None})
+    engine = make_stage(config).build_engine()
+    head = engine.accelerator.unwrap_model(engine.module).value_head
+    policy_before, head_before = parameters(engine.policy), parameters(head)
+    engine.step(0)
+    head_moves = torch.cat([(p.detach() - head_before[n]).abs().flatten() for n, p in head.named_parameters()])
+    policy_moves = torch.cat([(p.detach() - policy_before[n]).abs().flatten() for n, p in engine.policy.named_parameters()])
+    assert head_moves.max().item() == pytest.approx(1e-3, rel=1e-2)
+    assert policy_moves.max().item() == pytest.approx(1e-5, rel=1e-2)
+    assert sorted({group["lr"] for group in engine.optimizer.param_groups}) == pytest.approx([1e-5, 1e-3])
+
+
 @pytest.mark.parametrize("lora", [False, True])
 def test_ppo_reference_stays_frozen(make_stage, lora: bool) -> None:
     fields = {"lora": {"r": 4, "alpha": 8}} if lora else {}
