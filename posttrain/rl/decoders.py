@@ -38,6 +38,17 @@ def position_ids_for(mask_BT: torch.Tensor) -> torch.Tensor:
     return (mask_BT.long().cumsum(dim=1) - 1).clamp(min=0)
 
 
+def distinct_prompts(prompt_ids_BP: torch.Tensor, prompt_mask_BP: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(first_U, rows_B)``: the first row holding each distinct left-padded prompt, and for every row the
+    index of its prompt in ``first_U`` (so ``prompt_ids_BP[first_U][rows_B]`` equals ``prompt_ids_BP``)."""
+    unique_UP, rows_B = torch.unique(
+        prompt_ids_BP.masked_fill(~prompt_mask_BP.bool(), -1), dim=0, return_inverse=True
+    )
+    first_U = torch.full((unique_UP.shape[0],), len(rows_B), dtype=torch.long, device=rows_B.device)
+    first_U = first_U.scatter_reduce(0, rows_B, torch.arange(len(rows_B), device=rows_B.device), "amin")
+    return first_U, rows_B
+
+
 def supports_cached_decoder(model: Any) -> bool:
     """Whether `CachedDecoder` can run this model (a Llama-shaped causal LM without sliding windows)."""
     lm = causal_lm_of(model)
@@ -210,11 +221,9 @@ class CachedDecoder:
         self.key_bias_BT[:, :length].masked_fill_(~mask_BP, float("-inf"))
         positions_BP = position_ids_for(mask_BP)
         self.next_position_B = positions_BP[:, -1] + 1
-        unique_UP, rows_B = torch.unique(prompt_ids_BP.masked_fill(~mask_BP, -1), dim=0, return_inverse=True)
-        if unique_UP.shape[0] == prompt_ids_BP.shape[0]:
+        first_U, rows_B = distinct_prompts(prompt_ids_BP, mask_BP)
+        if first_U.shape[0] == prompt_ids_BP.shape[0]:
             return self._forward(prompt_ids_BP, positions_BP, self._prefill_mask(mask_BP))
-        first_U = torch.full((unique_UP.shape[0],), len(rows_B), dtype=torch.long, device=rows_B.device)
-        first_U = first_U.scatter_reduce(0, rows_B, torch.arange(len(rows_B), device=rows_B.device), "amin")
         logits_UV = self._forward(
             prompt_ids_BP[first_U], positions_BP[first_U], self._prefill_mask(mask_BP[first_U]), cache_rows_B=rows_B
         )

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import torch
 
 from posttrain.algorithms.logprobs import entropy_from_logits, token_logprobs
-from posttrain.rl.decoders import causal_lm_of, completion_logits, new_cache, supports_cached_decoder
+from posttrain.rl.decoders import causal_lm_of, completion_logits, distinct_prompts, new_cache, supports_cached_decoder
 
 
 class ValueHead(torch.nn.Module):
@@ -99,15 +99,9 @@ def shared_prompt_hidden(
     checkpointing = getattr(lm, flag, False)
     if completion_length == 0 or prompt_width == 0 or checkpointing:
         return None  # (activation checkpointing recomputes layers without a cache)
-    prompt_mask_BP = attention_mask_BS[:, :prompt_width].bool()
-    unique_UP, rows_B = torch.unique(
-        input_ids_BS[:, :prompt_width].masked_fill(~prompt_mask_BP, -1), dim=0, return_inverse=True
-    )
-    if unique_UP.shape[0] == input_ids_BS.shape[0]:
+    first_U, rows_B = distinct_prompts(input_ids_BS[:, :prompt_width], attention_mask_BS[:, :prompt_width])
+    if first_U.shape[0] == input_ids_BS.shape[0]:
         return None
-    batch = rows_B.shape[0]
-    first_U = torch.full((unique_UP.shape[0],), batch, dtype=torch.long, device=rows_B.device)
-    first_U = first_U.scatter_reduce(0, rows_B, torch.arange(batch, device=rows_B.device), "amin")
     backbone = lm.base_model
     cache, cache_argument = new_cache(backbone)
     prompt = backbone(

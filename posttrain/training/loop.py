@@ -115,11 +115,11 @@ def make_optimizer(
     scaled = {id(p): scale for module, scale in lr_scales for p in module.parameters()}
     params = [p for p in model.parameters() if p.requires_grad]
     groups = []
-    for scale in [1.0, *sorted(set(scaled.values()))]:
+    for scale in [1.0, *sorted(set(scaled.values()) - {1.0})]:
         own = [p for p in params if scaled.get(id(p), 1.0) == scale]
         for decay in (True, False):
             chosen = [p for p in own if (p.ndim >= 2) == decay]
-            if chosen:
+            if chosen or scale == 1.0:  # the two unscaled groups always exist (saved optimizer states expect them)
                 groups.append({"params": chosen, "weight_decay": spec.weight_decay if decay else 0.0, "lr_scale": scale})
     return torch.optim.AdamW(groups, lr=spec.lr, betas=spec.betas)
 
