@@ -363,7 +363,7 @@ def test_run_entry_point_in_a_subprocess(tmp_path: Path, write_recipe) -> None:
         """,
     )
     output = tmp_path / "out"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     done = subprocess.run(
         [sys.executable, "-m", "posttrain.run", str(recipe), "--set", "stages.sft.train.steps=1", "--output-dir", str(output)],
         capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,

@@ -53,7 +53,7 @@ def causal_lm_loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torc
     """Summed next-token cross-entropy over the labelled tokens, and how many there were."""
     logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
     labels = batch["labels"][:, 1:]
-    logits = logits[:, :-1].float()
+    logits = logits[:, :-1].to(torch.promote_types(logits.dtype, torch.float32))  # bf16 up, float64 kept
     loss = torch.nn.functional.cross_entropy(
         logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
     )
@@ -190,7 +190,7 @@ def train_loop(
             step_tokens = accelerator.reduce(step_tokens, reduction="sum")
         denominator = max(1, int(step_tokens))
         set_lr(optimizer, lr_at(step, spec, steps))
-        loss_total = torch.zeros((), device=device)
+        loss_total = torch.zeros((), device=device, dtype=torch.float64)  # a logged sum: no float32 rounding
         for i, batch in enumerate(tensors):
             sync = nullcontext() if i == len(tensors) - 1 else accelerator.no_sync(model)
             with sync, torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):

@@ -87,7 +87,7 @@ def stage_metrics(run_dir: Path, stage: str) -> list[dict]:
 
 
 def harness(recipe: Path, rows_log: Path, kill: str | None, *extra: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     env["POSTTRAIN_TEST_ROWS_LOG"] = str(rows_log)
     env.pop("POSTTRAIN_TEST_KILL", None)
     if kill:
