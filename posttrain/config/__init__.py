@@ -5,5 +5,6 @@ Importing this package registers every stage kind's config class.
 
 from posttrain.config import stages  # noqa: F401
 from posttrain.config import preference  # noqa: F401
-from posttrain.config import rl  # noqa: F401
+from posttrain.config import grpo  # noqa: F401
+from posttrain.config import ppo  # noqa: F401
 from posttrain.config import rlaif  # noqa: F401
