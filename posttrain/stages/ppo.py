@@ -19,6 +19,7 @@ import torch
 from posttrain.algorithms import clipped_value_loss, masked_mean, masked_sum
 from posttrain.config.ppo import PPOConfig
 from posttrain.registry import ADVANTAGE_ESTIMATORS, POLICY_LOSSES
+from posttrain.rl.engine import RLEngine
 from posttrain.rl.objective import Advantages, Experience, Metrics, SumOverProcesses, clip_settings, resolve_plug_in
 from posttrain.rl.policy import CompletionScores
 from posttrain.rl.setup import build_engine, load_policy
@@ -154,7 +155,7 @@ class PPOStage(Stage):
         super().__init__(context)
         self.model, self.tokenizer = load_policy(context)
 
-    def build_engine(self) -> Any:
+    def build_engine(self) -> RLEngine:
         """The engine with this stage's prompts, reward, objective and held-out evaluation."""
         return build_engine(self.context, self.model, self.tokenizer, PPOObjective(self.config, self.context.recipe_dir))
 
