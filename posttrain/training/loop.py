@@ -1,11 +1,10 @@
 """The optimisation loop shared by the token-level training stages (pre-training, SFT, reward model, DPO).
 
-Hand-written rather than `transformers.Trainer` / TRL's `SFTTrainer`: it is short, faster than `SFTTrainer`
-on the tiny model (`benchmarks/sft_vs_trl.py`; figures in `benchmarks/results/sft_vs_trl_cpu.json`), and keeps
-exact control of three things
-the pipeline relies on: the loss is normalised by the number of loss tokens in the whole
-optimizer step (so batch 8 x 1 and batch 4 x 2 accumulation give the same update), data order is a pure
-function of (seed, step) so a run is reproducible, and a non-finite loss or gradient stops the stage at
+Hand-written rather than `transformers.Trainer` / TRL's `SFTTrainer`: it is short, faster than `SFTTrainer` on
+the tiny model (`benchmarks/sft_vs_trl.py`; figures in `benchmarks/results/sft_vs_trl_cpu.json`), and keeps
+exact control of three things the pipeline relies on: the loss is normalised by the number of loss tokens in
+the whole optimizer step (so batch 8 x 1 and batch 4 x 2 accumulation give the same update), data order is a
+pure function of (seed, step) so a run is reproducible, and a non-finite loss or gradient stops the stage at
 once with the step named.
 """
 
