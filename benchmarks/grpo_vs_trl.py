@@ -54,7 +54,7 @@ def ours(args, workdir: Path) -> tuple[float, float]:
     from accelerate import Accelerator
 
     from posttrain.config.common import ModelSpec
-    from posttrain.config.rl import GRPOConfig
+    from posttrain.config.grpo import GRPOConfig
     from posttrain.stages import StageContext, stage_class
     from posttrain.training.metrics import MetricsWriter
 

@@ -52,7 +52,7 @@ def time_saves(saves: int) -> dict[str, float]:
 
     from posttrain.config.common import TrainSpec
     from posttrain.models.tiny import build_tiny_model
-    from posttrain.training.loop import make_optimizer
+    from posttrain.training.optimizer import make_optimizer
     from posttrain.training.state import TrainCheckpoints, latest_checkpoint
 
     model, _ = build_tiny_model("tiny", seed=0)

@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import posttrain.eval.evaluators
 import posttrain.stages
 from posttrain.config.common import ModelSpec
-from posttrain.config.stages import PretrainConfig
+from posttrain.config.pretrain import PretrainConfig
 from posttrain.errors import GateFailed
 from posttrain.models.checkpoint import weights_hash
 from posttrain.pipeline import Pipeline, format_table

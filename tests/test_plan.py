@@ -6,8 +6,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from posttrain.config.common import DataSpec, TrainSpec
-from posttrain.config.preference import DPOConfig
-from posttrain.config.stages import SFTConfig
+from posttrain.config.dpo import DPOConfig
+from posttrain.config.sft import SFTConfig
 from posttrain.plan import estimate, example_count
 
 

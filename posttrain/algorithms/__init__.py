@@ -1,4 +1,5 @@
-"""Pure-math post-training algorithms: functions of tensors and numbers, importing torch only.
+"""Pure-math post-training algorithms: functions of tensors and numbers, importing torch only (and the
+stdlib-only `posttrain.registry`, where the recipe schema finds their names without torch).
 
 Losses return ``(loss, metrics)`` with ``metrics`` a dict of detached 0-dim tensors; advantage
 estimators return tensors. Users plug in their own policy losses and advantage estimators with
@@ -7,6 +8,7 @@ estimators return tensors. Users plug in their own policy losses and advantage e
 
 from posttrain.algorithms.advantages import (
     advantage_estimator_names,
+    dr_grpo_advantages,
     gae_advantages,
     get_advantage_estimator,
     group_advantages,
@@ -40,6 +42,7 @@ __all__ = [
     "chosen_nll_loss",
     "clipped_value_loss",
     "dpo_loss",
+    "dr_grpo_advantages",
     "entropy_from_logits",
     "gae_advantages",
     "get_advantage_estimator",

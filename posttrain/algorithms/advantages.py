@@ -2,35 +2,41 @@
 
 Calling convention for registered estimators (always by keyword; there is no fake uniform signature):
 
-- Outcome-reward estimators (``"grpo"``, ``"rloo"``) take ``rewards_B`` (one scalar reward per
+- Outcome-reward estimators (``"grpo"``, ``"dr_grpo"``, ``"rloo"``) take ``rewards_B`` (one scalar reward per
   completion) and ``group_size``, and return ``advantages_B``. Completions of one prompt are contiguous:
   rows ``[g * group_size, (g + 1) * group_size)`` form group ``g``. The policy loss broadcasts
   ``advantages_B`` over tokens.
 - Token-level estimators (``"gae"``) take ``rewards_BT``, ``values_BT``, ``mask_BT``, ``gamma`` and
   ``lam``, and return ``(advantages_BT, returns_BT)``.
 
-A user-defined estimator registers with ``@register_advantage_estimator("name")`` and follows whichever
-of the two conventions fits it.
+A user-defined estimator registers with ``@register_advantage_estimator("name")`` (or is named in a recipe
+as ``path/to/file.py:function``) and follows whichever of the two conventions fits it: GRPO stages call
+the outcome one, PPO stages the token-level one.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 import torch
 
-from posttrain.algorithms.registry import Registry
-
-_ADVANTAGE_ESTIMATORS: Registry[Callable[..., object]] = Registry("advantage estimator")
+from posttrain.registry import ADVANTAGE_ESTIMATORS as _ADVANTAGE_ESTIMATORS
 
 
 def register_advantage_estimator(name: str) -> Callable[[Callable[..., object]], Callable[..., object]]:
-    """Decorator that makes an advantage estimator available to recipes under ``name``.
+    """Decorator that makes an advantage estimator available to recipes under ``name``; its calling
+    convention (``token`` if it takes ``rewards_BT``, else ``outcome``) decides which stages may name it.
 
     Raises:
         ValueError: If ``name`` is already taken.
     """
-    return _ADVANTAGE_ESTIMATORS.register(name)
+
+    def decorate(function: Callable[..., object]) -> Callable[..., object]:
+        label = "token" if "rewards_BT" in inspect.signature(function).parameters else "outcome"
+        return _ADVANTAGE_ESTIMATORS.register(name, label)(function)
+
+    return decorate
 
 
 def get_advantage_estimator(name: str) -> Callable[..., object]:
@@ -111,25 +117,17 @@ def _grouped(rewards_B: torch.Tensor, group_size: int, minimum: int) -> torch.Te
 
 
 @register_advantage_estimator("grpo")
-def group_advantages(
-    rewards_B: torch.Tensor,
-    group_size: int,
-    normalize_std: bool = True,
-    eps: float = 1e-6,
-) -> torch.Tensor:
+def group_advantages(rewards_B: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:
     """Group-relative advantages (GRPO, Shao et al., arXiv 2402.03300 §4.1.2).
 
     ``A_i = (r_i - mean(r_group)) / (std(r_group) + eps)``, with the unbiased (n - 1) standard deviation
-    as ``torch.std`` and the reference implementations use. With ``normalize_std=False`` this is
-    Dr. GRPO's ``A_i = r_i - mean(r_group)`` (Liu et al., arXiv 2503.20783 §3.1), which avoids
-    up-weighting prompts whose rewards barely vary.
+    as ``torch.std`` and the reference implementations use.
 
     A group whose rewards are all equal gets advantage 0 (not NaN): it carries no learning signal.
 
     Args:
         rewards_B: One reward per completion, shape (B,), groups contiguous.
         group_size: Completions per prompt, G >= 2; B must be a multiple of it.
-        normalize_std: Divide by the group standard deviation (GRPO) or not (Dr. GRPO).
         eps: Added to the standard deviation.
 
     Returns:
@@ -140,9 +138,28 @@ def group_advantages(
     """
     rewards_GS = _grouped(rewards_B, group_size, minimum=2)
     centred_GS = rewards_GS - rewards_GS.mean(dim=1, keepdim=True)
-    if normalize_std:
-        centred_GS = centred_GS / (rewards_GS.std(dim=1, keepdim=True) + eps)
-    return centred_GS.reshape(-1)
+    return (centred_GS / (rewards_GS.std(dim=1, keepdim=True) + eps)).reshape(-1)
+
+
+@register_advantage_estimator("dr_grpo")
+def dr_grpo_advantages(rewards_B: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Dr. GRPO's advantages (Liu et al., arXiv 2503.20783 §3.1): ``A_i = r_i - mean(r_group)``.
+
+    GRPO's division by the group's standard deviation is dropped: it up-weights prompts whose rewards
+    barely vary (too easy or too hard). Pair it with ``loss_aggregation: seq-mean-token-sum-norm``.
+
+    Args:
+        rewards_B: One reward per completion, shape (B,), groups contiguous.
+        group_size: Completions per prompt, G >= 2; B must be a multiple of it.
+
+    Returns:
+        Advantages, shape (B,).
+
+    Raises:
+        ValueError: If ``rewards_B`` is not 1-D, ``group_size < 2`` or B is not a multiple of it.
+    """
+    rewards_GS = _grouped(rewards_B, group_size, minimum=2)
+    return (rewards_GS - rewards_GS.mean(dim=1, keepdim=True)).reshape(-1)
 
 
 @register_advantage_estimator("rloo")

@@ -3,7 +3,8 @@
 Calling convention for registered policy losses (always by keyword): every loss takes
 ``logprobs_BT``, ``old_logprobs_BT``, ``advantages_BT`` and ``mask_BT``, plus its own documented
 keywords, and returns ``(loss, metrics)`` where ``loss`` is a 0-dim tensor to minimise and ``metrics``
-maps names to detached 0-dim tensors (no ``.item()``, so logging them forces no device sync).
+maps names to detached 0-dim tensors (no ``.item()``, so logging them forces no device sync). A recipe
+chooses one by name (`policy_loss:`) or names its own as ``path/to/file.py:function``.
 """
 
 from __future__ import annotations
@@ -15,11 +16,9 @@ import torch
 from posttrain.algorithms.aggregation import aggregate_loss
 from posttrain.algorithms.kl import MAX_LOG_RATIO, kl_estimate
 from posttrain.algorithms.masked import masked_mean
-from posttrain.algorithms.registry import Registry
+from posttrain.registry import POLICY_LOSSES as _POLICY_LOSSES
 
 PolicyLoss = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
-
-_POLICY_LOSSES: Registry[PolicyLoss] = Registry("policy loss")
 
 
 def register_policy_loss(name: str) -> Callable[[PolicyLoss], PolicyLoss]:

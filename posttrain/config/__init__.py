@@ -1,9 +1,7 @@
-"""Typed, validated recipe sections (pydantic, no torch).
+"""Typed, validated recipe sections (pydantic, no torch): `posttrain.config.X` holds the config of
+`kind: X`; `common`, `stages`, `rl`, `rlaif` and `evaluation` hold the sections several kinds share.
 
 Importing this package registers every stage kind's config class.
 """
 
-from posttrain.config import stages  # noqa: F401
-from posttrain.config import preference  # noqa: F401
-from posttrain.config import rl  # noqa: F401
-from posttrain.config import rlaif  # noqa: F401
+from posttrain.config import ai_judge, constitutional, dpo, grpo, ppo, pretrain, reward_model, sft  # noqa: F401

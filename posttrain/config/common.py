@@ -133,3 +133,12 @@ class TrainSpec(Strict):
         if (self.steps is None) == (self.epochs is None):
             raise ValueError("set exactly one of `steps` and `epochs`")
         return self
+
+
+def pairs_only(spec: DataSpec) -> DataSpec:
+    """Preference rows have one layout of their own; the chat/text `format:` choices do not apply."""
+    if spec.format != "auto":
+        raise ValueError(
+            f"preference data is read as `prompt`/`chosen`/`rejected` rows; remove `format: {spec.format}`"
+        )
+    return spec

@@ -7,12 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from posttrain.config.common import DataSpec, Strict
-
-
-# Evaluator kinds a recipe may name; each has an implementation registered in `posttrain.eval`.
-EVALUATOR_KINDS: list[str] = [
-    "exact_match", "perplexity", "pairwise_accuracy", "preference_accuracy", "principle_violations",
-]
+from posttrain.registry import EVALUATORS
 
 
 class EvalConfig(Strict):
@@ -37,9 +32,7 @@ class EvalConfig(Strict):
     @field_validator("kind")
     @classmethod
     def _known_kind(cls, kind: str) -> str:
-        if kind not in EVALUATOR_KINDS:
-            raise ValueError(f"unknown evaluator kind {kind!r}; valid kinds: {', '.join(EVALUATOR_KINDS)}")
-        return kind
+        return EVALUATORS.check(kind)
 
 
 class GateConfig(Strict):

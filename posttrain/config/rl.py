@@ -1,9 +1,11 @@
-"""Recipe sections of the RL stages, `kind: ppo` and `kind: grpo` (no torch).
+"""Recipe sections every RL stage shares (no torch); the kinds themselves are `posttrain.config.grpo` and
+`posttrain.config.ppo`.
 
-Both share one engine (`posttrain.rl.engine`): sample completions of prompts, score them with the stage's
-`reward:` list, compute advantages, and take clipped policy-gradient steps. They differ in the advantage
-and the loss: PPO learns a value head and uses GAE on a reward shaped by a per-token KL penalty; GRPO
-compares several completions of the same prompt and puts the KL to the reference in the loss.
+Both kinds share one engine (`posttrain.rl.engine`): sample completions of prompts, score them with the
+stage's `reward:` list, compute advantages, and take clipped policy-gradient steps. They differ in the
+advantage and the loss: PPO learns a value head and uses GAE on a reward shaped by a per-token KL penalty;
+GRPO compares several completions of the same prompt and puts the KL to the reference in the loss. Both
+name their `advantage:` and `policy_loss:` from `posttrain.registry`, or a function in the user's file.
 
 A minimal GRPO stage::
 
@@ -24,11 +26,12 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from posttrain.config.common import DataSpec, LoraSpec, Strict
-from posttrain.config.stages import StageConfig, register_stage_config
+from posttrain.config.stages import StageConfig
+from posttrain.registry import POLICY_LOSSES, check_plug_in
 from posttrain.rewards.config import RewardEntry, check_reward_entries
 
 # The names `posttrain.algorithms.aggregation.AGGREGATION_MODES` defines (repeated here because the schema
-# must not import torch; tests/rl/test_config.py checks that the two agree).
+# must not import torch; tests/rl/test_prompts_and_config.py checks that the two agree).
 LossAggregation = Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 KLEstimator = Literal["k1", "k2", "k3"]
 
@@ -153,7 +156,19 @@ class HeldoutSpec(Strict):
 
 
 class RLConfig(StageConfig):
-    """Fields of every RL stage (registered through its subclasses `ppo` and `grpo`)."""
+    """Fields of every RL stage (registered through its subclasses `ppo` and `grpo`, which give `policy_loss`
+    and `advantage` their defaults)."""
+
+    policy_loss: str = Field(
+        description="The policy loss: a name registered in `posttrain.registry.POLICY_LOSSES` (`grpo`, `ppo_clip`) "
+        "or `path/to/file.py:function` (relative to the recipe), called with the keywords of "
+        "`posttrain.algorithms.policy_losses`."
+    )
+    advantage: str = Field(
+        description="The advantage estimator: a name registered in `posttrain.registry.ADVANTAGE_ESTIMATORS` or "
+        "`path/to/file.py:function` (relative to the recipe); see `posttrain.algorithms.advantages` for the "
+        "calling conventions (GRPO: outcome rewards, PPO: token rewards and values)."
+    )
 
     data: DataSpec = Field(
         description="Prompts: `builtin:arithmetic`, `builtin:code`, or rows with `question` (plus `answer`), "
@@ -190,57 +205,7 @@ class RLConfig(StageConfig):
         check_reward_entries(entries)
         return entries
 
-
-@register_stage_config("grpo")
-class GRPOConfig(RLConfig):
-    """Group relative policy optimisation (Shao et al., arXiv 2402.03300 §4.1): `group_size` completions per
-    prompt, each completion's advantage its reward relative to its group, the KL to the reference in the loss."""
-
-    group_size: int = Field(4, ge=2, description="Completions sampled per prompt (G).")
-    advantage: Literal["grpo", "dr_grpo", "rloo"] = Field(
-        "grpo",
-        description="`grpo`: (r - group mean) / group std; `dr_grpo`: r - group mean, no std division (Dr. GRPO, "
-        "arXiv 2503.20783; pair it with loss_aggregation: seq-mean-token-sum-norm); `rloo`: r - mean of the "
-        "other completions of the prompt (arXiv 2402.14740).",
-    )
-    kl: KLSpec = Field(
-        default_factory=lambda: KLSpec(coef=0.0, estimator="k3"),
-        description="KL to the reference as a loss term; default beta 0 (logged, not penalised).",
-    )
-
-    @model_validator(mode="after")
-    def _fixed_kl_only(self) -> "GRPOConfig":
-        if self.kl.controller != "fixed":
-            raise ValueError("GRPO puts the KL in the loss with a fixed coefficient; `kl.controller: adaptive` is for PPO")
-        return self
-
-
-@register_stage_config("ppo")
-class PPOConfig(RLConfig):
-    """PPO for language models (Ouyang et al., arXiv 2203.02155; Ziegler et al., arXiv 1909.08593): a value head
-    on the policy, per-token reward -beta * KL with the sequence reward added at the last token, GAE, several
-    epochs of clipped updates per batch of rollouts."""
-
-    group_size: int = Field(1, ge=1, description="Completions sampled per prompt.")
-    kl: KLSpec = Field(
-        default_factory=lambda: KLSpec(coef=0.05, estimator="k1"),
-        description="KL penalty in the per-token reward.",
-    )
-    gamma: float = Field(1.0, gt=0, le=1, description="Discount factor of GAE.")
-    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda (arXiv 1506.02438 eq. 16).")
-    value_coef: float = Field(0.1, ge=0, description="Weight of the value loss in the total loss.")
-    value_clip: float = Field(0.2, gt=0, description="Clip range of the value prediction around its rollout-time value.")
-    whiten_advantages: bool = Field(True, description="Normalise advantages to zero mean and unit variance per batch.")
-    value_lr: float | None = Field(
-        None,
-        gt=0,
-        description="Peak learning rate of the value head (same schedule); default train.lr. The head starts "
-        "from scratch while the policy starts trained: at the policy's small rate it barely learns in a short stage.",
-    )
-    normalize_reward: bool = Field(
-        True,
-        description="Shift and scale the sequence reward by its mean and standard deviation over the first rollout "
-        "batch, then keep those constants (the reward model normalised to mean 0, variance 1 under the starting "
-        "policy, Ziegler et al. arXiv 1909.08593 §2.2): a reward model's offset is arbitrary, and the value head "
-        "starts near 0.",
-    )
+    @field_validator("policy_loss")
+    @classmethod
+    def _known_policy_loss(cls, value: str) -> str:
+        return check_plug_in(POLICY_LOSSES, value)

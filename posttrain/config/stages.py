@@ -1,13 +1,14 @@
-"""Stage configurations, one class per stage kind, and the registry that maps `kind:` to its class.
+"""The fields every stage has, and the registry that maps `kind:` to its config class.
 
-A stage kind registers its config class here (no torch) and its implementation in `posttrain.stages`.
+Stage kind X registers its config class in `posttrain.config.X` (no torch) and its implementation in
+`posttrain.stages.X`.
 """
 
 from __future__ import annotations
 
 from pydantic import Field
 
-from posttrain.config.common import DataSpec, LoraSpec, Strict, TrainSpec
+from posttrain.config.common import Strict
 from posttrain.registry import Registry
 
 STAGE_CONFIGS: Registry[type["StageConfig"]] = Registry("stage kind")
@@ -28,29 +29,3 @@ class StageConfig(Strict):
         "Default: the previous stage (the recipe's model for the first stage).",
     )
     evaluate: bool = Field(True, description="Run the recipe's evaluations after this stage.")
-
-
-class ReplaySpec(Strict):
-    """Continued pre-training: keep a share of an earlier corpus in the mix against forgetting."""
-
-    data: DataSpec = Field(description="The earlier corpus to replay.")
-    ratio: float = Field(gt=0, lt=1, description="Share of training documents drawn from the replay corpus.")
-
-
-@register_stage_config("pretrain")
-class PretrainConfig(StageConfig):
-    """Causal language modelling on plain text (pre-training or continued pre-training)."""
-
-    data: DataSpec = Field(description="Corpus with a `text` column (or built-in `builtin:corpus`).")
-    replay: ReplaySpec | None = Field(None, description="Optional replay mix of an earlier corpus.")
-    train: TrainSpec = Field(description="Optimisation settings.")
-
-
-@register_stage_config("sft")
-class SFTConfig(StageConfig):
-    """Supervised fine-tuning on chat or prompt/completion data; loss on assistant tokens only."""
-
-    data: DataSpec = Field(description="Chat `messages` or `prompt`/`completion` rows.")
-    train: TrainSpec = Field(description="Optimisation settings.")
-    lora: LoraSpec | None = Field(None, description="Train LoRA adapters instead of all weights.")
-    loss_on_prompt: bool = Field(False, description="Also train on user/system tokens (default: assistant only).")

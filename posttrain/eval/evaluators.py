@@ -14,10 +14,10 @@ import torch
 from posttrain.config.evaluation import EvalConfig
 from posttrain.data.packing import IGNORE_INDEX, ChatRenderer, encode_texts, pack, render_prompt
 from posttrain.data.world import last_number
-from posttrain.registry import Registry
+from posttrain.registry import EVALUATORS
 
 Evaluator = Callable[[Any, Any, list[dict[str, Any]], EvalConfig], dict[str, float]]
-EVALUATORS: Registry[Evaluator] = Registry("evaluator")
+# the built-in kinds are listed in `posttrain.registry.EVALUATORS` too, so recipes are checked without torch
 register_evaluator = EVALUATORS.register
 evaluator = EVALUATORS.get
 

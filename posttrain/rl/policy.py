@@ -5,7 +5,7 @@ backbone once and returns, for the completion positions only, the logits and (wi
 value estimates. Running the LM head on the completion positions alone skips the prompt's share of the
 largest matrix product. Rows that repeat a prompt (a GRPO group) run it once and share its keys and
 values (`shared_prompt_hidden`): with a short completion after a longer prompt that is most of an update's
-work (measured on the quickstart's GRPO batch, 32 prompts x 8 completions: forward + backward 3.1x faster).
+work (the speed-up on the quickstart's GRPO batch is in `benchmarks/results/grpo_vs_trl_cpu.txt`).
 
 The reference is the starting policy, frozen: a deep copy, or, when the policy trains LoRA adapters, the
 same model with its adapters disabled (no second copy in memory).

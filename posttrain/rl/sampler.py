@@ -11,7 +11,7 @@ stop early when every row has ended.
 
 Log-probabilities are those of the temperature-scaled distribution ``log_softmax(logits / temperature)``
 over the whole vocabulary, before top-k/top-p filtering: that is what the training-mode recomputation in
-`posttrain.rl.scoring` gives, so the PPO ratio starts at 1 (top-p only narrows where samples come from).
+`posttrain.rl.policy.score_completions` gives, so the PPO ratio starts at 1 (top-p only narrows where samples come from).
 With ``temperature == 0`` decoding is greedy and the log-probabilities are those of the plain softmax.
 """
 

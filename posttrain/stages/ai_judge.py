@@ -14,7 +14,7 @@ import random
 import time
 from typing import Any
 
-from posttrain.config.rlaif import AIJudgeConfig
+from posttrain.config.ai_judge import AIJudgeConfig
 from posttrain.rlaif.judge import AgreementCounter, ground_truth, judge_pairs
 from posttrain.rlaif.runtime import generator_for, sampling_settings, stage_inputs, write_output
 from posttrain.stages.base import Stage, register_stage

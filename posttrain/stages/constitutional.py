@@ -16,7 +16,7 @@ import random
 import time
 from typing import Any
 
-from posttrain.config.rlaif import ConstitutionalConfig
+from posttrain.config.constitutional import ConstitutionalConfig
 from posttrain.rlaif.critique import critique_and_revise, violation_rates
 from posttrain.rlaif.runtime import generator_for, sampling_settings, stage_inputs, write_output
 from posttrain.stages.base import Stage, register_stage

@@ -10,7 +10,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 from typing import Any
 
-from posttrain.config.preference import DPOConfig
+from posttrain.config.dpo import DPOConfig
 from posttrain.data.preferences import encode_pairs, load_preferences
 from posttrain.errors import CheckpointError
 from posttrain.models.checkpoint import apply_lora

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from posttrain.config.stages import PretrainConfig
+from posttrain.config.pretrain import PretrainConfig
 from posttrain.data.loading import load_dataset
 from posttrain.data.packing import encode_texts, pack, shuffled
 from posttrain.stages.base import Stage, register_stage

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from posttrain.config.preference import RewardModelConfig
+from posttrain.config.reward_model import RewardModelConfig
 from posttrain.data.preferences import encode_pairs, load_preferences
 from posttrain.models.checkpoint import apply_lora
 from posttrain.models.reward_head import (

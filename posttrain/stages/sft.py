@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from posttrain.config.stages import SFTConfig
+from posttrain.config.sft import SFTConfig
 from posttrain.data.loading import load_dataset
 from posttrain.data.packing import encode_chats, pack, pad_rows, shuffled
 from posttrain.models.checkpoint import apply_lora

@@ -6,6 +6,7 @@ import torch
 
 from posttrain.algorithms import (
     advantage_estimator_names,
+    dr_grpo_advantages,
     gae_advantages,
     get_advantage_estimator,
     group_advantages,
@@ -100,7 +101,7 @@ def test_group_advantages_by_hand() -> None:
     expected = torch.tensor([0.866025, -0.866025, 0.866025, -0.866025, 0, 0, 0, 0], dtype=F64)
     torch.testing.assert_close(grpo, expected, atol=1e-6, rtol=0)
     # Dr. GRPO: no division by the standard deviation.
-    dr_grpo = group_advantages(rewards_B, group_size=4, normalize_std=False)
+    dr_grpo = dr_grpo_advantages(rewards_B, group_size=4)
     torch.testing.assert_close(dr_grpo, torch.tensor([0.5, -0.5, 0.5, -0.5, 0, 0, 0, 0], dtype=F64))
 
 
@@ -121,7 +122,10 @@ def test_group_advantages_match_loop(seed: int, normalize_std: bool) -> None:
         group = rewards_B[start : start + group_size].tolist()
         mean, std = statistics.mean(group), statistics.stdev(group)
         expected.extend((r - mean) / (std + 1e-6) if normalize_std else r - mean for r in group)
-    actual = group_advantages(rewards_B, group_size, normalize_std=normalize_std, eps=1e-6)
+    if normalize_std:
+        actual = group_advantages(rewards_B, group_size, eps=1e-6)
+    else:
+        actual = dr_grpo_advantages(rewards_B, group_size)
     torch.testing.assert_close(actual, torch.tensor(expected, dtype=F64))
 
 
@@ -145,7 +149,7 @@ def test_rloo_matches_loop(seed: int) -> None:
     torch.testing.assert_close(rloo_advantages(rewards_B, group_size), torch.tensor(expected, dtype=F64))
 
 
-@pytest.mark.parametrize("estimator", [group_advantages, rloo_advantages])
+@pytest.mark.parametrize("estimator", [group_advantages, dr_grpo_advantages, rloo_advantages])
 def test_group_layout_errors(estimator: Callable[..., torch.Tensor]) -> None:
     with pytest.raises(ValueError, match="multiple of group_size"):
         estimator(torch.zeros(7), group_size=2)
@@ -154,14 +158,15 @@ def test_group_layout_errors(estimator: Callable[..., torch.Tensor]) -> None:
 
 
 def test_advantage_registry() -> None:
-    assert {"gae", "grpo", "rloo"} <= set(advantage_estimator_names())
+    assert {"gae", "grpo", "dr_grpo", "rloo"} <= set(advantage_estimator_names())
     assert get_advantage_estimator("grpo") is group_advantages
+    assert get_advantage_estimator("dr_grpo") is dr_grpo_advantages
     assert get_advantage_estimator("rloo") is rloo_advantages
     advantages_BT, _ = get_advantage_estimator("gae")(
         rewards_BT=torch.ones(1, 1), values_BT=torch.zeros(1, 1), mask_BT=torch.ones(1, 1), gamma=1.0, lam=1.0
     )
     assert advantages_BT.item() == 1.0
-    with pytest.raises(ValueError, match="valid names: .*gae, grpo, .*rloo"):
+    with pytest.raises(ValueError, match="valid: .*dr_grpo, gae, grpo, .*rloo"):
         get_advantage_estimator("ppo")
-    with pytest.raises(ValueError, match="already registered"):
+    with pytest.raises(ValueError, match="registered twice"):
         register_advantage_estimator("grpo")(rloo_advantages)

@@ -126,3 +126,9 @@ def test_perplexity_of_the_micro_model_is_finite_and_above_one(micro) -> None:
 def test_unknown_evaluator_lists_valid_names() -> None:
     with pytest.raises(ValueError, match="unknown evaluator 'bleu'.*exact_match.*perplexity"):
         evaluator("bleu")
+
+
+def test_recipe_evaluator_kinds_are_checked_against_the_registry() -> None:
+    with pytest.raises(ValueError, match="unknown evaluator 'bleu'; valid: exact_match, .*principle_violations"):
+        config(kind="bleu")
+    assert config(kind="principle_violations").kind == "principle_violations"

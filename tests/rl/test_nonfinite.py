@@ -28,8 +28,8 @@ def test_a_nan_loss_skips_only_its_mini_batch(make_stage, monkeypatch) -> None:
     engine = stage.build_engine()
     original, calls = engine.objective.loss, {"n": 0}
 
-    def nan_on_second_call(batch, scores):
-        loss, metrics = original(batch, scores)
+    def nan_on_second_call(batch, scores, kl_coef):
+        loss, metrics = original(batch, scores, kl_coef)
         calls["n"] += 1
         return (loss * float("nan") if calls["n"] == 2 else loss), metrics
 
@@ -46,16 +46,16 @@ def test_stop_names_the_step_prompts_and_last_good_state(make_stage, monkeypatch
     keep = TrainCheckpoints(tmp_path / "resume", 1, 2, {}, accelerator)
     stage.context.checkpoints = keep
     engine = stage.build_engine()
-    original, steps = engine.objective.prepare, {"n": 0}
+    original, steps = engine.objective.advantages, {"n": 0}
 
-    def nan_advantages_on_step_three(experience):
-        metrics = original(experience)
+    def nan_advantages_on_step_three(*args):
+        result = original(*args)
         steps["n"] += 1
         if steps["n"] == 3:
-            experience.advantages = experience.advantages * float("nan")
-        return metrics
+            result.advantages = result.advantages * float("nan")
+        return result
 
-    monkeypatch.setattr(engine.objective, "prepare", nan_advantages_on_step_three)
+    monkeypatch.setattr(engine.objective, "advantages", nan_advantages_on_step_three)
     with pytest.raises(NonFiniteLossError, match=r"advantages at step 3 \(prompts \[.*last_good.*step-00000002"):
         engine.train()
     assert torch.isfinite(torch.cat([p.flatten() for p in engine.module.parameters()])).all()

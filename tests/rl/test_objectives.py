@@ -7,7 +7,10 @@ import math
 import pytest
 import torch
 
-from posttrain.rl.objectives import Experience, GRPOObjective, PPOObjective, normalize_reward
+from posttrain.algorithms import kl_estimate
+from posttrain.rl.objective import Experience, local_sum
+from posttrain.stages.grpo import GRPOObjective
+from posttrain.stages.ppo import PPOObjective, normalize_reward, token_rewards
 from tests.rl.conftest import rl_config
 
 
@@ -25,13 +28,19 @@ def experience(rewards: list[float], excluded: list[bool], mask: list[list[int]]
     )
 
 
+def prepare(objective, batch: Experience):
+    """The objective's advantages hook as the engine calls it on one process (beta 0 unless the config sets it)."""
+    kl_BC = kl_estimate(batch.old_logprobs_BC, batch.ref_logprobs_BC, objective.config.kl.estimator)
+    return objective.advantages(batch, kl_BC, objective.config.kl.coef, local_sum)
+
+
 def test_ppo_token_rewards_are_minus_beta_kl_plus_the_score_at_the_last_token() -> None:
-    objective = PPOObjective(rl_config("ppo", kl={"coef": 0.5, "estimator": "k1"}))
     batch = experience(
         rewards=[2.0, -1.0], excluded=[False, False], mask=[[1, 1, 1], [1, 1, 0]],
         old=[[-1.0, -2.0, -0.5], [-1.0, -1.0, 0.0]], ref=[[-1.5, -1.0, -0.5], [-2.0, -1.0, 0.0]],
     )
-    rewards_BC, kl_BC = objective.token_rewards(batch)
+    kl_BC = kl_estimate(batch.old_logprobs_BC, batch.ref_logprobs_BC, "k1")
+    rewards_BC, kl_BC = token_rewards(batch, kl_BC, 0.5)
     # k1 = old - ref: [0.5, -1, 0] and [1, 0, (padding)]
     assert kl_BC.tolist() == [[0.5, -1.0, 0.0], [1.0, 0.0, 0.0]]
     assert rewards_BC.tolist() == [[-0.25, 0.5, 2.0], [-0.5, -1.0, 0.0]]
@@ -43,10 +52,10 @@ def test_ppo_advantages_are_gae_of_the_shaped_reward() -> None:
     )
     batch = experience(rewards=[1.0], excluded=[False], mask=[[1, 1, 1]])
     batch.old_values_BC = torch.tensor([[0.5, 0.25, 0.75]])
-    PPOObjective(config).prepare(batch)
+    result = prepare(PPOObjective(config), batch)
     # gamma = lam = 1: A_t = (sum of rewards from t) - V_t = 1 - V_t; returns = 1 everywhere
-    assert torch.allclose(batch.advantages, torch.tensor([[0.5, 0.75, 0.25]]))
-    assert torch.allclose(batch.returns_BC, torch.ones(1, 3))
+    assert torch.allclose(result.advantages, torch.tensor([[0.5, 0.75, 0.25]]))
+    assert torch.allclose(result.returns_BC, torch.ones(1, 3))
 
 
 def test_normalize_reward_by_hand() -> None:
@@ -62,16 +71,15 @@ def test_ppo_normalises_rewards_with_the_first_batchs_constants() -> None:
     objective = PPOObjective(config)
     first = experience(rewards=[1.0, 3.0, 5.0, 100.0], excluded=[False, False, False, True], mask=[[1, 1]] * 4)
     first.old_values_BC = torch.zeros(4, 2)
-    objective.prepare(first)
+    first_result = prepare(objective, first)
     assert objective.reward_stats == pytest.approx((3.0, 2.0))
     # gamma = lam = 1 and values 0: the return at every token is the (normalised) sequence reward
-    assert torch.allclose(first.returns_BC[:3], torch.tensor([[-1.0, -1.0], [0.0, 0.0], [1.0, 1.0]]))
+    assert torch.allclose(first_result.returns_BC[:3], torch.tensor([[-1.0, -1.0], [0.0, 0.0], [1.0, 1.0]]))
     later = experience(rewards=[7.0], excluded=[False], mask=[[1, 1]])
     later.old_values_BC = torch.zeros(1, 2)
     resumed = PPOObjective(config)
     resumed.load_state_dict(objective.state_dict())
-    resumed.prepare(later)
-    assert torch.allclose(later.returns_BC, torch.tensor([[2.0, 2.0]]))
+    assert torch.allclose(prepare(resumed, later).returns_BC, torch.tensor([[2.0, 2.0]]))
 
 
 @pytest.mark.parametrize("advantage", ["grpo", "dr_grpo", "rloo"])
@@ -80,8 +88,8 @@ def test_grpo_excluded_completion_is_left_out_of_its_group(advantage: str) -> No
     # group 0: rewards 1, 0 and an excluded one (its 0.0 is not a real score); group 1: all equal
     batch = experience(rewards=[1.0, 0.0, 0.0, 0.5, 0.5, 0.5], excluded=[False, False, True, False, False, False],
                        mask=[[1, 1]] * 6)
-    metrics = objective.prepare(batch)
-    advantages = batch.advantages.tolist()
+    result = prepare(objective, batch)
+    metrics, advantages = result.metrics, result.advantages.tolist()
     # the excluded row takes the valid rows' mean (0.5), so the group is centred on 0.5, not on 1/3
     centred = [0.5, -0.5, 0.0]
     if advantage == "grpo":
@@ -95,3 +103,39 @@ def test_grpo_excluded_completion_is_left_out_of_its_group(advantage: str) -> No
     assert advantages[3:] == pytest.approx([0.0, 0.0, 0.0])
     assert metrics["zero_variance_groups"] == 0.5
     assert not batch.loss_mask_BC[2].any()
+
+
+def test_a_recipe_names_its_own_advantage_and_loss_from_files(tmp_path) -> None:
+    """`advantage: file.py:function` and `policy_loss: file.py:function` (relative to the recipe) are what the
+    objective calls; the engine's arguments reach them by keyword."""
+    (tmp_path / "mine.py").write_text(
+        "import torch\n"
+        "def doubled(rewards_B, group_size):\n"
+        "    return 2 * (rewards_B - rewards_B.view(-1, group_size).mean(dim=1).repeat_interleave(group_size))\n"
+        "def constant(**keywords):\n"
+        "    return torch.tensor(7.0), {'beta_seen': torch.tensor(keywords['beta'])}\n"
+    )
+    config = rl_config("grpo", group_size=2, advantage="mine.py:doubled", policy_loss="mine.py:constant")
+    objective = GRPOObjective(config, recipe_dir=tmp_path)
+    batch = experience(rewards=[1.0, 0.0, 3.0, 3.0], excluded=[False] * 4, mask=[[1, 1]] * 4)
+    assert prepare(objective, batch).advantages.tolist() == [1.0, -1.0, 0.0, 0.0]
+    loss, metrics = objective.loss(batch, scores=type("Scores", (), {"logprobs_BC": torch.zeros(4, 2)})(), kl_coef=0.25)
+    assert float(loss) == 7.0 and float(metrics["beta_seen"]) == 0.25
+
+
+def test_a_file_function_without_the_stages_keywords_is_refused_before_training(tmp_path) -> None:
+    (tmp_path / "mine.py").write_text("def tokenwise(rewards_BT, values_BT, mask_BT, gamma, lam):\n    return None\n")
+    with pytest.raises(ValueError, match="advantage estimator 'mine.py:tokenwise' does not take rewards_B, group_size"):
+        GRPOObjective(rl_config("grpo", advantage="mine.py:tokenwise"), recipe_dir=tmp_path)
+    with pytest.raises(ValueError, match="policy loss 'missing.py:loss': .*not found"):
+        GRPOObjective(rl_config("grpo", policy_loss="missing.py:loss"), recipe_dir=tmp_path)
+
+
+@pytest.mark.parametrize("kind, field, value, message", [
+    ("grpo", "advantage", "gae", "calls 'outcome' ones: dr_grpo, grpo, rloo"),
+    ("ppo", "advantage", "rloo", "calls 'token' ones: gae"),
+    ("ppo", "policy_loss", "clipped", "unknown policy loss 'clipped'; valid: grpo, ppo_clip"),
+])
+def test_the_schema_checks_names_against_the_registries(kind: str, field: str, value: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        rl_config(kind, **{field: value})

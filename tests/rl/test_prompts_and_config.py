@@ -11,7 +11,9 @@ from pydantic import ValidationError
 
 from posttrain.algorithms import AGGREGATION_MODES, KL_ESTIMATORS
 from posttrain.config.common import DataSpec
-from posttrain.config.rl import GRPOConfig, KLEstimator, LossAggregation, PPOConfig
+from posttrain.config.grpo import GRPOConfig
+from posttrain.config.ppo import PPOConfig
+from posttrain.config.rl import KLEstimator, LossAggregation
 from posttrain.errors import CheckpointError, DataError
 from posttrain.rewards import RewardEntry
 from posttrain.rl.prompts import load_prompts

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from posttrain.config.common import DataSpec
-from posttrain.config.stages import SFTConfig
+from posttrain.config.sft import SFTConfig
 from posttrain.data.stage_outputs import bind_stage_outputs
 from posttrain.errors import DataError, RecipeError
 from posttrain.recipe import load_recipe

@@ -16,7 +16,8 @@ from posttrain.data.packing import encode_chats, pack
 from posttrain.data.world import arithmetic_rows
 from posttrain.errors import NonFiniteLossError
 from posttrain.models.tiny import build_tiny_model
-from posttrain.training.loop import causal_lm_loss_sum, lr_at, row_order, step_rows, total_steps, train_loop
+from posttrain.training.loop import causal_lm_loss_sum, total_steps, train_loop
+from posttrain.training.schedule import lr_at, row_order, step_rows
 from posttrain.training.metrics import MetricsWriter
 
 

@@ -167,7 +167,7 @@ def test_resumed_stage_logs_the_same_values_as_an_uninterrupted_run(chain, strai
 
 
 def test_resumed_stages_read_the_same_rows_and_restart_at_their_saved_step(chain, straight) -> None:
-    from posttrain.training.loop import step_rows
+    from posttrain.training.schedule import step_rows
 
     per_stage, first_steps = effective_rows(chain["rows_log"])
     # (steps, rows or prompts, rows per step) as configured above; a step's rows are the straight run's

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from posttrain.errors import CheckpointError
-from posttrain.training.loop import make_optimizer
+from posttrain.training.optimizer import make_optimizer
 from posttrain.config.common import TrainSpec
 from posttrain.training.state import (
     MARKER,
