@@ -37,6 +37,7 @@ from posttrain.config.common import DataSpec, Strict
 from posttrain.config.stages import StageConfig
 from posttrain.data.stage_outputs import bind_stage_outputs, linked_data_fingerprint
 from posttrain.errors import GateFailed
+from posttrain.files import json_hash, read_json, update_digest, write_json_atomic, write_text_atomic
 from posttrain.recipe import LoadedRecipe, data_specs, resolve_data_path
 
 
@@ -50,10 +51,6 @@ class StageRecord:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def _hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def _dump(model: Strict) -> Any:
     return model.model_dump(mode="json", by_alias=True)
 
@@ -64,7 +61,8 @@ def builtin_generators_digest() -> str:
     (new answer styles, other wrong answers) changes the data, so stages trained on the old data re-run."""
     digest = hashlib.sha256()
     for source in sorted((Path(__file__).parent / "data").glob("*.py")):
-        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+        digest.update(source.name.encode() + b"\0")
+        update_digest(digest, source)
     return digest.hexdigest()[:16]
 
 
@@ -74,14 +72,12 @@ def data_fingerprint(spec: DataSpec, recipe_dir: Path, seed: int) -> str:
     path = resolve_data_path(spec.source, recipe_dir)
     if path is None:
         if not spec.source.startswith("builtin:"):
-            return _hash([_dump(spec), seed])
+            return json_hash([_dump(spec), seed])
         constitution = resolve_data_path(spec.constitution, recipe_dir) if spec.constitution else None
         text = constitution.read_text() if constitution is not None and constitution.is_file() else None
-        return _hash([_dump(spec), seed, builtin_generators_digest(), text])
+        return json_hash([_dump(spec), seed, builtin_generators_digest(), text])
     digest = hashlib.sha256(json.dumps(_dump(spec), sort_keys=True).encode())
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    update_digest(digest, path)
     return digest.hexdigest()[:16]
 
 
@@ -91,10 +87,10 @@ def base_model_fingerprint(loaded: LoadedRecipe) -> str:
     if not spec.name_or_path.startswith("builtin:") and local.exists():
         from posttrain.models.checkpoint import weights_hash
 
-        return _hash([_dump(spec), weights_hash(local)])
+        return json_hash([_dump(spec), weights_hash(local)])
     import posttrain
 
-    return _hash([_dump(spec), posttrain.__version__])
+    return json_hash([_dump(spec), posttrain.__version__])
 
 
 def library_versions() -> dict[str, str]:
@@ -107,23 +103,6 @@ def library_versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    """Writes JSON atomically (temporary file, flush, rename)."""
-    temp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    with temp.open("w") as handle:
-        json.dump(obj, handle, indent=2, default=str)
-        handle.flush()
-        os.fsync(handle.fileno())
-    temp.replace(path)
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 class Pipeline:
@@ -182,7 +161,7 @@ class Pipeline:
                 or data_fingerprint(spec, self.loaded.directory, self.recipe.seed)
                 for _, spec in data_specs(stage)
             ]
-            fingerprint = _hash([fingerprint_config(stage), by_name[parent] if parent else base, data, self.recipe.seed])
+            fingerprint = json_hash([fingerprint_config(stage), by_name[parent] if parent else base, data, self.recipe.seed])
             by_name[stage.name] = fingerprint
             out.append(fingerprint)
         return out
@@ -190,7 +169,7 @@ class Pipeline:
     def is_complete(self, name: str, fingerprint: str, input_checkpoint: Path | None) -> bool:
         """A stage is finished when its manifest is complete, matches its fingerprint, and was trained from
         the weights its parent holds now (a parent re-trained to other weights invalidates it)."""
-        manifest = _read_json(self.stage_dir(name) / "manifest.json")
+        manifest = read_json(self.stage_dir(name) / "manifest.json")
         checkpoint = self.stage_dir(name) / "checkpoint"
         return bool(
             manifest
@@ -208,13 +187,13 @@ class Pipeline:
         self.accelerator.wait_for_everyone()
         fingerprints = self.fingerprints()
         if self.recipe.evaluate_base and self.recipe.evaluations:
-            self._evaluate("base", None, _hash(["base", base_model_fingerprint(self.loaded)]))
+            self._evaluate("base", None, json_hash(["base", base_model_fingerprint(self.loaded)]))
         for index, (stage, fingerprint) in enumerate(zip(self.recipe.stages, fingerprints)):
             parent = self.recipe.parent_of(index)
             record = self._run_stage(index, fingerprint, self.records[parent].checkpoint if parent else None)
             self.records[stage.name] = record
             if stage.evaluate and self.recipe.evaluations:
-                manifest = _read_json(self.stage_dir(stage.name) / "manifest.json")
+                manifest = read_json(self.stage_dir(stage.name) / "manifest.json")
                 record.metrics = self._evaluate(stage.name, record.checkpoint, manifest["checkpoint_hash"])
                 self._check_gates(stage.name, self.recipe.evaluated_ancestor(index), record.metrics)
         return self.table
@@ -225,7 +204,7 @@ class Pipeline:
         checkpoint = folder / "checkpoint"
         if self.is_complete(stage.name, fingerprint, input_checkpoint):
             self.say(f"[{stage.name}] reused (config, inputs and data unchanged): {checkpoint}")
-            manifest = _read_json(folder / "manifest.json")
+            manifest = read_json(folder / "manifest.json")
             return StageRecord(stage.name, fingerprint, checkpoint, True, summary=manifest.get("summary", {}))
         from posttrain.stages import StageContext, stage_class
 
@@ -261,13 +240,13 @@ class Pipeline:
         checkpoint_hash = runner.save(checkpoint)  # every process: ZeRO-3 gathers its shards; the main one writes
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            _write_json(
+            write_json_atomic(
                 folder / "manifest.json",
                 {
                     "stage": stage.name,
                     "kind": stage.kind,
                     "fingerprint": fingerprint,
-                    "config_hash": _hash(_dump(stage)),
+                    "config_hash": json_hash(_dump(stage)),
                     "config": _dump(stage),
                     "input": str(input_checkpoint) if input_checkpoint else self.recipe.model.name_or_path,
                     "input_hash": _input_hash(input_checkpoint),
@@ -375,7 +354,7 @@ class Pipeline:
             metrics = broadcast_object_list([metrics], from_process=0)[0]
         self.table.append({"stage": name, **metrics})
         if self.is_main:
-            _write_json(self.run_dir / "evaluations.json", self.table)
+            write_json_atomic(self.run_dir / "evaluations.json", self.table)
         return metrics
 
     def _evaluate_checkpoint(self, name: str, checkpoint: Path | None, model_hash: str) -> dict[str, float]:
@@ -393,8 +372,8 @@ class Pipeline:
 
         folder = self.stage_dir(name)
         folder.mkdir(parents=True, exist_ok=True)
-        key = _hash([model_hash, [_dump(e) for e in self.recipe.evaluations], self.recipe.seed])
-        stored = _read_json(folder / "eval.json")
+        key = json_hash([model_hash, [_dump(e) for e in self.recipe.evaluations], self.recipe.seed])
+        stored = read_json(folder / "eval.json")
         reused = bool(stored and stored.get("key") == key)
         model_type = "reward_model" if is_reward_model_checkpoint(checkpoint) else "causal_lm"
         samples = SamplePlan(self.recipe, self.loaded.directory)
@@ -413,7 +392,7 @@ class Pipeline:
                 for metric, value in evaluator(config.kind)(model, tokenizer, rows, config).items():
                     metrics[f"{config.name}.{metric}"] = value
             if not reused:
-                _write_json(folder / "eval.json", {"key": key, "metrics": metrics, "seconds": time.time() - started})
+                write_json_atomic(folder / "eval.json", {"key": key, "metrics": metrics, "seconds": time.time() - started})
             if sample:
                 samples.write(folder, model_hash, model, tokenizer)
             del model
@@ -446,7 +425,7 @@ class Pipeline:
 def _input_hash(checkpoint: Path | None) -> str | None:
     if checkpoint is None:
         return None
-    manifest = _read_json(checkpoint.parent / "manifest.json")
+    manifest = read_json(checkpoint.parent / "manifest.json")
     return manifest.get("checkpoint_hash") if manifest else None
 
 
@@ -472,9 +451,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
             continue  # a row cut off by the kill
         if row.get("step", 0) <= step:
             kept.append(line + "\n")
-    temp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    temp.write_text("".join(kept))
-    temp.replace(path)
+    write_text_atomic(path, "".join(kept))
 
 
 def _seed_everything(seed: int) -> None:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from posttrain.config.common import DataSpec, TrainSpec
 from posttrain.config.stages import StageConfig
-from posttrain.pipeline import Pipeline, _input_hash, _read_json
+from posttrain.files import read_json
+from posttrain.pipeline import Pipeline, _input_hash
 from posttrain.recipe import LoadedRecipe, resolve_data_path
 
 BUILTIN_DEFAULT_COUNT = 2000  # rows a built-in dataset generates when `count` is not set
@@ -90,7 +91,7 @@ def plan_run(loaded: LoadedRecipe, world_size: int | None = None) -> list[StageP
     for index, (stage, fingerprint) in enumerate(zip(recipe.stages, pipeline.fingerprints())):
         parent = recipe.parent_of(index)
         parent_checkpoint = pipeline.stage_dir(parent) / "checkpoint" if parent else None
-        manifest = _read_json(pipeline.stage_dir(stage.name) / "manifest.json") or {}
+        manifest = read_json(pipeline.stage_dir(stage.name) / "manifest.json") or {}
         if parent is not None and not reused[parent]:
             reuse, reason = False, f"{parent} re-runs"
         elif pipeline.is_complete(stage.name, fingerprint, parent_checkpoint):

@@ -379,6 +379,7 @@ def test_run_entry_point_in_a_subprocess(tmp_path: Path, write_recipe) -> None:
 
 def test_builtin_data_fingerprint_follows_the_generator_code_and_the_constitution_file(tmp_path: Path, monkeypatch) -> None:
     import posttrain.pipeline as pipeline_module
+    from posttrain.files import json_hash
     from posttrain.config.common import DataSpec
 
     spec = DataSpec(source="builtin:rlaif", count=10, constitution="c.yaml")
@@ -392,4 +393,4 @@ def test_builtin_data_fingerprint_follows_the_generator_code_and_the_constitutio
     assert pipeline_module.data_fingerprint(spec, tmp_path, seed=0) != edited
     # a hub dataset is named, not generated: the generators' code does not enter its fingerprint
     hub = DataSpec(source="hf:org/data")
-    assert pipeline_module.data_fingerprint(hub, tmp_path, 0) == pipeline_module._hash([pipeline_module._dump(hub), 0])
+    assert pipeline_module.data_fingerprint(hub, tmp_path, 0) == json_hash([hub.model_dump(mode="json", by_alias=True), 0])

@@ -29,8 +29,6 @@ No torch here.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 import string
 from dataclasses import dataclass, field
@@ -40,6 +38,7 @@ from typing import Any
 import yaml
 
 from posttrain.errors import PosttrainError
+from posttrain.files import json_hash
 from posttrain.rlaif.checks import PRINCIPLE_CHECKS, run_check
 
 JUDGE_LABELS = ("A", "B")
@@ -126,7 +125,7 @@ class Constitution:
     def fingerprint(self) -> str:
         """A hash of everything that changes what the role models are asked."""
         content = {"templates": self.templates, "principles": [vars(p) for p in self.principles]}
-        return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return json_hash(content)
 
 
 def template_problems(name: str, text: str) -> list[str]:
