@@ -35,10 +35,11 @@ import yaml
 
 from posttrain.config.common import DataSpec, Strict
 from posttrain.config.stages import StageConfig
+from posttrain.data.sources import resolve_data_path
 from posttrain.data.stage_outputs import bind_stage_outputs, linked_data_fingerprint
 from posttrain.errors import GateFailed
 from posttrain.files import json_hash, read_json, update_digest, write_json_atomic, write_text_atomic
-from posttrain.recipe import LoadedRecipe, data_specs, resolve_data_path
+from posttrain.recipe import LoadedRecipe, data_specs
 
 
 @dataclass

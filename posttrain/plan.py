@@ -15,7 +15,8 @@ from posttrain.config.common import DataSpec, TrainSpec
 from posttrain.config.stages import StageConfig
 from posttrain.files import read_json
 from posttrain.pipeline import Pipeline, _input_hash
-from posttrain.recipe import LoadedRecipe, resolve_data_path
+from posttrain.data.sources import resolve_data_path
+from posttrain.recipe import LoadedRecipe
 
 BUILTIN_DEFAULT_COUNT = 2000  # rows a built-in dataset generates when `count` is not set
 # stages whose rows are preference pairs: each example is two sequences (chosen and rejected)

@@ -12,7 +12,7 @@ from posttrain.config.rl import GenerationSpec
 from posttrain.config.rlaif import RoleSettings
 from posttrain.data.stage_outputs import stage_output_path
 from posttrain.files import write_lines_atomic
-from posttrain.recipe import resolve_data_path
+from posttrain.data.sources import resolve_data_path
 from posttrain.rl.sampler import SamplingSettings
 from posttrain.rlaif.constitution import Constitution, load_constitution
 from posttrain.rlaif.language_model import RoleModel, load_role_model
