@@ -300,7 +300,7 @@ def _check_stage_inputs(recipe: Recipe, recipe_dir: Path, lines: dict[tuple, int
     """`stage:NAME/OUTPUT` data sources (an earlier stage with that output; not in evaluations) and
     constitution files (read and checked here, so a bad principle or template stops before any generation)."""
     from posttrain.data.stage_outputs import parse_stage_source, source_problem
-    from posttrain.rlaif.constitution import ConstitutionError, load_constitution
+    from posttrain.data.constitution import ConstitutionError, load_constitution
 
     problems: list[str] = []
     earlier: dict[str, Any] = {}

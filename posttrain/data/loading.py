@@ -17,6 +17,8 @@ from typing import Any
 
 from posttrain.config.common import DataSpec
 from posttrain.data import world
+from posttrain.data.constitution import load_constitution
+from posttrain.data.rlaif_demonstrations import rlaif_sft_rows
 from posttrain.data.sources import check_messages, check_rows, file_records, resolve_data_path
 from posttrain.errors import DataError
 
@@ -49,10 +51,7 @@ def builtin_rows(spec: DataSpec, seed: int) -> list[dict[str, Any]]:
 
 
 def _rlaif_rows(spec: DataSpec, recipe_dir: Path, seed: int) -> list[dict[str, Any]]:
-    """The RLAIF demonstration rows (`posttrain.data.constitution`), with the spec's constitution if any."""
-    from posttrain.data.constitution import rlaif_sft_rows
-    from posttrain.rlaif.constitution import load_constitution
-
+    """The RLAIF demonstration rows (`posttrain.data.rlaif_demonstrations`), with the spec's constitution if any."""
     path = resolve_data_path(spec.constitution, recipe_dir) if spec.constitution else None
     constitution = load_constitution(path) if path is not None else None
     levels = tuple(spec.levels) if spec.levels else world.LEVELS

@@ -14,7 +14,7 @@ from posttrain.data.stage_outputs import stage_output_path
 from posttrain.files import write_lines_atomic
 from posttrain.data.sources import resolve_data_path
 from posttrain.rl.sampler import SamplingSettings
-from posttrain.rlaif.constitution import Constitution, load_constitution
+from posttrain.data.constitution import Constitution, load_constitution
 from posttrain.rlaif.language_model import RoleModel, load_role_model
 
 

@@ -80,3 +80,18 @@ def test_every_loader_names_the_file_and_line_and_what_it_found_nothing_of(tmp_p
         loader(DataSpec(source="bad.jsonl", on_bad_row="skip"), tmp_path, 0)
     with pytest.raises(DataError, match="data file not found"):
         loader(DataSpec(source="missing.jsonl"), tmp_path, 0)
+
+
+def test_data_imports_neither_the_recipe_nor_the_pipeline_nor_rlaif() -> None:
+    """Imports run recipe -> pipeline -> stages -> data; `data/` is below all three (and below `rlaif/`)."""
+    import ast
+
+    folder = Path(posttrain.data.sources.__file__).parent
+    upward = ("posttrain.recipe", "posttrain.pipeline", "posttrain.rlaif", "posttrain.stages")
+    found = [
+        f"{path.name}: {node.module}"
+        for path in sorted(folder.glob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(upward)
+    ]
+    assert found == []
