@@ -35,7 +35,7 @@ import yaml
 from posttrain.config.stages import StageConfig
 from posttrain.data.stage_outputs import bind_stage_outputs
 from posttrain.errors import GateFailed
-from posttrain.files import json_hash, read_json, write_json_atomic
+from posttrain.files import json_hash, read_json, write_json_atomic, write_text_atomic
 from posttrain.fingerprints import (
     MANIFEST, base_model_fingerprint, config_dump, fingerprint_config, input_hash, is_complete,
     stage_data_fingerprints, stage_fingerprints,
@@ -125,7 +125,7 @@ class Pipeline:
         """Runs (or reuses) every stage and its evaluations; returns the evaluation table."""
         if self.is_main:
             _check_writable(self.run_dir)
-            (self.run_dir / "recipe.yaml").write_text(yaml.safe_dump(self.loaded.raw, sort_keys=False))
+            write_text_atomic(self.run_dir / "recipe.yaml", yaml.safe_dump(self.loaded.raw, sort_keys=False))
         self.accelerator.wait_for_everyone()
         fingerprints = self.fingerprints()
         if self.recipe.evaluate_base and self.recipe.evaluations:

@@ -103,9 +103,8 @@ def builtin_preference_rows(
     one slip away (off by 1, 2 or 10, or two digits swapped), ``mixed`` alternates the two. Rows come from the
     problems of ``split`` only, so test pairs never share a problem with training pairs.
 
-    Why two kinds of wrong answer: a scalar reward head on the tiny SFT model learns ``clear`` pairs (95%
-    held-out after 300 correctness-only steps) but not ``near`` ones (chance after 300 steps; 63% after 800
-    steps of half-and-half), although the SFT model's own log-probabilities rank 87% of ``near`` pairs right:
+    Why two kinds of wrong answer: a scalar reward head on the tiny SFT model learns ``clear`` pairs but
+    hardly ``near`` ones, although the SFT model's own log-probabilities rank most ``near`` pairs right:
     telling a near miss needs the model's next-token prediction, which a head reading the last position
     does not see. The near misses are the mistakes the SFT model makes, so they are what DPO is measured on.
 

@@ -15,12 +15,10 @@ Demonstrations (rendered with the constitution's own templates, so edited templa
 - answers: a question and an answer in one of the styles, each with the correct number. Most are
   ``Well, Answer: N``, so the SFT model's greedy answer breaks `no_filler`, and the fix (dropping the
   filler) leaves the number where the model worked it out, after ``Answer:``; the other styles are there to
-  be sampled (the judge's pairs). Measured on the tiny model: with no style dominant (the former mix, 30%
-  "The answer is N."), greedy decoding blends the styles' openings ("Weswer: 14") and the number after such
-  a blend is mostly wrong (an arithmetic SFT model at 95% held-out fell to 12% after 150 steps at lr 1e-3
-  on such answers); with the bare number dominant (60%, 700 steps: 40.5% held-out), fixing its format by
-  SFT on the revisions ``Answer: N`` moved the number into a context it was rarely computed in, and
-  accuracy fell to 22% (lr 3e-4, 20 steps) or 9% (lr 1e-3, 60 steps);
+  be sampled (the judge's pairs). Why one style dominates: with none dominant, greedy decoding blends the
+  styles' openings ("Weswer: 14") and the number after such a blend is mostly wrong; with the bare number
+  dominant, fixing its format by SFT on the revisions ``Answer: N`` moves the number into a context it was
+  rarely computed in, and arithmetic accuracy falls;
 - critiques: a principle's critique request and a response; the target names the fault or says
   ``No problem.``;
 - revisions: the revision request, a response and its critique; the target is ``Answer: N`` with N the
@@ -33,9 +31,8 @@ the response rather than to solve the problem.
 
 ``demonstrations`` selects which of the four a dataset holds (their `SHARES` renormalised), so a recipe can
 train the policy on answers and a separate critic/judge on the roles, as `recipes/rlaif_constitutional.yaml`
-does. Measured on the tiny model, starting from an arithmetic SFT at 95% held-out: 200 steps on all four
-at lr 3e-3 took it to 13% even with every answer demonstration a bare number, and at lr 1e-3 to 0.5% with
-the roles still unlearnt (the judge labelled none of its pairs). Plain Python (no torch).
+does: the tiny model trained on all four at once loses most of its arithmetic and still does not learn the
+roles. Plain Python (no torch).
 """
 
 from __future__ import annotations
