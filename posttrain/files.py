@@ -76,17 +76,27 @@ def read_json(path: Path) -> Any:
         return None
 
 
-def fsync_tree(folder: Path) -> None:
-    """Flushes every file under ``folder``, then the folder itself, to disk (before it is renamed into place)."""
-    for file in folder.rglob("*"):
-        if file.is_file():
-            with file.open("rb") as handle:
-                os.fsync(handle.fileno())
+def fsync_file(path: Path) -> None:
+    """Flushes a written file's data to disk."""
+    with Path(path).open("rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def fsync_dir(folder: Path) -> None:
+    """Flushes a folder's entries (names created, renamed or removed in it) to disk."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_tree(folder: Path) -> None:
+    """Flushes every file under ``folder``, then the folder itself, to disk (before it is renamed into place)."""
+    for file in folder.rglob("*"):
+        if file.is_file():
+            fsync_file(file)
+    fsync_dir(folder)
 
 
 def update_digest(digest: Any, path: Path) -> None:

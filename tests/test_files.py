@@ -61,3 +61,15 @@ def test_hashes(tmp_path: Path) -> None:
     assert text_hash("abc") == hashlib.sha256(b"abc").hexdigest()[:16]
     assert json_hash({"b": [1], "a": None}) == text_hash('{"a": null, "b": [1]}')
     assert json_hash([Path("p")]) == json_hash(["p"])
+
+
+def test_fsync_helpers_accept_files_and_folders(tmp_path: Path) -> None:
+    from posttrain.files import fsync_dir, fsync_file, fsync_tree
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.bin").write_bytes(b"x")
+    fsync_file(tmp_path / "sub" / "a.bin")
+    fsync_dir(tmp_path / "sub")
+    fsync_tree(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        fsync_file(tmp_path / "missing")
