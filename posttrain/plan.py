@@ -13,8 +13,11 @@ from pathlib import Path
 
 from posttrain.config.common import DataSpec, TrainSpec
 from posttrain.config.stages import StageConfig
-from posttrain.pipeline import Pipeline, _input_hash, _read_json
-from posttrain.recipe import LoadedRecipe, resolve_data_path
+from posttrain.files import read_json
+from posttrain.fingerprints import MANIFEST, input_hash
+from posttrain.pipeline import Pipeline
+from posttrain.data.sources import resolve_data_path
+from posttrain.recipe import LoadedRecipe
 
 BUILTIN_DEFAULT_COUNT = 2000  # rows a built-in dataset generates when `count` is not set
 # stages whose rows are preference pairs: each example is two sequences (chosen and rejected)
@@ -90,7 +93,7 @@ def plan_run(loaded: LoadedRecipe, world_size: int | None = None) -> list[StageP
     for index, (stage, fingerprint) in enumerate(zip(recipe.stages, pipeline.fingerprints())):
         parent = recipe.parent_of(index)
         parent_checkpoint = pipeline.stage_dir(parent) / "checkpoint" if parent else None
-        manifest = _read_json(pipeline.stage_dir(stage.name) / "manifest.json") or {}
+        manifest = read_json(pipeline.stage_dir(stage.name) / MANIFEST) or {}
         if parent is not None and not reused[parent]:
             reuse, reason = False, f"{parent} re-runs"
         elif pipeline.is_complete(stage.name, fingerprint, parent_checkpoint):
@@ -99,7 +102,7 @@ def plan_run(loaded: LoadedRecipe, world_size: int | None = None) -> list[StageP
             reuse, reason = False, "not run yet"
         elif manifest.get("fingerprint") != fingerprint:
             reuse, reason = False, "config, data or seed changed"
-        elif manifest.get("input_hash") != _input_hash(parent_checkpoint):
+        elif manifest.get("input_hash") != input_hash(parent_checkpoint):
             reuse, reason = False, "input checkpoint changed"
         else:
             reuse, reason = False, "checkpoint missing"

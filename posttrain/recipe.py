@@ -20,6 +20,7 @@ from posttrain.config.common import DataSpec, ModelSpec, Strict
 from posttrain.config.evaluation import EvalConfig, GateConfig
 from posttrain.config.reporting import LoggingConfig
 from posttrain.config.stages import StageConfig, stage_config_class
+from posttrain.data.sources import resolve_data_path
 from posttrain.errors import RecipeError
 
 
@@ -90,20 +91,6 @@ RecipeLoader.add_implicit_resolver(
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
     list("-+0123456789."),
 )
-
-
-def resolve_data_path(source: str, recipe_dir: Path) -> Path | None:
-    """The file a data source names, or None for built-in and `hf:` sources. Relative paths are tried
-    against the recipe's folder first, then the working directory."""
-    if source.startswith(("builtin:", "hf:", "stage:")):
-        return None
-    path = Path(source).expanduser()
-    if path.is_absolute():
-        return path
-    for base in (recipe_dir, Path.cwd()):
-        if (base / path).exists():
-            return base / path
-    return recipe_dir / path
 
 
 def _line_index(text: str) -> dict[tuple, int]:
@@ -313,7 +300,7 @@ def _check_stage_inputs(recipe: Recipe, recipe_dir: Path, lines: dict[tuple, int
     """`stage:NAME/OUTPUT` data sources (an earlier stage with that output; not in evaluations) and
     constitution files (read and checked here, so a bad principle or template stops before any generation)."""
     from posttrain.data.stage_outputs import parse_stage_source, source_problem
-    from posttrain.rlaif.constitution import ConstitutionError, load_constitution
+    from posttrain.data.constitution import ConstitutionError, load_constitution
 
     problems: list[str] = []
     earlier: dict[str, Any] = {}

@@ -70,9 +70,9 @@ def run(args: argparse.Namespace) -> int:
 
     check_trackers(loaded.recipe.logging)
     quiet_libraries()
-    from posttrain.pipeline import Pipeline, format_table
-
     from posttrain.distributed import shutdown
+    from posttrain.pipeline import Pipeline
+    from posttrain.report.table import format_table
 
     pipeline = Pipeline(
         loaded, resume=getattr(args, "resume", False), restart_changed=getattr(args, "restart_changed", False)

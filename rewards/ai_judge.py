@@ -97,7 +97,7 @@ class AIJudgeReward(RewardSource):
             raise ValueError(f"ai_judge source: mode must be 'group' or 'reference', got {mode!r}")
         from posttrain.config.common import ModelSpec
         from posttrain.models.checkpoint import load_model_and_tokenizer
-        from posttrain.rlaif.constitution import load_constitution
+        from posttrain.data.constitution import load_constitution
         from posttrain.rlaif.language_model import RoleModel
 
         self.constitution = load_constitution(constitution)

@@ -24,8 +24,9 @@ from posttrain.config.common import ModelSpec
 from posttrain.config.pretrain import PretrainConfig
 from posttrain.errors import GateFailed
 from posttrain.models.checkpoint import weights_hash
-from posttrain.pipeline import Pipeline, format_table
+from posttrain.pipeline import Pipeline
 from posttrain.recipe import load_recipe
+from posttrain.report.table import format_table
 from posttrain.stages.pretrain import PretrainStage
 from posttrain.stages.sft import SFTStage
 from posttrain.training.metrics import MetricsWriter
@@ -378,18 +379,19 @@ def test_run_entry_point_in_a_subprocess(tmp_path: Path, write_recipe) -> None:
 
 
 def test_builtin_data_fingerprint_follows_the_generator_code_and_the_constitution_file(tmp_path: Path, monkeypatch) -> None:
-    import posttrain.pipeline as pipeline_module
+    import posttrain.fingerprints as fingerprints
+    from posttrain.files import json_hash
     from posttrain.config.common import DataSpec
 
     spec = DataSpec(source="builtin:rlaif", count=10, constitution="c.yaml")
     (tmp_path / "c.yaml").write_text("principles: []\n")
-    first = pipeline_module.data_fingerprint(spec, tmp_path, seed=0)
-    assert pipeline_module.data_fingerprint(spec, tmp_path, seed=0) == first
+    first = fingerprints.data_fingerprint(spec, tmp_path, seed=0)
+    assert fingerprints.data_fingerprint(spec, tmp_path, seed=0) == first
     (tmp_path / "c.yaml").write_text("principles: [x]\n")  # an edited constitution makes other demonstrations
-    edited = pipeline_module.data_fingerprint(spec, tmp_path, seed=0)
+    edited = fingerprints.data_fingerprint(spec, tmp_path, seed=0)
     assert edited != first
-    monkeypatch.setattr(pipeline_module, "builtin_generators_digest", lambda: "other generator code")
-    assert pipeline_module.data_fingerprint(spec, tmp_path, seed=0) != edited
+    monkeypatch.setattr(fingerprints, "builtin_generators_digest", lambda: "other generator code")
+    assert fingerprints.data_fingerprint(spec, tmp_path, seed=0) != edited
     # a hub dataset is named, not generated: the generators' code does not enter its fingerprint
     hub = DataSpec(source="hf:org/data")
-    assert pipeline_module.data_fingerprint(hub, tmp_path, 0) == pipeline_module._hash([pipeline_module._dump(hub), 0])
+    assert fingerprints.data_fingerprint(hub, tmp_path, 0) == json_hash([hub.model_dump(mode="json", by_alias=True), 0])

@@ -10,7 +10,8 @@ import pytest
 
 import posttrain.recipe
 from posttrain.errors import RecipeError
-from posttrain.recipe import apply_overrides, load_recipe, resolve_data_path
+from posttrain.data.sources import resolve_data_path
+from posttrain.recipe import apply_overrides, load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))

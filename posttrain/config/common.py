@@ -72,7 +72,7 @@ class DataSpec(Strict):
     demonstrations: list[Literal["answer", "critique", "revision", "judge"]] | None = Field(
         None,
         description="`builtin:rlaif` only: which demonstrations to make (answers, or the critic's, reviser's and "
-        "judge's roles), in their usual shares renormalised; default all (see posttrain.data.constitution).",
+        "judge's roles), in their usual shares renormalised; default all (see posttrain.data.rlaif_demonstrations).",
     )
 
 

@@ -23,7 +23,7 @@ class ConstitutionalConfig(StageConfig):
 
     outputs: ClassVar[tuple[str, ...]] = ("revisions", "pairs")
 
-    constitution: str = Field(description="Constitution YAML file (relative to the recipe's folder); see posttrain.rlaif.constitution.")
+    constitution: str = Field(description="Constitution YAML file (relative to the recipe's folder); see posttrain.data.constitution.")
     data: DataSpec = Field(description="Prompts: the same row layouts as RL stages (`builtin:arithmetic`, question/prompt/messages rows).")
     critic: str = Field("policy", description=f"The critic and reviser: {MODEL_REFERENCE}.")
     rounds: int = Field(1, gt=0, description="Critique/revision rounds per prompt, each under a freshly drawn principle.")

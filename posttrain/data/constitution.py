@@ -1,205 +1,248 @@
-"""The built-in RLAIF demonstration: a constitution the arithmetic world can check, and SFT data that
-teaches the tiny model to answer, critique, revise and judge in that world.
+"""The constitution file: principles, each with a critique and a revision request, and the prompt templates.
 
-No instruct model is reachable offline, so the tiny model must learn its roles from demonstrations
-(`builtin:rlaif`). Its answers come in several styles, most of which break a principle; a program knows
-which (`posttrain.rlaif.checks`), so every claim of the loop is measured against ground truth:
+A constitution is a YAML file (Bai et al. 2022, arXiv 2212.08073 §3.1 and appendix C: each principle is a
+critique request paired with a revision request)::
 
-    principle       follows                           broken by
-    answer_format   "Answer: 12"                      "12", "The answer is 12."
-    no_filler       no "well", "I think", ...         "Well, Answer: 12"
-    brevity         at most 5 words                   "We work it out and get 12. Answer: 12"
+    templates:                      # optional; paths relative to this file; default: the built-in text
+      critique: templates/critique.txt
+      revision: templates/revision.txt
+      judge: templates/judge.txt
+    principles:
+      - name: answer_format
+        critique_request: "Does the response end with Answer: N?"
+        revision_request: "Rewrite the response to end with Answer: N."
+        judge_request: "Which response ends with Answer: N?"   # optional; default the critique request
+        check: answer_format        # optional: a program check (posttrain.data.principle_checks), the ground truth
+        check_args: {}
+        weight: 1.0                 # how often the principle is drawn, relative to the others
 
-Demonstrations (rendered with the constitution's own templates, so edited templates are taught too):
+A template is the user message a role model answers, with ``{placeholders}`` (``{{`` and ``}}`` for literal
+braces). The critique template needs ``{response}`` and ``{critique_request}`` (``{prompt}`` optional); the
+revision template ``{response}``, ``{critique}`` and ``{revision_request}`` (``{prompt}`` optional); the
+judge template ``{response_a}`` and ``{response_b}`` (``{prompt}``, ``{judge_request}`` optional). The judge
+answers with the label of the better response, ``A`` or ``B``.
 
-- answers: a question and an answer in one of the styles, each with the correct number. Most are
-  ``Well, Answer: N``, so the SFT model's greedy answer breaks `no_filler`, and the fix (dropping the
-  filler) leaves the number where the model worked it out, after ``Answer:``; the other styles are there to
-  be sampled (the judge's pairs). Measured on the tiny model: with no style dominant (the former mix, 30%
-  "The answer is N."), greedy decoding blends the styles' openings ("Weswer: 14") and the number after such
-  a blend is mostly wrong (an arithmetic SFT model at 95% held-out fell to 12% after 150 steps at lr 1e-3
-  on such answers); with the bare number dominant (60%, 700 steps: 40.5% held-out), fixing its format by
-  SFT on the revisions ``Answer: N`` moved the number into a context it was rarely computed in, and
-  accuracy fell to 22% (lr 3e-4, 20 steps) or 9% (lr 1e-3, 60 steps);
-- critiques: a principle's critique request and a response; the target names the fault or says
-  ``No problem.``;
-- revisions: the revision request, a response and its critique; the target is ``Answer: N`` with N the
-  response's own last number (copied, not re-computed: revising must not change what was answered);
-- judgements: the judge request and two responses that differ on the principle; the target is the label
-  of the one that follows it, each label equally often.
-
-Half of the critique, revision and judgement demonstrations use a wrong number, so the roles learn to read
-the response rather than to solve the problem.
-
-``demonstrations`` selects which of the four a dataset holds (their `SHARES` renormalised), so a recipe can
-train the policy on answers and a separate critic/judge on the roles, as `recipes/rlaif_constitutional.yaml`
-does. Measured on the tiny model, starting from an arithmetic SFT at 95% held-out: 200 steps on all four
-at lr 3e-3 took it to 13% even with every answer demonstration a bare number, and at lr 1e-3 to 0.5% with
-the roles still unlearnt (the judge labelled none of its pairs). Plain Python (no torch).
+Every problem (a principle without a request, a template without a required placeholder or with an unknown
+one, an unknown check) is reported at once, naming the principle or template, before anything is generated.
+No torch here.
 """
 
 from __future__ import annotations
 
 import random
-from typing import Any, Callable, Sequence
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-from posttrain.data import world
-from posttrain.rlaif.constitution import DEFAULT_TEMPLATES, JUDGE_LABELS, Constitution, Principle, parse_constitution
+import yaml
 
-BUILTIN_RLAIF = "builtin:rlaif"
-NO_PROBLEM = "No problem."
+from posttrain.errors import PosttrainError
+from posttrain.files import json_hash
+from posttrain.data.principle_checks import PRINCIPLE_CHECKS, run_check
 
-# style name -> (answer text of a number, share of the answer demonstrations); "Well, Answer: N" dominates
-# (see the module docstring)
-STYLES: dict[str, tuple[Callable[[str], str], float]] = {
-    "clean": (lambda n: f"Answer: {n}", 0.08),
-    "bare": (lambda n: n, 0.08),
-    "sentence": (lambda n: f"The answer is {n}.", 0.08),
-    "filler": (lambda n: f"Well, I think it is {n}.", 0.08),
-    "filler_tagged": (lambda n: f"Well, Answer: {n}", 0.60),
-    "long": (lambda n: f"We work it out and get {n}. Answer: {n}", 0.08),
+JUDGE_LABELS = ("A", "B")
+
+DEFAULT_TEMPLATES = {
+    "critique": "{critique_request}\nQuestion: {prompt}\nResponse: {response}",
+    "revision": "{revision_request}\nQuestion: {prompt}\nResponse: {response}\nCritique: {critique}",
+    "judge": "{judge_request}\nQuestion: {prompt}\nA: {response_a}\nB: {response_b}",
 }
-# critique of a response that breaks a principle, by the principle's check
-CRITIQUES = {
-    "answer_format": "It does not end with Answer: N.",
-    "no_filler": "It has filler words.",
-    "max_words": "It is too long.",
+# per template: (placeholders it must have, placeholders it may have)
+PLACEHOLDERS = {
+    "critique": ({"response", "critique_request"}, {"prompt"}),
+    "revision": ({"response", "critique", "revision_request"}, {"prompt"}),
+    "judge": ({"response_a", "response_b"}, {"prompt", "judge_request"}),
 }
-# what a row of `builtin:rlaif` demonstrates, and its share of the rows
-SHARES = {"answer": 0.4, "critique": 0.2, "revision": 0.2, "judge": 0.2}
-DEMONSTRATIONS = tuple(SHARES)
-
-# the reviser sees no question and the response last: it copies the response's number, next to its answer,
-# rather than working the problem out again (recipes/constitutions/templates/revision.txt says the same)
-ARITHMETIC_REVISION_TEMPLATE = "{revision_request}\nCritique: {critique}\nResponse: {response}"
-ARITHMETIC_CONSTITUTION: dict[str, Any] = {
-    "templates": {"revision": {"text": ARITHMETIC_REVISION_TEMPLATE}},
-    "principles": [
-        {
-            "name": "answer_format",
-            "critique_request": "Does the response end with Answer: N?",
-            "revision_request": "Rewrite the response to end with Answer: N.",
-            "judge_request": "Which response ends with Answer: N?",
-            "check": "answer_format",
-        },
-        {
-            "name": "no_filler",
-            "critique_request": "Does the response use filler words?",
-            "revision_request": "Rewrite the response without filler words.",
-            "judge_request": "Which response has no filler words?",
-            "check": "no_filler",
-        },
-        {
-            "name": "brevity",
-            "critique_request": "Is the response longer than five words?",
-            "revision_request": "Rewrite the response in at most five words.",
-            "judge_request": "Which response has at most five words?",
-            "check": "max_words",
-            "check_args": {"limit": 5},
-        },
-    ]
-}
+_PRINCIPLE_KEYS = {"name", "critique_request", "revision_request", "judge_request", "check", "check_args", "weight"}
 
 
-def arithmetic_constitution() -> Constitution:
-    """The built-in world's constitution: the default critique and judge templates and
-    `ARITHMETIC_REVISION_TEMPLATE` (`recipes/constitutions/arithmetic.yaml` holds the same principles and
-    templates as files to edit)."""
-    return parse_constitution(ARITHMETIC_CONSTITUTION, "<built-in arithmetic constitution>")
+class ConstitutionError(PosttrainError, ValueError):
+    """A constitution that cannot be used; the message names the file and every principle/template at fault."""
 
 
-def styled_answer(number: str, rng: random.Random) -> tuple[str, str]:
-    """(style name, answer text) with the styles' shares."""
-    names = list(STYLES)
-    name = rng.choices(names, weights=[STYLES[n][1] for n in names])[0]
-    return name, STYLES[name][0](number)
+@dataclass(frozen=True)
+class Principle:
+    """One principle: what the critic is asked, what the reviser is asked, and what the judge is asked."""
+
+    name: str
+    critique_request: str
+    revision_request: str
+    judge_request: str
+    check: str | None = None
+    check_args: dict[str, Any] = field(default_factory=dict)
+    weight: float = 1.0
+
+    def follows(self, response: str) -> bool | None:
+        """The program check's verdict on ``response``; None when the principle has no check."""
+        return None if self.check is None else run_check(self.check, self.check_args, response)
 
 
-def _any_style(number: str, rng: random.Random) -> str:
-    return STYLES[rng.choice(list(STYLES))][0](number)
+@dataclass(frozen=True)
+class Constitution:
+    """Checked principles and templates; renders the prompts of the critic, the reviser and the judge."""
+
+    principles: tuple[Principle, ...]
+    templates: dict[str, str]
+    origin: str = "<built-in>"
+
+    def principle(self, name: str) -> Principle:
+        for principle in self.principles:
+            if principle.name == name:
+                return principle
+        raise KeyError(f"{self.origin}: no principle {name!r}; principles: {[p.name for p in self.principles]}")
+
+    def sample(self, rng: random.Random) -> Principle:
+        """A principle drawn in proportion to its weight (one per critique round, as in §3.1)."""
+        return rng.choices(self.principles, weights=[p.weight for p in self.principles])[0]
+
+    def critique_prompt(self, principle: Principle, prompt: str, response: str) -> str:
+        return self.templates["critique"].format(
+            critique_request=principle.critique_request, prompt=prompt, response=response
+        )
+
+    def revision_prompt(self, principle: Principle, prompt: str, response: str, critique: str) -> str:
+        return self.templates["revision"].format(
+            revision_request=principle.revision_request, prompt=prompt, response=response, critique=critique
+        )
+
+    def judge_prompt(self, principle: Principle, prompt: str, response_a: str, response_b: str) -> str:
+        return self.templates["judge"].format(
+            judge_request=principle.judge_request, prompt=prompt, response_a=response_a, response_b=response_b
+        )
+
+    def echo_markers(self) -> list[str]:
+        """Text that belongs to the prompts, not to an answer: the templates' fixed lines and every request.
+        A revision that contains one has echoed its prompt (`posttrain.rlaif.filters`)."""
+        markers: set[str] = set()
+        for template in self.templates.values():
+            for literal, *_ in string.Formatter().parse(template):
+                markers.update(line.strip() for line in literal.splitlines() if len(line.strip()) >= 4)
+        for principle in self.principles:
+            markers.update((principle.critique_request, principle.revision_request, principle.judge_request))
+        return sorted(m for m in markers if m)
+
+    def fingerprint(self) -> str:
+        """A hash of everything that changes what the role models are asked."""
+        content = {"templates": self.templates, "principles": [vars(p) for p in self.principles]}
+        return json_hash(content)
 
 
-def _near_miss(answer: int, rng: random.Random) -> str:
-    return str(max(0, answer + rng.choice((-10, -2, -1, 1, 2, 10))))
+def template_problems(name: str, text: str) -> list[str]:
+    """What is wrong with template ``name`` (missing or unknown placeholders, unbalanced braces)."""
+    required, optional = PLACEHOLDERS[name]
+    try:
+        found = {field_name for _, field_name, _, _ in string.Formatter().parse(text) if field_name is not None}
+    except ValueError as err:
+        return [f"template {name!r}: {err} (write literal braces as {{{{ and }}}})"]
+    problems = []
+    missing = sorted(required - found)
+    if missing:
+        problems.append(f"template {name!r} lacks the placeholder(s) {', '.join('{' + m + '}' for m in missing)}")
+    unknown = sorted(found - required - optional)
+    if unknown:
+        allowed = ", ".join("{" + p + "}" for p in sorted(required | optional))
+        problems.append(f"template {name!r} has unknown placeholder(s) {', '.join('{' + u + '}' for u in unknown)}; allowed: {allowed}")
+    return problems
 
 
-def critique_target(principle: Principle, response: str) -> str:
-    """What the critic should say: the principle's fault, or `NO_PROBLEM`."""
-    return NO_PROBLEM if principle.follows(response) else CRITIQUES[principle.check or ""]
-
-
-def revision_target(response: str) -> str:
-    """``Answer: N`` with the response's own last number (follows every built-in principle)."""
-    return f"Answer: {world.last_number(response) or '0'}"
-
-
-def _chat(user: str, assistant: str, **extra: Any) -> dict[str, Any]:
-    return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}], **extra}
-
-
-def _judge_demo(constitution: Constitution, principle: Principle, question: str, number: str, rng: random.Random):
-    good = [s for s, (fmt, _) in STYLES.items() if principle.follows(fmt(number))]
-    bad = [s for s in STYLES if s not in good]
-    if not good or not bad:
+def _principle(raw: Any, index: int, problems: list[str]) -> Principle | None:
+    if not isinstance(raw, dict):
+        problems.append(f"principles[{index}]: a principle must be a mapping")
         return None
-    better, worse = STYLES[rng.choice(good)][0](number), STYLES[rng.choice(bad)][0](number)
-    if rng.random() < 0.5:
-        return _chat(constitution.judge_prompt(principle, question, better, worse), JUDGE_LABELS[0], kind="judge")
-    return _chat(constitution.judge_prompt(principle, question, worse, better), JUDGE_LABELS[1], kind="judge")
+    name = raw.get("name")
+    label = f"principle {name!r}" if isinstance(name, str) and name else f"principles[{index}]"
+    if not (isinstance(name, str) and name):
+        problems.append(f"{label}: needs a `name`")
+    unknown = sorted(set(raw) - _PRINCIPLE_KEYS)
+    if unknown:
+        problems.append(f"{label}: unknown key(s) {unknown}; keys: {sorted(_PRINCIPLE_KEYS)}")
+    texts = {}
+    for key in ("critique_request", "revision_request", "judge_request"):
+        value = raw.get(key)
+        if value is None and key == "judge_request":
+            value = raw.get("critique_request")
+        if not (isinstance(value, str) and value.strip()):
+            problems.append(f"{label}: missing `{key}` (a non-empty string)")
+        texts[key] = value.strip() if isinstance(value, str) else ""
+    check, check_args = raw.get("check"), raw.get("check_args") or {}
+    if check is not None and check not in PRINCIPLE_CHECKS:
+        problems.append(f"{label}: unknown check {check!r}; checks: {', '.join(PRINCIPLE_CHECKS.names())}")
+    if not isinstance(check_args, dict):
+        problems.append(f"{label}: `check_args` must be a mapping")
+        check_args = {}
+    elif check in PRINCIPLE_CHECKS:
+        try:
+            run_check(check, check_args, "Answer: 1")
+        except TypeError as err:
+            problems.append(f"{label}: bad `check_args` for check {check!r}: {err}")
+    weight = raw.get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0:
+        problems.append(f"{label}: `weight` must be a positive number, got {weight!r}")
+        weight = 1.0
+    return Principle(str(name), texts["critique_request"], texts["revision_request"], texts["judge_request"],
+                     check, dict(check_args), float(weight))
 
 
-def rlaif_sft_rows(
-    split: str, count: int, seed: int, constitution: Constitution | None = None,
-    levels: tuple[int, ...] = world.LEVELS, demonstrations: Sequence[str] | None = None,
-) -> list[dict[str, Any]]:
-    """SFT rows of the demonstration (see the module docstring), ``kind`` telling which role each shows.
+def parse_constitution(raw: Any, origin: str = "<constitution>", base_dir: Path | None = None) -> Constitution:
+    """Checks a parsed constitution (a mapping) and returns it; `ConstitutionError` lists every problem.
 
-    Args:
-        split, count, seed, levels: which arithmetic problems the rows are built on (`world.arithmetic_problems`).
-        constitution: principles and templates to render (default `arithmetic_constitution`). Only principles
-            whose check has a built-in critique (`CRITIQUES`) get critique and judgement rows.
-        demonstrations: the kinds of row to make (of `DEMONSTRATIONS`), in their `SHARES` renormalised;
-            default all.
-
-    >>> rows = rlaif_sft_rows("train", 200, seed=0)
-    >>> sorted({row["kind"] for row in rows})
-    ['answer', 'critique', 'judge', 'revision']
-    >>> sorted({row["kind"] for row in rlaif_sft_rows("train", 200, seed=0, demonstrations=["critique", "judge"])})
-    ['critique', 'judge']
+    Template paths are resolved against ``base_dir`` (the constitution file's folder).
     """
-    constitution = constitution or arithmetic_constitution()
-    kinds = list(demonstrations) if demonstrations is not None else list(SHARES)
-    unknown = [kind for kind in kinds if kind not in SHARES]
-    if unknown or not kinds:
-        raise ValueError(f"unknown demonstrations {unknown or kinds!r}; valid: {', '.join(DEMONSTRATIONS)}")
-    taught = [p for p in constitution.principles if p.check in CRITIQUES]
-    if not taught and set(kinds) != {"answer"}:
-        raise ValueError(f"{constitution.origin}: no principle uses a check the built-in demonstration teaches "
-                         f"({', '.join(CRITIQUES)})")
-    rng = random.Random(f"rlaif/{split}/{seed}")
-    rows: list[dict[str, Any]] = []
-    for problem, question in world.arithmetic_problems(split, count, seed, levels):
-        answer = str(problem.answer)
-        kind = rng.choices(kinds, weights=[SHARES[k] for k in kinds])[0]
-        if kind == "answer":
-            style, text = styled_answer(answer, rng)
-            rows.append(_chat(question, text, kind="answer", style=style, answer=answer, level=problem.level))
+    problems: list[str] = []
+    if not isinstance(raw, dict):
+        raise ConstitutionError(f"{origin}: a constitution must be a mapping with `principles` (and `templates`)")
+    unknown = sorted(set(raw) - {"principles", "templates"})
+    if unknown:
+        problems.append(f"unknown top-level key(s) {unknown}; keys: principles, templates")
+    templates = dict(DEFAULT_TEMPLATES)
+    raw_templates = raw.get("templates") or {}
+    if not isinstance(raw_templates, dict):
+        problems.append("`templates` must map template names (critique, revision, judge) to files")
+        raw_templates = {}
+    for name, value in raw_templates.items():
+        if name not in DEFAULT_TEMPLATES:
+            problems.append(f"template {name!r}: unknown template; templates: {', '.join(DEFAULT_TEMPLATES)}")
             continue
-        number = answer if rng.random() < 0.5 else _near_miss(problem.answer, rng)
-        principle = rng.choice(taught)
-        response = _any_style(number, rng)
-        if kind == "critique":
-            target = critique_target(principle, response)
-            rows.append(_chat(constitution.critique_prompt(principle, question, response), target, kind="critique"))
-        elif kind == "revision":
-            critique = critique_target(principle, response)
-            prompt = constitution.revision_prompt(principle, question, response, critique)
-            rows.append(_chat(prompt, revision_target(response), kind="revision"))
-        else:
-            row = _judge_demo(constitution, principle, question, number, rng)
-            if row is not None:
-                rows.append(row)
-    return rows
+        if isinstance(value, dict) and isinstance(value.get("text"), str):
+            templates[name] = value["text"]
+            continue
+        if not isinstance(value, str):
+            problems.append(f"template {name!r}: give a file path (or `{{text: ...}}`), got {value!r}")
+            continue
+        path = Path(value) if Path(value).is_absolute() or base_dir is None else base_dir / value
+        if not path.is_file():
+            problems.append(f"template {name!r}: file not found: {path}")
+            continue
+        templates[name] = path.read_text().rstrip("\n")
+    for name, text in templates.items():
+        problems += template_problems(name, text)
+    raw_principles = raw.get("principles")
+    principles: list[Principle] = []
+    if not isinstance(raw_principles, list) or not raw_principles:
+        problems.append("`principles` must be a non-empty list")
+        raw_principles = []
+    for index, item in enumerate(raw_principles):
+        principle = _principle(item, index, problems)
+        if principle is not None:
+            principles.append(principle)
+    names = [p.name for p in principles]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        problems.append(f"principle name(s) used twice: {repeated}")
+    if problems:
+        listing = "\n".join(f"  - {p}" for p in problems)
+        raise ConstitutionError(f"{origin}: {len(problems)} problem(s):\n{listing}")
+    return Constitution(tuple(principles), templates, origin)
 
 
-__all__ = ["ARITHMETIC_CONSTITUTION", "BUILTIN_RLAIF", "DEMONSTRATIONS", "DEFAULT_TEMPLATES", "arithmetic_constitution", "rlaif_sft_rows"]
+def load_constitution(path: str | Path) -> Constitution:
+    """Reads and checks a constitution YAML file (see the module docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConstitutionError(f"constitution file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConstitutionError(f"{path}: not valid YAML: {err}") from None
+    return parse_constitution(raw, str(path), path.parent)

@@ -20,17 +20,16 @@ import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from posttrain.config.common import DataSpec
 from posttrain.data import world
-from posttrain.data.loading import ROLES, _read_jsonl, _read_with_datasets
+from posttrain.data.sources import Messages, as_messages, check_rows, file_records, numbered_records
 from posttrain.data.packing import ChatRenderer
 from posttrain.errors import DataError
 
 BUILTIN_PREFERENCES = "builtin:preferences"
 FIELDS = ("prompt", "chosen", "rejected")
-Messages = list[dict[str, str]]
 
 
 @dataclass(frozen=True)
@@ -104,9 +103,8 @@ def builtin_preference_rows(
     one slip away (off by 1, 2 or 10, or two digits swapped), ``mixed`` alternates the two. Rows come from the
     problems of ``split`` only, so test pairs never share a problem with training pairs.
 
-    Why two kinds of wrong answer: a scalar reward head on the tiny SFT model learns ``clear`` pairs (95%
-    held-out after 300 correctness-only steps) but not ``near`` ones (chance after 300 steps; 63% after 800
-    steps of half-and-half), although the SFT model's own log-probabilities rank 87% of ``near`` pairs right:
+    Why two kinds of wrong answer: a scalar reward head on the tiny SFT model learns ``clear`` pairs but
+    hardly ``near`` ones, although the SFT model's own log-probabilities rank most ``near`` pairs right:
     telling a near miss needs the model's next-token prediction, which a head reading the last position
     does not see. The near misses are the mistakes the SFT model makes, so they are what DPO is measured on.
 
@@ -136,20 +134,6 @@ def builtin_preference_rows(
 # ---------------------------------------------------------------- checking rows
 
 
-def _messages(value: Any, name: str, role: str, where: str) -> Messages:
-    """A text field as one message of ``role``, or a list of messages checked for role and content."""
-    if isinstance(value, str):
-        return [{"role": role, "content": value}]
-    if not isinstance(value, list) or not value:
-        raise DataError(f"{where}: `{name}` must be a string or a non-empty list of messages")
-    for i, message in enumerate(value):
-        if not isinstance(message, dict) or message.get("role") not in ROLES:
-            raise DataError(f"{where}: {name}[{i}] needs a `role` in {ROLES}")
-        if not isinstance(message.get("content"), str):
-            raise DataError(f"{where}: {name}[{i}] needs a string `content`")
-    return [{"role": m["role"], "content": m["content"]} for m in value]
-
-
 def check_pair(row: Any, where: str) -> PreferencePair:
     """Checks one raw row and returns it as a `PreferencePair`; raises `DataError` naming ``where``.
 
@@ -166,12 +150,12 @@ def check_pair(row: Any, where: str) -> PreferencePair:
             f"{where}: missing field(s) {', '.join(f'`{m}`' for m in missing)}; a preference row needs "
             f"`prompt`, `chosen` and `rejected` (found keys {sorted(row)})"
         )
-    prompt = _messages(row["prompt"], "prompt", "user", where)
+    prompt = as_messages(row["prompt"], "prompt", "user", where)
     if not any(m["content"].strip() for m in prompt):
         raise DataError(f"{where}: `prompt` is empty")
     responses = {}
     for name in ("chosen", "rejected"):
-        responses[name] = _messages(row[name], name, "assistant", where)
+        responses[name] = as_messages(row[name], name, "assistant", where)
         if not any(m["content"].strip() for m in responses[name]):
             raise DataError(f"{where}: `{name}` is an empty response")
     if responses["chosen"] == responses["rejected"]:
@@ -186,44 +170,22 @@ def check_pair(row: Any, where: str) -> PreferencePair:
 
 def load_preferences(spec: DataSpec, recipe_dir: Path, seed: int) -> PreferenceData:
     """Loads and checks every pair of a data spec (built-in, JSONL/JSON/Parquet file, or `hf:` dataset)."""
-    from posttrain.recipe import resolve_data_path
-
-    records: Iterable[tuple[str, Any]]
     if spec.source == BUILTIN_PREFERENCES:
         levels = tuple(spec.levels) if spec.levels else world.LEVELS
         try:
             rows = builtin_preference_rows(spec.split, spec.count or 2000, seed, levels, spec.negatives or "clear")
         except ValueError as err:
             raise DataError(f"{spec.source}: {err}") from None
-        records = ((f"{spec.source} ({spec.split}) row {i}", row) for i, row in enumerate(rows))
-        origin = spec.source
+        records, origin = numbered_records(f"{spec.source} ({spec.split})", rows), spec.source
     elif spec.source.startswith("builtin:"):
         raise DataError(
             f"{spec.source} holds no preference pairs; use {BUILTIN_PREFERENCES} or a file with "
             "`prompt`, `chosen` and `rejected` fields"
         )
     else:
-        path = resolve_data_path(spec.source, recipe_dir)
-        if path is not None and not path.exists():
-            raise DataError(f"data file not found: {path}")
-        records = _read_jsonl(path) if path is not None and path.suffix == ".jsonl" else _read_with_datasets(spec.source, spec, path)
-        origin = str(path or spec.source)
-    data = PreferenceData(pairs=[], origin=origin)
-    for where, row in records:
-        try:
-            if isinstance(row, DataError):
-                raise row
-            data.pairs.append(check_pair(row, where))
-        except DataError as err:
-            if spec.on_bad_row == "error":
-                raise
-            data.skipped += 1
-            data.problems.append(str(err))
-        if spec.count is not None and len(data.pairs) >= spec.count:
-            break
-    if not data.pairs:
-        raise DataError(f"{origin}: no usable preference pairs ({data.skipped} skipped)")
-    return data
+        records, origin = file_records(spec, recipe_dir)
+    checked = check_rows(records, check_pair, spec, origin, "preference pairs")
+    return PreferenceData(pairs=checked.rows, origin=origin, skipped=checked.skipped, problems=checked.problems)
 
 
 # ---------------------------------------------------------------- tokenising

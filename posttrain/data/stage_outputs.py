@@ -15,13 +15,15 @@ True
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from posttrain.config.common import DataSpec, Strict
+from posttrain.data.constitution import load_constitution
+from posttrain.data.sources import resolve_data_path
 from posttrain.errors import DataError
+from posttrain.files import text_hash
 
 STAGE_PREFIX = "stage:"
 
@@ -90,13 +92,10 @@ def linked_data_fingerprint(spec: DataSpec, recipe_dir: Path, seed: int, fingerp
     """
     parsed = parse_stage_source(spec.source)
     if parsed is not None:
-        return hashlib.sha256(f"{fingerprints.get(parsed[0])}/{parsed[1]}".encode()).hexdigest()[:16]
+        return text_hash(f"{fingerprints.get(parsed[0])}/{parsed[1]}")
     if getattr(spec, "constitution", None):
-        from posttrain.recipe import resolve_data_path
-        from posttrain.rlaif.constitution import load_constitution
-
         path = resolve_data_path(spec.constitution, recipe_dir)
         content = load_constitution(path).fingerprint() if path is not None and path.is_file() else "missing"
         dump = json.dumps(spec.model_dump(mode="json"), sort_keys=True)
-        return hashlib.sha256(f"{dump}/{seed}/{content}".encode()).hexdigest()[:16]
+        return text_hash(f"{dump}/{seed}/{content}")
     return None

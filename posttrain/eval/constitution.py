@@ -1,7 +1,7 @@
 """``principle_violations``: how often a model's greedy answers break the built-in world's principles.
 
 The answers to held-out prompts are checked by program against every checkable principle of the built-in
-arithmetic constitution (`posttrain.data.constitution`): ``violation_rate`` is the share of answers that
+arithmetic constitution (`posttrain.data.rlaif_demonstrations`): ``violation_rate`` is the share of answers that
 break at least one, ``violation_rate_<principle>`` the share breaking each. The ground truth of the RLAIF
 demonstration: the constitutional stages should lower it without lowering `exact_match` accuracy.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from posttrain.config.evaluation import EvalConfig
-from posttrain.data.constitution import arithmetic_constitution
+from posttrain.data.rlaif_demonstrations import arithmetic_constitution
 from posttrain.data.packing import ChatRenderer, render_prompt
 from posttrain.eval.evaluators import greedy_generate, register_evaluator
 from posttrain.rlaif.critique import violation_rates

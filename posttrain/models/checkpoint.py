@@ -18,6 +18,7 @@ from typing import Any
 
 from posttrain.config.common import LoraSpec, ModelSpec
 from posttrain.errors import CheckpointError
+from posttrain.files import fsync_tree, update_digest
 
 WEIGHT_SUFFIX = ".safetensors"
 
@@ -112,18 +113,6 @@ def apply_lora(model: Any, spec: LoraSpec, task_type: str = "CAUSAL_LM"):
     return get_peft_model(model, config)
 
 
-def _fsync_tree(folder: Path) -> None:
-    for file in folder.rglob("*"):
-        if file.is_file():
-            with file.open("rb") as handle:
-                os.fsync(handle.fileno())
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def check_safetensors(path: Path) -> None:
     """Refuses a truncated or malformed safetensors file (header length, JSON header, data size).
 
@@ -160,9 +149,7 @@ def weights_hash(folder: Path) -> str:
         raise CheckpointError(f"{folder}: no {WEIGHT_SUFFIX} files")
     for file in files:
         digest.update(file.name.encode())
-        with file.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        update_digest(digest, file)
     return digest.hexdigest()[:16]
 
 
@@ -185,7 +172,7 @@ def save_checkpoint(model: Any, tokenizer: Any, folder: Path, lora_merge: bool =
                 to_save = model.merge_and_unload()
         to_save.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        _fsync_tree(staging)
+        fsync_tree(staging)
         digest = weights_hash(staging)
     except OSError as err:  # e.g. disk full: keep whatever checkpoint is in place
         shutil.rmtree(staging, ignore_errors=True)

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from posttrain.pipeline import table_columns
+from posttrain.report.table import table_columns
 from posttrain.report.collect import RunRecord, StageRecord
 
 

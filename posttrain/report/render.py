@@ -11,7 +11,7 @@ import html
 import time
 from typing import Any
 
-from posttrain.pipeline import format_cell as cell, table_columns
+from posttrain.report.table import format_cell as cell, table_columns
 from posttrain.report.collect import RunRecord
 from posttrain.report.plots import Plot, stage_seconds
 

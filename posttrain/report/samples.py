@@ -8,15 +8,14 @@ evaluation (with their reference answers).
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from posttrain.config.evaluation import EvalConfig
+from posttrain.files import json_hash, write_json_atomic
 from posttrain.recipe import Recipe
 
 SAMPLES_FILE = "samples.json"
@@ -38,7 +37,7 @@ class SamplePlan:
         evaluation = self._evaluation()
         source = evaluation.model_dump(mode="json") if evaluation is not None else None
         parts = [model_hash, settings.samples, settings.sample_prompts, settings.sample_max_new_tokens, source, self.recipe.seed]
-        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+        return json_hash(parts)
 
     def is_current(self, folder: Path, model_hash: str) -> bool:
         stored = read_samples(folder)
@@ -80,9 +79,7 @@ class SamplePlan:
         ]
         record = {"key": self.key(model_hash), "samples": samples, "seconds": round(time.time() - started, 3)}
         folder.mkdir(parents=True, exist_ok=True)
-        temp = folder / f"{SAMPLES_FILE}.tmp-{os.getpid()}"  # every process evaluates; none reads a torn file
-        temp.write_text(json.dumps(record, indent=2))
-        temp.replace(folder / SAMPLES_FILE)
+        write_json_atomic(folder / SAMPLES_FILE, record)  # every process evaluates; none reads a torn file
 
     def _evaluation(self) -> EvalConfig | None:
         """The first exact-match evaluation: its rows are chat prompts with reference answers."""

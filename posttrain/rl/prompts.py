@@ -17,14 +17,15 @@ Built-in sets: `builtin:arithmetic` (the tiny world's problems, with `answer` an
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from posttrain.config.common import DataSpec
 from posttrain.data.code_tasks import load_code_tasks
-from posttrain.data.loading import _read_jsonl, _read_with_datasets, builtin_rows
-from posttrain.data.preferences import _messages
+from posttrain.data.loading import builtin_rows
+from posttrain.data.sources import Record, as_messages, check_rows, file_records, numbered_records
 from posttrain.errors import DataError
 
 BUILTIN_CODE = "builtin:code"
@@ -73,7 +74,7 @@ def prompt_row(row: Any, where: str) -> PromptRow:
         )
     if key == "question" and not (isinstance(row[key], str) and row[key].strip()):
         raise DataError(f"{where}: `question` must be a non-empty string")
-    messages = _messages(row[key], key, "user", where)
+    messages = as_messages(row[key], key, "user", where)
     while messages and messages[-1]["role"] == "assistant":
         messages = messages[:-1]
     users = [m["content"] for m in messages if m["role"] == "user"]
@@ -83,7 +84,7 @@ def prompt_row(row: Any, where: str) -> PromptRow:
     return PromptRow(messages=messages, question=users[-1], example=example)
 
 
-def _builtin_records(spec: DataSpec, seed: int) -> Iterable[tuple[str, Any]]:
+def _builtin_records(spec: DataSpec, seed: int) -> Iterable[Record]:
     if spec.source == BUILTIN_CODE:
         split = spec.split if spec.split in ("train", "test") else "all"
         tasks = load_code_tasks(split, seed=seed)
@@ -92,37 +93,17 @@ def _builtin_records(spec: DataSpec, seed: int) -> Iterable[tuple[str, Any]]:
         rows = builtin_rows(spec, seed)
     else:
         raise DataError(f"{spec.source!r} holds no prompts; RL stages read builtin:arithmetic or {BUILTIN_CODE}")
-    return ((f"{spec.source} row {index}", row) for index, row in enumerate(rows))
+    return numbered_records(spec.source, rows)
 
 
 def load_prompts(spec: DataSpec, recipe_dir: Path, seed: int) -> PromptData:
     """Reads and checks every prompt row of a data spec (relative paths resolve against the recipe folder)."""
-    from posttrain.recipe import resolve_data_path
-
     if spec.source.startswith("builtin:"):
         records, origin = _builtin_records(spec, seed), spec.source
     else:
-        path = resolve_data_path(spec.source, recipe_dir)
-        if path is not None and not path.exists():
-            raise DataError(f"data file not found: {path}")
-        origin = str(path or spec.source)
-        records = _read_jsonl(path) if path is not None and path.suffix == ".jsonl" else _read_with_datasets(spec.source, spec, path)
-    data = PromptData(rows=[], origin=origin, problems=[])
-    for where, row in records:
-        try:
-            if isinstance(row, DataError):
-                raise row
-            data.rows.append(prompt_row(row, where))
-        except DataError as err:
-            if spec.on_bad_row == "error":
-                raise
-            data.skipped += 1
-            data.problems.append(str(err))  # type: ignore[union-attr]
-        if spec.count is not None and len(data.rows) >= spec.count:
-            break
-    if not data.rows:
-        raise DataError(f"{origin}: no usable prompt rows ({data.skipped} skipped)")
-    return data
+        records, origin = file_records(spec, recipe_dir)
+    checked = check_rows(records, prompt_row, spec, origin, "prompt rows")
+    return PromptData(rows=checked.rows, origin=origin, skipped=checked.skipped, problems=checked.problems)
 
 
 def encode_prompts(tokenizer: Any, rows: list[PromptRow], max_tokens: int) -> tuple[list[PromptRow], list[list[int]], int]:

@@ -15,7 +15,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from posttrain.rlaif.constitution import Constitution
+from posttrain.data.constitution import Constitution
 from posttrain.rlaif.filters import REASONS, degenerate_reason
 
 # texts (user messages) -> (generated text, cut off by the budget?) per text
@@ -118,7 +118,7 @@ def critique_and_revise(
 def violation_rates(constitution: Constitution, responses: Sequence[str]) -> dict[str, float]:
     """Per checkable principle, the share of responses that break it, and the share breaking any.
 
-    >>> from posttrain.data.constitution import arithmetic_constitution
+    >>> from posttrain.data.rlaif_demonstrations import arithmetic_constitution
     >>> violation_rates(arithmetic_constitution(), ["Answer: 3", "3"])["any"]
     0.5
     """

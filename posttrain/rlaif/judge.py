@@ -24,7 +24,7 @@ from typing import Any, Callable, Literal, Sequence
 class JudgeQuery:
     """One judgement: under ``principle``, is ``first`` (shown as A) better than ``second`` (shown as B)?"""
 
-    principle: Any  # a `posttrain.rlaif.constitution.Principle` (anything the scorer understands)
+    principle: Any  # a `posttrain.data.constitution.Principle` (anything the scorer understands)
     prompt: str
     first: str
     second: str

@@ -19,7 +19,7 @@ from posttrain.data.packing import ChatRenderer
 from posttrain.models.checkpoint import stage_checkpoint
 from posttrain.rl.decoders import position_ids_for
 from posttrain.rl.sampler import RolloutSampler, SamplingSettings, decode_completions, end_token_ids, left_pad
-from posttrain.rlaif.constitution import JUDGE_LABELS, Constitution
+from posttrain.data.constitution import JUDGE_LABELS, Constitution
 from posttrain.rlaif.judge import JudgeQuery
 
 POLICY = "policy"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -12,9 +11,10 @@ import torch
 from posttrain.config.rl import GenerationSpec
 from posttrain.config.rlaif import RoleSettings
 from posttrain.data.stage_outputs import stage_output_path
-from posttrain.recipe import resolve_data_path
+from posttrain.files import write_lines_atomic
+from posttrain.data.sources import resolve_data_path
 from posttrain.rl.sampler import SamplingSettings
-from posttrain.rlaif.constitution import Constitution, load_constitution
+from posttrain.data.constitution import Constitution, load_constitution
 from posttrain.rlaif.language_model import RoleModel, load_role_model
 
 
@@ -60,11 +60,5 @@ def write_output(stage_dir: Path, output: str, rows: Iterable[dict[str, Any]], a
     if not accelerator.is_main_process:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    with temp.open("w") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    temp.replace(path)
+    write_lines_atomic(path, (json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     return path

@@ -20,7 +20,6 @@ checkpoint as the newest complete one. Only the newest ``keep_last`` are kept.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -32,6 +31,7 @@ from typing import Any
 import torch
 
 from posttrain.errors import CheckpointError
+from posttrain.files import file_sha256, write_json_atomic
 from posttrain.models.checkpoint import check_safetensors
 
 MARKER = "COMPLETE"
@@ -95,14 +95,6 @@ def _alive(pid: int) -> bool:
 # integrity
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify_checkpoint(folder: Path) -> dict[str, Any]:
     """Checks every file of a training-state checkpoint against its ``COMPLETE`` record; returns the record.
 
@@ -125,7 +117,7 @@ def verify_checkpoint(folder: Path) -> dict[str, Any]:
             )
         if name.endswith(".safetensors"):
             check_safetensors(path)
-        if _sha256(path) != expected["sha256"]:
+        if file_sha256(path) != expected["sha256"]:
             raise CheckpointError(f"{path}: corrupt (its SHA-256 differs from the one written); {advice}")
     return record
 
@@ -148,12 +140,8 @@ def _write_marker(staging: Path) -> None:
     files = {}
     for path in sorted(staging.iterdir()):
         _fsync_file(path)
-        files[path.name] = {"size": path.stat().st_size, "sha256": _sha256(path)}
-    marker = staging / MARKER
-    with marker.open("w") as handle:
-        json.dump({"files": files}, handle, indent=1)
-        handle.flush()
-        os.fsync(handle.fileno())
+        files[path.name] = {"size": path.stat().st_size, "sha256": file_sha256(path)}
+    write_json_atomic(staging / MARKER, {"files": files}, indent=1, default=None)
     _fsync_dir(staging)
 
 
@@ -219,10 +207,6 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
 
     check_safetensors(path)
     return load_file(str(path))
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=1))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -339,15 +323,15 @@ class TrainCheckpoints:
         rank = self.accelerator.process_index
         rng_tensors, rng_meta = _rng_files()
         save_file(rng_tensors, str(staging / f"rng-rank{rank}.safetensors"))
-        _write_json(staging / f"rng-rank{rank}.json", rng_meta)
+        write_json_atomic(staging / f"rng-rank{rank}.json", rng_meta, indent=1, default=None)
         if not self.accelerator.is_main_process:
             return
         save_model(self._unwrap(module), str(staging / "model.safetensors"))
         optimizer_tensors, optimizer_meta = _optimizer_files(optimizer)
         save_file(optimizer_tensors, str(staging / "optimizer.safetensors"))
-        _write_json(staging / "optimizer.json", optimizer_meta)
+        write_json_atomic(staging / "optimizer.json", optimizer_meta, indent=1, default=None)
         state = {"step": step, "identity": self.identity, "values": values}
-        _write_json(staging / "state.json", state)
+        write_json_atomic(staging / "state.json", state, indent=1, default=None)
 
     def _unwrap(self, module: Any) -> Any:
         """The bare module. `accelerator.unwrap_model` imports DeepSpeed when it is installed (seconds, on the

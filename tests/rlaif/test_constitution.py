@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from posttrain.data.constitution import ARITHMETIC_CONSTITUTION, arithmetic_constitution
-from posttrain.rlaif.constitution import ConstitutionError, load_constitution, parse_constitution
+from posttrain.data.rlaif_demonstrations import ARITHMETIC_CONSTITUTION, arithmetic_constitution
+from posttrain.data.constitution import ConstitutionError, load_constitution, parse_constitution
 
 REPO = Path(__file__).resolve().parents[2]
 PRINCIPLE = {"name": "short", "critique_request": "Too long?", "revision_request": "Shorten it."}
@@ -106,3 +106,12 @@ def test_recipe_validation_reports_a_bad_constitution_before_running(tmp_path: P
         load_recipe(recipe)
     assert "stages[0] (critique).constitution" in str(info.value)
     assert "principle 'no_filler': missing `revision_request`" in str(info.value)
+
+
+def test_principle_check_doctests() -> None:
+    import doctest
+
+    import posttrain.data.principle_checks
+
+    result = doctest.testmod(posttrain.data.principle_checks)
+    assert result.attempted > 0 and result.failed == 0

@@ -6,9 +6,9 @@ import re
 
 import pytest
 
-from posttrain.data.constitution import STYLES, arithmetic_constitution, rlaif_sft_rows
-from posttrain.rlaif.constitution import parse_constitution
-from posttrain.data.constitution import ARITHMETIC_CONSTITUTION
+from posttrain.data.rlaif_demonstrations import STYLES, arithmetic_constitution, rlaif_sft_rows
+from posttrain.data.constitution import parse_constitution
+from posttrain.data.rlaif_demonstrations import ARITHMETIC_CONSTITUTION
 
 CONSTITUTION = arithmetic_constitution()
 

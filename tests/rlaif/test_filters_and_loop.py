@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from posttrain.data.constitution import arithmetic_constitution
+from posttrain.data.rlaif_demonstrations import arithmetic_constitution
 from posttrain.rlaif.critique import critique_and_revise, violation_rates
 from posttrain.rlaif.filters import count_reasons, degenerate_reason
 

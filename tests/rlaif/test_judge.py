@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from posttrain.data.constitution import arithmetic_constitution
+from posttrain.data.rlaif_demonstrations import arithmetic_constitution
 from posttrain.rewards.ai_judge import judge_rewards
 from posttrain.rlaif.judge import AgreementCounter, JudgeQuery, decide, ground_truth, judge_pairs
 
