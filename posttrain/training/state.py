@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from posttrain.errors import CheckpointError
-from posttrain.files import file_sha256, write_json_atomic
+from posttrain.files import file_sha256, fsync_dir, fsync_file, write_json_atomic
 from posttrain.models.checkpoint import check_safetensors
 
 MARKER = "COMPLETE"
@@ -122,27 +122,14 @@ def verify_checkpoint(folder: Path) -> dict[str, Any]:
     return record
 
 
-def _fsync_file(path: Path) -> None:
-    with path.open("rb") as handle:
-        os.fsync(handle.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_marker(staging: Path) -> None:
     """Records size and hash of every file, then writes the marker; the last write of a save."""
     files = {}
     for path in sorted(staging.iterdir()):
-        _fsync_file(path)
+        fsync_file(path)
         files[path.name] = {"size": path.stat().st_size, "sha256": file_sha256(path)}
     write_json_atomic(staging / MARKER, {"files": files}, indent=1, default=None)
-    _fsync_dir(staging)
+    fsync_dir(staging)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -306,7 +293,7 @@ class TrainCheckpoints:
                 if final.exists():
                     shutil.rmtree(final)
                 staging.rename(final)
-                _fsync_dir(self.folder)
+                fsync_dir(self.folder)
                 self._prune()
         except OSError as err:
             if main:
