@@ -260,6 +260,8 @@ def _check_semantics(recipe: Recipe, recipe_dir: Path, lines: dict[tuple, int]) 
             problems.append(f"{path}.source: unknown built-in dataset {spec.source!r}; built-in: {sorted(BUILTIN_SOURCES)}")
         if spec.negatives is not None and spec.source != "builtin:preferences":
             problems.append(f"{path}.negatives: only `builtin:preferences` takes `negatives` (source: {spec.source!r})")
+        if spec.carry_slip is not None and spec.source != "builtin:arithmetic":
+            problems.append(f"{path}.carry_slip: only `builtin:arithmetic` takes `carry_slip` (source: {spec.source!r})")
     eval_names = [e.name for e in recipe.evaluations]
     if len(set(eval_names)) != len(eval_names):
         problems.append(f"evaluations: names must be unique, got {eval_names}")

@@ -362,3 +362,10 @@ def test_relative_data_file_beside_recipe_validates_from_another_cwd(
     path.write_text(edited("      source: builtin:arithmetic\n      count: 8\n    train:", "      source: chat.jsonl\n    train:"))
     monkeypatch.chdir(tmp_path)
     assert load_recipe(path).recipe.stage("sft").data.source == "chat.jsonl"
+
+
+def test_carry_slip_only_on_builtin_arithmetic(tmp_path: Path) -> None:
+    text = edited("      source: builtin:corpus\n", "      source: builtin:corpus\n      carry_slip: 0.5\n")
+    assert "carry_slip: only `builtin:arithmetic` takes `carry_slip`" in recipe_error(tmp_path, text)
+    out_of_range = edited("      source: builtin:arithmetic\n      count: 8\n    train:", "      source: builtin:arithmetic\n      count: 8\n      carry_slip: 1.5\n    train:")
+    assert "carry_slip" in recipe_error(tmp_path, out_of_range)

@@ -53,7 +53,7 @@ class DataSpec(Strict):
     )
     subset: str | None = Field(None, description="`datasets` configuration name (hf: sources only).")
     levels: list[int] | None = Field(
-        None, description="Built-in arithmetic only: difficulty levels to include (1-4); default all."
+        None, description="Built-in arithmetic only: difficulty levels to include (1-5); default all."
     )
     on_bad_row: Literal["error", "skip"] = Field(
         "error", description="A malformed row stops with an error naming file and line, or is skipped and counted."
@@ -68,6 +68,13 @@ class DataSpec(Strict):
         description="`builtin:preferences` only: the wrong answers of the correctness pairs: `clear` (off by "
         "30-60% of the answer; the default), `near` (off by 1, 2 or 10, or two digits swapped) or `mixed` "
         "(each half the time).",
+    )
+    carry_slip: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="`builtin:arithmetic` only: share of the sums that carry whose demonstrated answer forgets the "
+        "carry (`27 + 5` -> `22`), as a weak teacher would; the rows' `answer` field stays right. Default 0.",
     )
     demonstrations: list[Literal["answer", "critique", "revision", "judge"]] | None = Field(
         None,

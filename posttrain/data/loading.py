@@ -44,7 +44,7 @@ def builtin_rows(spec: DataSpec, seed: int) -> list[dict[str, Any]]:
     """Rows of a built-in dataset (``builtin:arithmetic`` or ``builtin:corpus``)."""
     if spec.source == "builtin:arithmetic":
         levels = tuple(spec.levels) if spec.levels else world.LEVELS
-        return world.arithmetic_rows(spec.split, spec.count or 2000, seed, levels)
+        return world.arithmetic_rows(spec.split, spec.count or 2000, seed, levels, spec.carry_slip or 0.0)
     if spec.source == "builtin:corpus":
         return [{"text": doc} for doc in world.corpus_documents(spec.split, spec.count or 2000, seed)]
     raise DataError(f"unknown built-in dataset {spec.source!r}; built-in: builtin:arithmetic, builtin:corpus")

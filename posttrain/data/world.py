@@ -4,8 +4,7 @@ Everything here is plain Python (no torch) so that the recipe validator and the 
 without loading a model. A problem is identified by ``(operation, a, b)``; the train/test split is decided
 by a hash of that identity, so the same problem never appears in both splits whatever its wording.
 
-Difficulty levels (chosen so that a ~1M-parameter model learns the easy ones quickly during SFT and the
-hard ones only partly, which leaves room for RL to improve it):
+Difficulty levels:
 
     1: one-digit addition            3 + 5
     2: two-digit plus one-digit      23 + 5
@@ -13,11 +12,18 @@ hard ones only partly, which leaves room for RL to improve it):
     4: two-digit subtraction         71 - 28   (never negative)
     5: three-digit plus two-digit    312 + 47
 
-Measured on the ~0.85M-parameter built-in model (quickstart settings: 150 pre-training steps, then SFT on
-levels 1-3 at batch 16 x 128 packed tokens): level 1 is solved first; levels 2 and 3 are learned in a sharp
-transition, so held-out accuracy on levels 1-3 goes 10% (250 SFT steps) -> 27% (375) -> 39.5% (425) -> 95%
-(500). Pre-training matters as much: at lr 5e-3 the same 500 SFT steps reach only 8%, at 1e-3 28.5%,
-from no pre-training 43.5%. A mix of all five levels learns more slowly (10% after 500 steps).
+Why the quickstart's SFT imitates a weak teacher (``carry_slip``). Measured on the ~0.85M-parameter
+built-in model (150 pre-training steps, then SFT on levels 1-3 at batch 16 x 128 packed tokens): levels 2
+and 3 are learned in a sharp transition whose timing depends on the seed and on the CPU's float32 kernels.
+The old quickstart stopped SFT inside it (425 steps): 39.5% held-out on an AMD EPYC (AVX2), 13% on an Intel
+Xeon (AVX-512), 42% after 600 steps with one thread instead of two on the AMD machine; any number of steps
+that stops in the transition makes the headline figure a lottery, and one that trains past it (~95%) leaves
+GRPO nothing to learn (levels 4 and 5 stay at 0% greedy and under 1% pass@8 after SFT on levels 1-3, so
+they are out of RL's reach). So SFT now trains to its plateau (1,000 steps) on demonstrations that forget
+the carry in half the sums that carry: the model learns the teacher's coin flip (held-out greedy 78%, seed
+0, AMD EPYC), and GRPO with the math verifier, which rewards only right answers, learns to carry (96.3%
+after 60 steps). Figures over seeds and kernel settings: README and benchmarks/quickstart_seeds.py.
+Level 1 has 6 test problems and level 2 has 75, so a held-out set of levels 1-3 is mostly level 3.
 """
 
 from __future__ import annotations
@@ -138,15 +144,38 @@ def arithmetic_problems(
     return out
 
 
-def arithmetic_rows(split: str, count: int, seed: int, levels: tuple[int, ...] = LEVELS) -> list[dict]:
-    """Chat rows ``{"messages", "answer", "level"}`` for SFT and evaluation."""
+def has_carry(problem: Problem) -> bool:
+    """Whether the units of a sum carry into the tens (``27 + 5``, ``38 + 46``; never for differences)."""
+    return problem.op == "+" and problem.a % 10 + problem.b % 10 >= 10
+
+
+def slipped_answer(problem: Problem) -> int:
+    """The answer of a teacher that forgets the carry from the units into the tens (``27 + 5`` -> ``22``)."""
+    return problem.answer - 10 if has_carry(problem) else problem.answer
+
+
+def arithmetic_rows(
+    split: str, count: int, seed: int, levels: tuple[int, ...] = LEVELS, carry_slip: float = 0.0
+) -> list[dict]:
+    """Chat rows ``{"messages", "answer", "level"}`` for SFT and evaluation.
+
+    ``carry_slip`` makes the assistant turn a weak teacher's: that share of the sums that carry (drawn per
+    row) shows :func:`slipped_answer`, while ``answer`` stays right. The slips have their own random stream,
+    so the problems and wordings are those of ``carry_slip=0``.
+    """
+    if not 0.0 <= carry_slip <= 1.0:
+        raise ValueError(f"carry_slip must be in [0, 1], got {carry_slip}")
+    slips = random.Random(f"carry_slip/{split}/{seed}")
     rows = []
     for problem, question in arithmetic_problems(split, count, seed, levels):
+        shown = problem.answer
+        if carry_slip > 0 and has_carry(problem) and slips.random() < carry_slip:
+            shown = slipped_answer(problem)
         rows.append(
             {
                 "messages": [
                     {"role": "user", "content": question},
-                    {"role": "assistant", "content": answer_text(problem)},
+                    {"role": "assistant", "content": str(shown)},
                 ],
                 "answer": str(problem.answer),
                 "level": problem.level,

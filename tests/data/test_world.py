@@ -123,3 +123,34 @@ def test_train_corpus_holds_no_test_problem(seed: int) -> None:
     # and the test corpus is built from test problems only
     held_out = {(op, int(a), int(b)) for doc in corpus_documents("test", 50, seed) for a, op, b, _ in SUM_SENTENCE.findall(doc)}
     assert held_out and all(Problem(0, *key).split == "test" for key in held_out)
+
+
+def test_carry_by_hand() -> None:
+    assert world.has_carry(world.Problem(2, "+", 27, 5)) and world.slipped_answer(world.Problem(2, "+", 27, 5)) == 22
+    assert world.has_carry(world.Problem(3, "+", 38, 46)) and world.slipped_answer(world.Problem(3, "+", 38, 46)) == 74
+    assert not world.has_carry(world.Problem(3, "+", 31, 46)) and world.slipped_answer(world.Problem(3, "+", 31, 46)) == 77
+    assert world.has_carry(world.Problem(1, "+", 6, 8)) and world.slipped_answer(world.Problem(1, "+", 6, 8)) == 4
+    assert not world.has_carry(world.Problem(4, "-", 71, 28))  # differences borrow; they never slip
+
+
+def test_carry_slip_changes_only_the_demonstrated_answer_of_carrying_sums() -> None:
+    clean = world.arithmetic_rows("train", 2000, 0, (1, 2, 3))
+    slipped = world.arithmetic_rows("train", 2000, 0, (1, 2, 3), carry_slip=0.5)
+    always = world.arithmetic_rows("train", 2000, 0, (1, 2, 3), carry_slip=1.0)
+    shown_wrong = 0
+    carrying = 0
+    for c, s, a in zip(clean, slipped, always):
+        assert c["messages"][0] == s["messages"][0] == a["messages"][0]  # same problems, same wording
+        assert c["answer"] == s["answer"] == a["answer"] == c["messages"][1]["content"]  # `answer` stays right
+        problem = world.Problem(c["level"], *parse_question(c["messages"][0]["content"]))
+        if world.has_carry(problem):
+            carrying += 1
+            assert a["messages"][1]["content"] == str(problem.answer - 10)
+            shown_wrong += s["messages"][1]["content"] != s["answer"]
+            assert s["messages"][1]["content"] in (str(problem.answer), str(problem.answer - 10))
+        else:
+            assert s["messages"][1]["content"] == a["messages"][1]["content"] == c["answer"]
+    assert carrying > 500  # about 45% of two-digit sums carry
+    assert 0.45 < shown_wrong / carrying < 0.55  # binomial sd ~0.015 at ~900 carrying rows
+    with pytest.raises(ValueError, match="carry_slip"):
+        world.arithmetic_rows("train", 10, 0, (1,), carry_slip=1.5)

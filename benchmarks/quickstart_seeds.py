@@ -1,0 +1,131 @@
+"""The quickstart's learning story over seeds and CPU kernel settings: the table README shows.
+
+    python benchmarks/quickstart_seeds.py [--seeds 0 1 2] [--settings default kernels] [--jobs 2]
+                                          [--recipe recipes/quickstart.yaml] [--out DIR] [--json PATH]
+
+Runs ``python -m posttrain.run RECIPE --set seed=S`` once per (seed, setting) in its own run folder, each
+process with one thread (``--jobs`` of them at a time), then reads every run's ``evaluations.json`` and
+its PPO stage's held-out metrics, and prints one row per run and the mean ± standard deviation over runs.
+
+A setting is a set of environment variables that changes which CPU kernels torch runs, so the same recipe
+and seed take a different floating-point path (tests/conftest.py says which variables do so, measured):
+
+    default   the machine's own kernels
+    kernels   ATEN_CPU_CAPABILITY=default MKL_CBWR=COMPATIBLE (torch's unvectorised ATen kernels and
+              MKL's compatibility code path: both change float32 results on AVX2 and AVX-512 CPUs)
+
+The goals of the quickstart (issue 17) are checked on every run and printed as PASS/FAIL:
+SFT held-out accuracy >= 0.30, GRPO >= SFT + 0.10, PPO >= SFT - 0.02 with a higher reward-model score of
+sampled held-out answers than the SFT model's (PPO's held-out evaluation before its first step), reward
+model >= 0.90 on held-out pairs, and no RewardHackingWarning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SETTINGS = {
+    "default": {},
+    "kernels": {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE"},
+}
+COLUMNS = ("sft", "grpo", "ppo", "reward_model", "ppo_rm_sampled_gain", "minutes")
+
+
+def run_one(recipe: Path, seed: int, setting: str, out: Path) -> dict:
+    """One quickstart run; returns its figures (reads the run folder, so a finished run is not redone)."""
+    run_dir = out / f"seed{seed}-{setting}"
+    env = {**os.environ, **SETTINGS[setting], "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    command = [
+        sys.executable, "-m", "posttrain.run", str(recipe), "--set", f"seed={seed}", "--set", f"output_dir={run_dir}",
+    ]
+    started = time.perf_counter()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir.parent / f"seed{seed}-{setting}.log", "w") as log:
+        code = subprocess.run(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+    minutes = (time.perf_counter() - started) / 60
+    log_text = (run_dir.parent / f"seed{seed}-{setting}.log").read_text()
+    return {"seed": seed, "setting": setting, "returncode": code, "minutes": minutes, **figures(run_dir, log_text)}
+
+
+def figures(run_dir: Path, log_text: str) -> dict:
+    """The quickstart's headline figures from a finished run folder."""
+    table = {row["stage"]: row for row in json.loads((run_dir / "evaluations.json").read_text())}
+    heldout = [
+        json.loads(line) for line in (run_dir / "stages" / "ppo" / "metrics.jsonl").read_text().splitlines()
+        if "heldout/sampled_reward" in line
+    ]
+    return {
+        "sft": table["sft"]["arithmetic.accuracy"],
+        "grpo": table["grpo"]["arithmetic.accuracy"],
+        "ppo": table["ppo"]["arithmetic.accuracy"],
+        "reward_model": table["reward_model"]["preferences.accuracy"],
+        "ppo_rm_sampled_gain": heldout[-1]["heldout/sampled_reward"] - heldout[0]["heldout/sampled_reward"],
+        "hacking_warning": "RewardHackingWarning" in log_text,
+    }
+
+
+def goals(row: dict) -> list[str]:
+    """The goals a run misses (empty: all met)."""
+    missed = []
+    if row["returncode"] != 0:
+        missed.append(f"exit {row['returncode']}")
+    if row["sft"] < 0.30:
+        missed.append("sft<0.30")
+    if row["grpo"] < row["sft"] + 0.10:
+        missed.append("grpo<sft+0.10")
+    if row["ppo"] < row["sft"] - 0.02:
+        missed.append("ppo<sft-0.02")
+    if row["ppo_rm_sampled_gain"] <= 0:
+        missed.append("rm score not raised")
+    if row["reward_model"] < 0.90:
+        missed.append("rm<0.90")
+    if row["hacking_warning"]:
+        missed.append("RewardHackingWarning")
+    return missed
+
+
+def print_table(rows: list[dict]) -> None:
+    header = f"{'seed':>4} {'setting':8} " + " ".join(f"{c:>19}" for c in COLUMNS) + "  goals"
+    print(header)
+    for row in rows:
+        cells = " ".join(f"{row[c]:>19.3f}" for c in COLUMNS)
+        missed = goals(row)
+        print(f"{row['seed']:>4} {row['setting']:8} {cells}  {'PASS' if not missed else 'FAIL: ' + ', '.join(missed)}")
+    means = " ".join(
+        f"{statistics.mean(r[c] for r in rows):>10.3f} ± {statistics.pstdev(r[c] for r in rows):<6.3f}" for c in COLUMNS
+    )
+    print(f"{'all':>4} {'mean±sd':8} {means}  {sum(not goals(r) for r in rows)}/{len(rows)} runs meet every goal")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each")
+    parser.add_argument("--recipe", type=Path, default=REPO / "recipes" / "quickstart.yaml")
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "quickstart_seeds")
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    args = parser.parse_args()
+    grid = [(seed, setting) for setting in args.settings for seed in args.seeds]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        rows = list(pool.map(lambda job: run_one(args.recipe.resolve(), *job, args.out.resolve()), grid))
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    print(f"# {args.recipe.name}, {len(rows)} runs, {args.jobs} at a time, 1 thread each; CPU: {cpu}")
+    print_table(rows)
+    if args.json:
+        args.json.write_text(json.dumps({"cpu": cpu, "rows": rows}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
