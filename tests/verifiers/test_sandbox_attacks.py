@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from posttrain.verifiers.code_tests import CodeVerifier
 from posttrain.verifiers.sandbox import NOBODY_UID, SandboxLimits
+
+pytestmark = pytest.mark.timeout(60)  # a broken wall-clock limit fails here instead of hanging CI
 
 TESTS = "def check(candidate):\n    assert candidate(2) == 3\n"
 MARK = "posttrain-pwned-" + uuid.uuid4().hex[:12]
@@ -32,7 +36,8 @@ ATTACKS = {
     "infinite_loop": _solution("while True:\n    pass"),
     "fork_bomb": _solution("while True:\n    try:\n        os.fork()\n    except OSError:\n        pass"),
     "allocate_1GiB": _solution("block = bytearray(1 << 30)\nreturn x + 1"),
-    "connect_out": _solution("socket.create_connection(('10.255.255.1', 80), timeout=2)\nreturn x + 1"),
+    # LISTENER_PORT is replaced by the port of a listener the test opens on the host's 127.0.0.1.
+    "connect_out": _solution("socket.create_connection(('127.0.0.1', LISTENER_PORT), timeout=1)\nreturn x + 1"),
     "write_usr": _solution(f"open('/usr/{MARK}', 'w').write('x')\nreturn x + 1"),
     "write_etc": _solution(f"open('/etc/{MARK}', 'w').write('x')\nreturn x + 1"),
     "write_home": _solution(
@@ -84,6 +89,16 @@ def _sandbox_pids() -> set[int]:
     return found
 
 
+@pytest.fixture()
+def host_listener() -> Iterator[socket.socket]:
+    """A TCP listener on the host's loopback; the sandbox (own network namespace) must not reach it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listener.setblocking(False)
+        yield listener
+
+
 @pytest.fixture(scope="module")
 def verifier() -> CodeVerifier:
     verifier = CodeVerifier(limits=SandboxLimits(timeout_s=2.0, cpu_s=2))
@@ -98,12 +113,13 @@ def test_correct_solution_scores_one(verifier: CodeVerifier) -> None:
 
 @pytest.mark.parametrize("attack", list(ATTACKS))
 def test_attack_scores_zero_and_leaves_host_unchanged(
-    verifier: CodeVerifier, attack: str, monkeypatch: pytest.MonkeyPatch
+    verifier: CodeVerifier, attack: str, monkeypatch: pytest.MonkeyPatch, host_listener: socket.socket
 ) -> None:
     monkeypatch.setenv("POSTTRAIN_SANDBOX_SECRET", "s3cret")
+    source = ATTACKS[attack].replace("LISTENER_PORT", str(host_listener.getsockname()[1]))
     before = _sandbox_pids()
     begin = time.monotonic()
-    result = verifier(ATTACKS[attack], TESTS, "inc")
+    result = verifier(source, TESTS, "inc")
     assert time.monotonic() - begin < 6.0
     assert (result.score, result.status) == (0.0, "wrong"), result.reason
     deadline = time.monotonic() + 2.0
@@ -111,3 +127,5 @@ def test_attack_scores_zero_and_leaves_host_unchanged(
         time.sleep(0.05)
     assert _sandbox_pids() - before == set(), "a sandboxed process outlived its run"
     assert [path for path in HOST_PATHS if os.path.lexists(path)] == []
+    with pytest.raises(BlockingIOError):  # no connection reached the host's listener
+        host_listener.accept()
