@@ -38,6 +38,7 @@ from posttrain.config.stages import StageConfig
 from posttrain.data.stage_outputs import bind_stage_outputs, linked_data_fingerprint
 from posttrain.errors import GateFailed
 from posttrain.recipe import LoadedRecipe, data_specs, resolve_data_path
+from posttrain.run_paths import check_run_folder, stage_folder
 
 
 @dataclass
@@ -168,7 +169,7 @@ class Pipeline:
             self.log(message)
 
     def stage_dir(self, name: str) -> Path:
-        return self.run_dir / "stages" / name
+        return stage_folder(self.run_dir, name)  # a plain name, no symbolic link followed
 
     def fingerprints(self) -> list[str]:
         """The fingerprint of every stage, in order (cheap: hashes configs and data files only)."""
@@ -203,6 +204,7 @@ class Pipeline:
     def run(self) -> list[dict[str, Any]]:
         """Runs (or reuses) every stage and its evaluations; returns the evaluation table."""
         if self.is_main:
+            check_run_folder(self.run_dir)  # before anything is written: see posttrain/run_paths.py
             _check_writable(self.run_dir)
             (self.run_dir / "recipe.yaml").write_text(yaml.safe_dump(self.loaded.raw, sort_keys=False))
         self.accelerator.wait_for_everyone()

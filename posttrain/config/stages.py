@@ -5,10 +5,11 @@ A stage kind registers its config class here (no torch) and its implementation i
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from posttrain.config.common import DataSpec, LoraSpec, Strict, TrainSpec
 from posttrain.registry import Registry
+from posttrain.run_paths import check_plain_name
 
 STAGE_CONFIGS: Registry[type["StageConfig"]] = Registry("stage kind")
 # `@register_stage_config("kind")` makes `kind:` in a recipe resolve to the decorated config class.
@@ -28,6 +29,8 @@ class StageConfig(Strict):
         "Default: the previous stage (the recipe's model for the first stage).",
     )
     evaluate: bool = Field(True, description="Run the recipe's evaluations after this stage.")
+
+    _plain_name = field_validator("name")(classmethod(lambda cls, name: check_plain_name(name, "stage name")))
 
 
 class ReplaySpec(Strict):
