@@ -93,8 +93,13 @@ def probe_cgroups() -> CgroupLayout | None:
                 return CgroupLayout((parent,), v2=True)
         v1 = {controller: mount for mount, fstype, options in mounts if fstype == "cgroup" for controller in options}
         if "pids" in v1 and "memory" in v1:
-            wanted = {v1[c]: c for c in ("cpu", "memory", "pids") if c in v1}  # one directory per hierarchy
-            return CgroupLayout(tuple(_make_parent(m, own.get(c, "/"), name) for m, c in wanted.items()), v2=False)
+            wanted = {v1[c]: c for c in ("memory", "pids") if c in v1}  # one directory per hierarchy
+            parents = [_make_parent(m, own.get(c, "/"), name) for m, c in wanted.items()]
+            if "cpu" in v1 and v1["cpu"] not in wanted:
+                # Each run's cpu group sits beside this process, not under a shared parent: v1 weighs a group
+                # against its siblings, so a parent would squeeze every run together into one task's share.
+                parents.append(Path(v1["cpu"]) / own.get("cpu", "/").lstrip("/"))
+            return CgroupLayout(tuple(parents), v2=False)
     except OSError:
         return None
     return None
@@ -106,7 +111,7 @@ class RunCgroup:
     _counter = itertools.count()
 
     def __init__(self, layout: CgroupLayout, *, max_processes: int, memory_bytes: int) -> None:
-        name = f"run-{next(self._counter)}"
+        name = f"posttrain-sandbox-{os.getpid()}-run-{next(self._counter)}"
         self.dirs = [parent / name for parent in layout.parents]
         for directory in self.dirs:
             directory.mkdir()
@@ -223,6 +228,8 @@ class Isolation:
 
 def _remove_parents(layout: CgroupLayout) -> None:
     for parent in layout.parents:
+        if not parent.name.startswith("posttrain-sandbox-"):
+            continue  # our own cgroup (the cpu hierarchy's runs sit beside us)
         try:
             parent.rmdir()
         except OSError:

@@ -19,7 +19,7 @@ import pytest
 
 from posttrain.verifiers.code_tests import CodeCase, CodeVerifier
 from posttrain.verifiers.isolation import SLOT_COUNT, SLOT_UID_BASE
-from posttrain.verifiers.sandbox import SandboxLimits
+from posttrain.verifiers.sandbox import ISOLATION, SandboxLimits
 
 pytestmark = pytest.mark.timeout(120)  # a broken wall-clock limit fails here instead of hanging CI
 
@@ -213,6 +213,9 @@ def _assert_host_unchanged(before: set[int], listeners: dict[str, socket.socket]
         time.sleep(0.05)
     assert _sandbox_pids() - before == set(), "a sandboxed process outlived its run"
     assert [path for path in HOST_PATHS if os.path.lexists(path)] == []
+    layout = ISOLATION.layout()
+    leftover_groups = [group for parent in (layout.parents if layout else ()) for group in parent.glob("*-run-*")]
+    assert leftover_groups == [], "a run's cgroup outlived it"
     for sock in listeners.values():  # nothing reached the host's sockets
         with pytest.raises(BlockingIOError):
             sock.recv(10) if sock.type == socket.SOCK_DGRAM else sock.accept()
