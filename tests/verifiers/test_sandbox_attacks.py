@@ -266,4 +266,5 @@ def test_readme_lists_every_attack() -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     section = readme[readme.index("## Code sandbox") :]
     listed = set(re.findall(r"`(\w+)`", section))
+    assert f"these {len(ATTACKS) + len(IO_ATTACKS)} attacks" in section
     assert sorted((set(ATTACKS) | set(IO_ATTACKS)) - listed) == []
