@@ -29,7 +29,7 @@ def handle_errors(action: Callable[[], int], debug: bool) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from posttrain.data.file_checks import check_data_files
+    from posttrain.data_file_checks import check_data_files
     from posttrain.errors import RecipeError
     from posttrain.recipe import load_recipe
 

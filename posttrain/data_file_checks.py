@@ -7,7 +7,8 @@ the file and the line, before a run starts instead of when its stage is reached.
 Cheap on purpose: JSONL only (read line by line, no `datasets` import; JSON arrays and Parquet would need it,
 which costs seconds, so for those the recipe check stops at "the file exists"), built-in and `hf:` sources
 not read, and a stage's `count:` honoured (the loaders stop there). The fields a reward source reads from
-RL rows (e.g. `answer`) are checked when the stage starts. Torch-free.
+RL rows (e.g. `answer`) are checked when the stage starts. Torch-free. It sits beside recipe.py, not in
+`data/`, because it reads the recipe (data/ imports nothing above it).
 """
 
 from __future__ import annotations
