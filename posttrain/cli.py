@@ -29,10 +29,14 @@ def handle_errors(action: Callable[[], int], debug: bool) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from posttrain.data_file_checks import check_data_files
+    from posttrain.errors import RecipeError
     from posttrain.recipe import load_recipe
 
     for path in args.recipes:
         loaded = load_recipe(path, args.overrides)
+        if problems := check_data_files(loaded):
+            raise RecipeError(f"{path}: {len(problems)} data problem(s):\n" + "\n".join(f"  - {p}" for p in problems))
         stages = ", ".join(f"{s.name} ({s.kind})" for s in loaded.recipe.stages)
         print(f"{path}: ok — {len(loaded.recipe.stages)} stages: {stages}")
     return 0

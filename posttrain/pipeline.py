@@ -42,6 +42,7 @@ from posttrain.fingerprints import (
 )
 from posttrain.recipe import LoadedRecipe
 from posttrain.stage_resume import stage_train_checkpoints
+from posttrain.run_paths import check_run_folder, stage_folder
 
 
 @dataclass
@@ -111,7 +112,7 @@ class Pipeline:
             self.log(message)
 
     def stage_dir(self, name: str) -> Path:
-        return self.run_dir / "stages" / name
+        return stage_folder(self.run_dir, name)  # a plain name, no symbolic link followed
 
     def fingerprints(self) -> list[str]:
         """The fingerprint of every stage, in order (cheap: hashes configs and data files only)."""
@@ -124,6 +125,7 @@ class Pipeline:
     def run(self) -> list[dict[str, Any]]:
         """Runs (or reuses) every stage and its evaluations; returns the evaluation table."""
         if self.is_main:
+            check_run_folder(self.run_dir)  # before anything is written: see posttrain/run_paths.py
             _check_writable(self.run_dir)
             write_text_atomic(self.run_dir / "recipe.yaml", yaml.safe_dump(self.loaded.raw, sort_keys=False))
         self.accelerator.wait_for_everyone()

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 import posttrain.config  # noqa: F401  (registers every stage kind)
 from posttrain.config.common import DataSpec, ModelSpec, Strict
@@ -22,6 +22,7 @@ from posttrain.config.reporting import LoggingConfig
 from posttrain.config.stages import StageConfig, stage_config_class
 from posttrain.data.sources import resolve_data_path
 from posttrain.errors import RecipeError
+from posttrain.run_paths import check_output_dir, check_plain_name
 
 
 class Recipe(Strict):
@@ -38,6 +39,10 @@ class Recipe(Strict):
     logging: LoggingConfig = Field(
         default_factory=LoggingConfig, description="Trackers, progress display, samples and the run report."
     )
+
+    # Paths stay inside the run folder (posttrain/run_paths.py).
+    _plain_name = field_validator("name")(classmethod(lambda cls, name: check_plain_name(name, "run name")))
+    _safe_output_dir = field_validator("output_dir")(classmethod(lambda cls, folder: check_output_dir(folder)))
 
     def stage(self, name: str) -> StageConfig:
         for stage in self.stages:

@@ -11,6 +11,7 @@ and, for function tasks, `entry_point`.
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Sequence
 
@@ -19,7 +20,10 @@ from posttrain.rewards.registry import register_reward_source
 from posttrain.verifiers.code_tests import CodeCase, CodeVerifier
 from posttrain.verifiers.sandbox import SandboxLimits
 
-_FENCE = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
+# An opening fence's language line. Unambiguous (no two adjacent `[ \t]*`), so a fence followed by 50k spaces
+# cannot backtrack quadratically; fences are paired by a linear scan (a lazy `(.*?)` rescanned to the end
+# of the text from every unclosed fence).
+_FENCE_HEADER = re.compile(r"[ \t]*(?:(?:python3|python|py)[ \t]*)?\n", re.IGNORECASE)
 
 
 def extract_program(completion: str) -> str:
@@ -28,8 +32,20 @@ def extract_program(completion: str) -> str:
     >>> extract_program("Here:\\n```python\\ndef f():\\n    return 1\\n```\\nDone.")
     'def f():\\n    return 1\\n'
     """
-    blocks = _FENCE.findall(completion)
-    return blocks[-1] if blocks else completion
+    fences, start = [], completion.find("```")
+    while start >= 0:  # every position of three backticks, overlapping ones too (as the regex tried them)
+        fences.append(start)
+        start = completion.find("```", start + 1)
+    last, index = None, 0
+    while index < len(fences):
+        header = _FENCE_HEADER.match(completion, fences[index] + 3)
+        closing = bisect.bisect_left(fences, header.end()) if header else len(fences)
+        if closing == len(fences):
+            index += 1
+            continue
+        last = completion[header.end() : fences[closing]]
+        index = bisect.bisect_left(fences, fences[closing] + 3)
+    return completion if last is None else last
 
 
 @register_reward_source("code")

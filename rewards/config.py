@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, NonNegativeInt, PositiveInt, model_validator
 
 from posttrain.rewards.registry import check_reward_source_args
 
@@ -40,8 +40,10 @@ class WeightSchedule(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    start: float = Field(description="Weight at `start_step` and before it.")
-    end: float = Field(description="Weight at `start_step + steps` and after it.")
+    # Finite: a NaN or infinite weight would make every total reward NaN, found only as "non-finite
+    # advantages" hours later without naming the weight.
+    start: FiniteFloat = Field(description="Weight at `start_step` and before it.")
+    end: FiniteFloat = Field(description="Weight at `start_step + steps` and after it.")
     steps: PositiveInt = Field(description="Number of training steps the linear ramp takes.")
     start_step: NonNegativeInt = Field(default=0, description="Training step at which the ramp begins.")
 
@@ -66,8 +68,8 @@ class RewardEntry(BaseModel):
         default=None,
         description="Name of this term in metrics and in other entries' `gate`; defaults to `source`.",
     )
-    weight: float = Field(
-        default=1.0, description="Multiplier of this term in the total reward (use `schedule` to vary it)."
+    weight: FiniteFloat = Field(
+        default=1.0, description="Multiplier of this term in the total reward (use `schedule` to vary it); finite."
     )
     args: dict[str, Any] = Field(
         default_factory=dict,

@@ -5,10 +5,14 @@ function is called either per example, ``function(prompt, completion, example) -
 with `batched: true`, once per batch, ``function(prompts, completions, examples) -> list of scores``.
 A score is a real number (bools count) or a `RewardResult`.
 
-Its output is checked on every batch: an exception, a wrong number of scores, or a score of the wrong type
-(or NaN/inf) raises `RewardFunctionError` naming the function and the offending example — at the first
-batch, before a run trains on garbage. When a batched function raises, it is called again one example at a
-time to name the example that triggers the error.
+Its output is checked on every batch: an exception (SystemExit and KeyboardInterrupt included: a reward
+function never ends the run with status 0), a call that does not return within `timeout_s`, a wrong number
+of scores, a score of the wrong type, NaN/inf (also inside a `RewardResult`) or an integer too large for a
+float raises `RewardFunctionError` naming the function and the offending example — at the first batch,
+before a run trains on garbage. When a batched function raises, it is called again one example at a time
+to name the example that triggers the error. Each call gets a deep copy of its examples, so a function
+that mutates one cannot change the data of later calls. The call runs in a daemon thread so that the
+timeout can fire; a function past its timeout cannot be killed, it is abandoned and the run stops.
 
 >>> load_function("rewards.py")
 Traceback (most recent call last):
@@ -18,9 +22,12 @@ ValueError: python reward source: function must look like 'path/to/file.py:funct
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
+import math
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -72,6 +79,26 @@ def _preview(text: str, limit: int = 60) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
+def _call_with_timeout(function: Callable[..., Any], args: tuple[Any, ...], timeout_s: float) -> Any:
+    """`function(*args)` in a daemon thread; raises TimeoutError past `timeout_s`, re-raises what it raised."""
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = function(*args)
+        except BaseException as exc:  # SystemExit / KeyboardInterrupt too: reported, never ends the run
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name="posttrain-reward-function", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise TimeoutError(f"did not return within {timeout_s:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
 @register_reward_source("python")
 class PythonFunctionReward(RewardSource):
     """A user-written reward function.
@@ -80,42 +107,70 @@ class PythonFunctionReward(RewardSource):
         function: `path/to/file.py:function`.
         batched: Call it once per batch with lists instead of once per example.
         fields: Example fields the function reads (checked before each call, with a clear error).
+        timeout_s: Wall-clock limit of one call (per example, or per batch when batched).
     """
 
-    def __init__(self, *, function: str, batched: bool = False, fields: Sequence[str] = ()) -> None:
+    def __init__(
+        self, *, function: str, batched: bool = False, fields: Sequence[str] = (), timeout_s: float = 60.0
+    ) -> None:
+        if not (isinstance(timeout_s, int | float) and math.isfinite(timeout_s) and timeout_s > 0):
+            raise ValueError(f"python reward source: timeout_s must be a finite number > 0, got {timeout_s!r}")
         self.function_spec = function
         self.function = load_function(function)
         self.batched = batched
         self.required_fields = tuple(fields)
+        self.timeout_s = float(timeout_s)
 
     def _describe(self, index: int, prompts: list[str], completions: list[str]) -> str:
         return f"example {index} (prompt {_preview(prompts[index])}, completion {_preview(completions[index])})"
 
     def _to_result(self, value: object, index: int, prompts: list[str], completions: list[str]) -> RewardResult:
+        where = f"reward function {self.function_spec!r} returned"
         if isinstance(value, RewardResult):
+            if not math.isfinite(value.score):
+                raise RewardFunctionError(
+                    f"{where} a RewardResult with score {value.score} for {self._describe(index, prompts, completions)}; "
+                    "the score must be finite"
+                )
             return value
-        number = as_score(value)
+        try:
+            number = as_score(value)
+        except OverflowError as exc:
+            raise RewardFunctionError(
+                f"{where} a number too large for a float (OverflowError: {exc}) for "
+                f"{self._describe(index, prompts, completions)}"
+            ) from exc
         if number is None:
             raise RewardFunctionError(
-                f"reward function {self.function_spec!r} returned {value!r} ({type(value).__name__}) for "
+                f"{where} {_short_repr(value)} ({type(value).__name__}) for "
                 f"{self._describe(index, prompts, completions)}; expected a finite number or a RewardResult"
             )
         return RewardResult(number, "ok", f"{self.function_spec}")
+
+    def _call(self, args: tuple[Any, ...], what: str) -> Any:
+        """Call the function on deep copies of `args`; any failure becomes a RewardFunctionError naming `what`."""
+        try:
+            return _call_with_timeout(self.function, copy.deepcopy(args), self.timeout_s)
+        except BaseException as exc:
+            raise RewardFunctionError(
+                f"reward function {self.function_spec!r} raised {type(exc).__name__}: {exc} on {what}"
+            ) from exc
 
     def score(
         self, prompts: list[str], completions: list[str], examples: Sequence[Example], step: int
     ) -> list[RewardResult]:
         if not self.batched:
-            values = [self._call_one(i, prompts, completions, examples) for i in range(len(completions))]
+            values = [
+                self._call((prompts[i], completions[i], dict(examples[i])), self._describe(i, prompts, completions))
+                for i in range(len(completions))
+            ]
         else:
             try:
-                values = list(self.function(prompts, completions, [dict(example) for example in examples]))
-            except Exception as exc:
-                self._find_culprit(exc, prompts, completions, examples)
-                raise RewardFunctionError(
-                    f"reward function {self.function_spec!r} raised {type(exc).__name__}: {exc} on a batch of "
-                    f"{len(completions)} examples"
-                ) from exc
+                values = list(self._call((prompts, completions, [dict(e) for e in examples]), "a batch"))
+            except RewardFunctionError as exc:
+                if not isinstance(exc.__cause__, TimeoutError):  # re-running a slow batch per example: slower still
+                    self._find_culprit(exc, prompts, completions, examples)
+                raise RewardFunctionError(f"{exc} of {len(completions)} examples") from exc.__cause__
             if len(values) != len(completions):
                 raise RewardFunctionError(
                     f"reward function {self.function_spec!r} returned {len(values)} scores for a batch of "
@@ -123,24 +178,22 @@ class PythonFunctionReward(RewardSource):
                 )
         return [self._to_result(value, i, prompts, completions) for i, value in enumerate(values)]
 
-    def _call_one(self, index: int, prompts: list[str], completions: list[str], examples: Sequence[Example]) -> Any:
-        try:
-            return self.function(prompts[index], completions[index], dict(examples[index]))
-        except Exception as exc:
-            raise RewardFunctionError(
-                f"reward function {self.function_spec!r} raised {type(exc).__name__}: {exc} on "
-                f"{self._describe(index, prompts, completions)}"
-            ) from exc
-
     def _find_culprit(
         self, batch_error: Exception, prompts: list[str], completions: list[str], examples: Sequence[Example]
     ) -> None:
         """Re-run a failed batched call one example at a time; raise naming the first example that fails."""
         for index in range(len(completions)):
             try:
-                self.function([prompts[index]], [completions[index]], [dict(examples[index])])
-            except Exception as exc:
+                self._call(([prompts[index]], [completions[index]], [dict(examples[index])]), "")
+            except RewardFunctionError as exc:
                 raise RewardFunctionError(
-                    f"reward function {self.function_spec!r} raised {type(exc).__name__}: {exc} on "
-                    f"{self._describe(index, prompts, completions)}"
+                    f"{exc}{self._describe(index, prompts, completions)}"
                 ) from batch_error
+
+
+def _short_repr(value: object, limit: int = 80) -> str:
+    try:
+        text = repr(value)
+    except Exception:  # e.g. an int past Python's digit limit
+        return f"<unprintable {type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit] + "..."

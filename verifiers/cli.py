@@ -1,14 +1,16 @@
 """`posttrain verify math|code ...`: run a verifier from the command line, one JSON object per verification.
 
     posttrain verify math --pred TEXT --gold TEXT
-    posttrain verify code --solution FILE --tests FILE --entry-point NAME
+    posttrain verify code --allow-code-execution --solution FILE --tests FILE --entry-point NAME
     posttrain verify math --jsonl FILE          # lines: {"pred": ..., "gold": ...}
-    posttrain verify code --jsonl FILE          # lines: {"solution": ..., "tests": ..., "entry_point": ...}
+    posttrain verify code --allow-code-execution --jsonl FILE   # lines: {"solution", "tests", "entry_point"}
 
 Each verification prints ``{"score": ..., "status": "ok"|"wrong"|"error", "reason": ...}`` (batch mode: one
 line per input line, in order, verified in parallel; an input line's "id" is echoed back). For code, a tests
 file ending in .json holds a list of {"input", "output"} cases (a stdin/stdout task); otherwise it is Python
-source with asserts, typically `def check(candidate): ...`.
+source with asserts, typically `def check(candidate): ...`. `verify code` runs the given program (in the
+bubblewrap sandbox) only with `--allow-code-execution`, the same explicit opt-in as the `code` reward's
+`allow_code_execution: true`.
 
 Exit status: 0 if every verification passed, 1 if any did not (wrong or error), 2 on bad usage.
 The lead wires `main` into the `posttrain` console script; `python -m posttrain.verifiers.cli` also works.
@@ -47,6 +49,11 @@ def _parser() -> argparse.ArgumentParser:
     math.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
 
     code = kinds.add_parser("code", help="run a solution against tests in the sandbox")
+    code.add_argument(
+        "--allow-code-execution",
+        action="store_true",
+        help="required: run the solution (model-written code) in the bubblewrap sandbox",
+    )
     code.add_argument("--solution", type=Path, help="Python file with the solution")
     code.add_argument("--tests", type=Path, help="Python test file (asserts / check), or .json stdin/stdout cases")
     code.add_argument("--entry-point", help="name of the function the tests' check(candidate) receives")
@@ -119,6 +126,11 @@ def _code_limits(args: argparse.Namespace) -> SandboxLimits:
 
 
 def _code(args: argparse.Namespace, parser: argparse.ArgumentParser, out: TextIO) -> int:
+    if not args.allow_code_execution:
+        parser.error(
+            "verify code executes the given program; pass --allow-code-execution to allow it (it runs in a "
+            "bubblewrap sandbox with no network), as the code reward needs `allow_code_execution: true`"
+        )
     verifier = CodeVerifier(limits=_code_limits(args))
     if args.jsonl is not None:
         rows = _parse_batch(_read_lines(args.jsonl), ("solution", "tests"))

@@ -6,10 +6,11 @@ Stage kind X registers its config class in `posttrain.config.X` (no torch) and i
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from posttrain.config.common import Strict
 from posttrain.registry import Registry
+from posttrain.run_paths import check_plain_name
 
 STAGE_CONFIGS: Registry[type["StageConfig"]] = Registry("stage kind")
 # `@register_stage_config("kind")` makes `kind:` in a recipe resolve to the decorated config class.
@@ -29,3 +30,6 @@ class StageConfig(Strict):
         "Default: the previous stage (the recipe's model for the first stage).",
     )
     evaluate: bool = Field(True, description="Run the recipe's evaluations after this stage.")
+
+    _plain_name = field_validator("name")(classmethod(lambda cls, name: check_plain_name(name, "stage name")))
+

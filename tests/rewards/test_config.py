@@ -34,6 +34,10 @@ def test_defaults_and_key() -> None:
         ),
         ({"source": "math", "schedule": {"start": 0, "end": 1, "steps": 0}}, "greater than 0"),
         ({"source": "format", "gate": "format"}, "cannot gate itself"),
+        ({"source": "math", "weight": float("nan")}, "weight\n  Input should be a finite number"),
+        ({"source": "math", "weight": float("-inf")}, "weight\n  Input should be a finite number"),
+        ({"source": "math", "schedule": {"start": float("nan"), "end": 1, "steps": 5}}, "schedule.start\n  Input should be a finite"),
+        ({"source": "math", "schedule": {"start": 0, "end": float("inf"), "steps": 5}}, "schedule.end\n  Input should be a finite"),
     ],
 )
 def test_invalid_entries_name_the_problem(data: dict, message: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,30 @@ def returns_text(prompt, completion, example):
 
 def returns_nan(prompt, completion, example):
     return float("nan")
+
+def sleeps(prompt, completion, example):
+    import time
+    time.sleep(30)
+
+def result_nan(prompt, completion, example):
+    return RewardResult(float("nan"), "ok", "nan inside")
+
+def huge(prompt, completion, example):
+    return 10**400
+
+def mutates(prompt, completion, example):
+    example["answer"].append(completion)
+    return float(len(example["answer"]))
+
+def exits(prompt, completion, example):
+    raise SystemExit(0)
+
+def interrupts(prompt, completion, example):
+    raise KeyboardInterrupt
+
+def batch_sleeps(prompts, completions, examples):
+    import time
+    time.sleep(30)
 
 def batch_lengths(prompts, completions, examples):
     return [len(c) for c in completions]
@@ -116,3 +141,36 @@ def test_declared_fields_are_checked(user_file: str) -> None:
     with pytest.raises(ValueError, match="needs the field 'answer'"):
         source(["p"], ["4"], examples=[{}])
     assert isinstance(source(["p"], ["4"], examples=[{"answer": "4"}])[0], RewardResult)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("function", "args", "message"),
+    [
+        ("sleeps", {"timeout_s": 0.3}, r"raised TimeoutError: did not return within 0.3 s on example 0"),
+        ("batch_sleeps", {"timeout_s": 0.3, "batched": True}, r"raised TimeoutError: did not return within 0.3 s"),
+        ("result_nan", {}, r"returned a RewardResult with score nan for example 0 .*must be finite"),
+        ("huge", {}, r"returned a number too large for a float \(OverflowError.*for example 0"),
+        ("exits", {}, r"'.*:exits' raised SystemExit: 0 on example 0 \(prompt 'p', completion 'a'\)"),
+        ("interrupts", {}, r"raised KeyboardInterrupt.* on example 0"),
+    ],
+)
+def test_hangs_nan_overflow_and_exits_are_named_errors(user_file: str, function: str, args: dict, message: str) -> None:
+    begin = time.monotonic()
+    with pytest.raises(RewardFunctionError, match=message):
+        run(f"{user_file}:{function}", ["a", "b"], **args)
+    assert time.monotonic() - begin < 5.0
+
+
+def test_each_call_gets_a_deep_copy_of_its_example(user_file: str) -> None:
+    source = build_reward_source("python", function=f"{user_file}:mutates")
+    example = {"answer": ["4"]}
+    results = source(["p", "p"], ["a", "b"], examples=[example, example])
+    assert [result.score for result in results] == [2.0, 2.0]
+    assert example == {"answer": ["4"]}
+
+
+def test_timeout_must_be_positive_and_finite(user_file: str) -> None:
+    for bad in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="timeout_s must be a finite number > 0"):
+            build_reward_source("python", function=f"{user_file}:contains_answer", timeout_s=bad)

@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.timeout(120)  # sandboxed runs: a broken wall-clock limit fails, never hangs CI
+
 
 def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -49,13 +53,15 @@ def test_math_batch(tmp_path: Path) -> None:
 def test_code_single(tmp_path: Path) -> None:
     (tmp_path / "solution.py").write_text("def double(x):\n    return 2 * x\n")
     (tmp_path / "tests.py").write_text("def check(candidate):\n    assert candidate(4) == 8\n")
-    args = ["code", "--solution", str(tmp_path / "solution.py"), "--tests", str(tmp_path / "tests.py")]
+    args = ["code", "--allow-code-execution", "--solution", str(tmp_path / "solution.py"), "--tests", str(tmp_path / "tests.py")]
     done = run_cli(*args, "--entry-point", "double")
     assert done.returncode == 0, done.stderr
     assert records(done.stdout) == [{"score": 1.0, "status": "ok", "reason": "all tests passed"}]
     (tmp_path / "cases.json").write_text(json.dumps([{"input": "2\n", "output": "4\n"}]))
     (tmp_path / "io.py").write_text("print(2 * int(input()))\n")
-    io = run_cli("code", "--solution", str(tmp_path / "io.py"), "--tests", str(tmp_path / "cases.json"))
+    io = run_cli(
+        "code", "--allow-code-execution", "--solution", str(tmp_path / "io.py"), "--tests", str(tmp_path / "cases.json")
+    )
     assert records(io.stdout)[0]["status"] == "ok"
 
 
@@ -65,7 +71,7 @@ def test_code_batch_from_stdin() -> None:
         {"solution": "import sys\nsys.exit(0)\n", "tests": "def check(c):\n    assert c() == 1\n", "entry_point": "f"},
         {"solution": "print(input()[::-1])", "tests": [{"input": "abc", "output": "cba"}]},
     ]
-    done = run_cli("code", "--jsonl", "-", stdin="\n".join(json.dumps(row) for row in rows) + "\n")
+    done = run_cli("code", "--allow-code-execution", "--jsonl", "-", stdin="\n".join(json.dumps(row) for row in rows) + "\n")
     assert [r["status"] for r in records(done.stdout)] == ["ok", "wrong", "ok"]
 
 
@@ -73,8 +79,23 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     assert run_cli("math", "--pred", "1").returncode == 2
     assert run_cli("sql").returncode == 2
     assert (
-        run_cli("code", "--solution", str(tmp_path / "missing.py"), "--tests", str(tmp_path / "t.py")).returncode == 2
+        run_cli(
+            "code", "--allow-code-execution", "--solution", str(tmp_path / "missing.py"), "--tests", str(tmp_path / "t.py")
+        ).returncode
+        == 2
     )
+
+
+def test_verify_code_needs_the_explicit_opt_in(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    (tmp_path / "solution.py").write_text(f"open({str(marker)!r}, 'w').write('x')\ndef f():\n    return 1\n")
+    (tmp_path / "tests.py").write_text("def check(c):\n    assert c() == 1\n")
+    args = ["code", "--solution", str(tmp_path / "solution.py"), "--tests", str(tmp_path / "tests.py"), "--entry-point", "f"]
+    done = run_cli(*args)
+    assert done.returncode == 2 and "--allow-code-execution" in done.stderr
+    assert done.stdout == "" and not marker.exists()
+    batch = run_cli("code", "--jsonl", "-", stdin='{"solution": "x", "tests": "assert True"}\n')
+    assert batch.returncode == 2 and "--allow-code-execution" in batch.stderr
 
 
 def test_main_is_callable_in_process(capsys) -> None:

@@ -11,6 +11,8 @@ from posttrain.data.code_tasks import load_code_tasks
 from posttrain.verifiers.code_tests import CodeCase, CodeVerifier
 from posttrain.verifiers.sandbox import SandboxLimits, SandboxUnavailable
 
+pytestmark = pytest.mark.timeout(120)  # sandboxed runs: a broken wall-clock limit fails, never hangs CI
+
 ADD = "def add(a, b):\n    return a + b\n"
 SUM_LINE = "import sys\nfor line in sys.stdin:\n    print(sum(map(int, line.split())))\n"
 CASES = [{"input": "1 2\n3 4\n", "output": "3\n7\n"}, {"input": "10 -1", "output": "9"}]

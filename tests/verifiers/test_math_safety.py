@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from posttrain.verifiers.math_answer import MathVerifier
+from posttrain.verifiers.math_answer import MathVerifier, extract_final_answer
 from posttrain.verifiers.worker_pool import WorkerPool
+
+pytestmark = pytest.mark.timeout(120)  # a hang fails here instead of stalling CI
 
 PATHOLOGICAL = [
     "\\boxed{9^{9^{9}}}",
@@ -21,6 +23,32 @@ PATHOLOGICAL = [
     "The answer is " + "1+" * 50_000 + "1",
     "x" * 100_000,
 ]
+
+
+# Texts that used to hang the caller's thread before the worker's timeout could apply (extraction rescanned
+# from each opening brace; a lazy regex group backtracked over trailing whitespace).
+CALLER_THREAD_HANGS = {
+    "20k-unclosed-boxed": "\\boxed{" * 20_000,
+    "10k-nested-boxed": "\\boxed{" * 10_000 + "}" * 10_000,
+    "answer-then-50k-spaces": "The answer is 3" + " " * 50_000,
+    "answer-then-50k-tabs": "The answer is 3" + "\t" * 50_000,
+    "colon-then-50k-spaces": "Answer: 3" + " " * 50_000,
+    "20k-answer-is": "the answer is " * 20_000,
+    "50k-answer-colon": "answer: " * 50_000,
+}
+
+
+@pytest.mark.parametrize("completion", list(CALLER_THREAD_HANGS.values()), ids=list(CALLER_THREAD_HANGS))
+def test_extraction_is_fast_on_adversarial_text(completion: str) -> None:
+    begin = time.monotonic()
+    found = extract_final_answer(completion)
+    assert time.monotonic() - begin < 1.0
+    assert found.answer in (None, "3")
+
+
+def test_trailing_whitespace_keeps_the_answer() -> None:
+    assert extract_final_answer("The answer is 3" + " " * 50_000).answer == "3"
+    assert extract_final_answer("so \\boxed{\\frac{1}{2}} and " + "\\boxed{" * 5000).answer == "\\frac{1}{2}"
 
 
 @pytest.fixture(scope="module")

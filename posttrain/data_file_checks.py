@@ -1,0 +1,56 @@
+"""`posttrain validate` reads the local JSONL data files a recipe names, with the loader its stage uses.
+
+So a malformed line, a row without the fields its stage needs (`text`; `messages` or `prompt`/`completion`;
+`prompt`/`chosen`/`rejected`; a prompt for RL) or a file with no usable row is reported, naming the stage,
+the file and the line, before a run starts instead of when its stage is reached.
+
+Cheap on purpose: JSONL only (read line by line, no `datasets` import; JSON arrays and Parquet would need it,
+which costs seconds, so for those the recipe check stops at "the file exists"), built-in and `hf:` sources
+not read, and a stage's `count:` honoured (the loaders stop there). The fields a reward source reads from
+RL rows (e.g. `answer`) are checked when the stage starts. Torch-free. It sits beside recipe.py, not in
+`data/`, because it reads the recipe (data/ imports nothing above it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from posttrain.errors import DataError
+from posttrain.data.sources import resolve_data_path
+from posttrain.recipe import LoadedRecipe, data_specs
+
+
+def _loader(kind: str) -> Callable[..., Any] | None:
+    """The function that stage kind `kind` reads its `data:` with (None: not checked here)."""
+    if kind in ("pretrain", "sft"):
+        from posttrain.data.loading import load_dataset
+
+        return load_dataset
+    if kind in ("dpo", "reward_model"):
+        from posttrain.data.preferences import load_preferences
+
+        return load_preferences
+    if kind in ("grpo", "ppo"):
+        from posttrain.rl.prompts import load_prompts
+
+        return load_prompts
+    return None
+
+
+def check_data_files(loaded: LoadedRecipe) -> list[str]:
+    """One line per local JSONL data file that its stage could not use (empty when all are fine)."""
+    problems: list[str] = []
+    for index, stage in enumerate(loaded.recipe.stages):
+        loader = _loader(stage.kind)
+        for where, spec in data_specs(stage):
+            if loader is None or where not in ("data", "replay.data"):
+                continue
+            path = resolve_data_path(spec.source, loaded.directory)
+            if path is None or path.suffix != ".jsonl" or not path.is_file():
+                continue
+            try:
+                loader(spec, loaded.directory, loaded.recipe.seed)
+            except DataError as err:
+                problems.append(f"stages[{index}] ({stage.name}).{where}: {err}")
+    return problems
