@@ -113,31 +113,41 @@ def combine_rewards(
     contributions: dict[str, list[float]] = {}
     excluded = [False] * size
     for name, raw in scores.items():
-        status, gate = statuses[name], gates.get(name)
-        if gate is not None and gate not in statuses:
-            raise ValueError(f"term {name!r} is gated by unknown term {gate!r}")
-        valid = [s != "error" for s in status]
-        values = [
-            (min(score, 0.0) if cut[i] and not allow_truncated.get(name, False) else float(score)) if valid[i] else 0.0
-            for i, score in enumerate(raw)
-        ]
-        if gate is not None:
-            values = [value if statuses[gate][i] == "ok" else 0.0 for i, value in enumerate(values)]
-        mode = normalize.get(name, "none")
-        if mode == "group_zscore":
-            if group_ids is None:
-                raise ValueError(f"term {name!r} uses group_zscore but no group ids were given")
-            values = zscore(values, valid, group_ids)
-        elif mode == "batch_zscore":
-            values = zscore(values, valid)
-        elif mode != "none":
-            raise ValueError(f"term {name!r}: unknown normalize mode {mode!r}")
+        valid = [s != "error" for s in statuses[name]]
+        values = _term_values(
+            name, raw, valid, statuses, gates.get(name), cut, allow_truncated.get(name, False),
+            normalize.get(name, "none"), group_ids,
+        )
         weight = weights[name]
         contributions[name] = [weight * value if valid[i] else 0.0 for i, value in enumerate(values)]
         if weight != 0.0:
             excluded = [flag or not valid[i] for i, flag in enumerate(excluded)]
     totals = [sum(contributions[name][i] for name in contributions) for i in range(size)]
     return CombinedRewards(totals, contributions, excluded)
+
+
+def _term_values(
+    name: str, raw: Sequence[float], valid: list[bool], statuses: Mapping[str, Sequence[Status]], gate: str | None,
+    cut: list[bool], allow_truncated: bool, mode: NormalizeMode | str, group_ids: Sequence[Hashable] | None,
+) -> list[float]:
+    """One term's values before its weight: truncation cap, gate, then normalisation (errors score 0)."""
+    if gate is not None and gate not in statuses:
+        raise ValueError(f"term {name!r} is gated by unknown term {gate!r}")
+    values = [
+        (min(score, 0.0) if cut[i] and not allow_truncated else float(score)) if valid[i] else 0.0
+        for i, score in enumerate(raw)
+    ]
+    if gate is not None:
+        values = [value if statuses[gate][i] == "ok" else 0.0 for i, value in enumerate(values)]
+    if mode == "group_zscore":
+        if group_ids is None:
+            raise ValueError(f"term {name!r} uses group_zscore but no group ids were given")
+        return zscore(values, valid, group_ids)
+    if mode == "batch_zscore":
+        return zscore(values, valid)
+    if mode != "none":
+        raise ValueError(f"term {name!r}: unknown normalize mode {mode!r}")
+    return values
 
 
 @dataclass(frozen=True)
