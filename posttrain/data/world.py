@@ -12,17 +12,17 @@ Difficulty levels:
     4: two-digit subtraction         71 - 28   (never negative)
     5: three-digit plus two-digit    312 + 47
 
-Why the quickstart's SFT imitates a weak teacher (``carry_slip``). Measured on the ~0.85M-parameter
-built-in model (150 pre-training steps, then SFT on levels 1-3 at batch 16 x 128 packed tokens): levels 2
-and 3 are learned in a sharp transition whose timing depends on the seed and on the CPU's float32 kernels.
-The old quickstart stopped SFT inside it (425 steps): 39.5% held-out on an AMD EPYC (AVX2), 13% on an Intel
-Xeon (AVX-512), 42% after 600 steps with one thread instead of two on the AMD machine; any number of steps
-that stops in the transition makes the headline figure a lottery, and one that trains past it (~95%) leaves
-GRPO nothing to learn (levels 4 and 5 stay at 0% greedy and under 1% pass@8 after SFT on levels 1-3, so
-they are out of RL's reach). So SFT now trains to its plateau (1,000 steps) on demonstrations that forget
-the carry in half the sums that carry: the model learns the teacher's coin flip (held-out greedy 78%, seed
-0, AMD EPYC), and GRPO with the math verifier, which rewards only right answers, learns to carry (96.3%
-after 60 steps). Figures over seeds and kernel settings: README and benchmarks/quickstart_seeds.py.
+Why the quickstart's figures move between machines, and what ``carry_slip`` is for. Measured on the
+~0.85M-parameter built-in model (150 pre-training steps, then SFT on levels 1-3 at batch 16 x 128 packed
+tokens): levels 2 and 3 are learned in a sharp transition whose timing depends on the seed and on the CPU's
+float32 kernels. recipes/quickstart.yaml stops SFT inside it (425 steps): 39.5% held-out on an AMD EPYC
+(AVX2), 13% on an Intel Xeon (AVX-512); 42% after 600 steps with one thread on the AMD machine. Training past
+the transition (~95%) would leave GRPO nothing to learn: levels 4 and 5 stay at 0% greedy and under 1%
+pass@8 after SFT on levels 1-3, out of RL's reach. ``carry_slip`` makes the demonstrations a weak teacher's
+(half the sums that carry shown without the carry): at SFT's plateau the model copies the teacher's coin flip
+(held-out 70-78%) and GRPO with the math verifier, which pays only right answers, learns to carry (+16 to +22
+points). recipes/quickstart_carry_slip.yaml is that candidate; 1,000 SFT steps reach the plateau for some
+seeds but not all (its header has the figures).
 Level 1 has 6 test problems and level 2 has 75, so a held-out set of levels 1-3 is mostly level 3.
 """
 
