@@ -7,7 +7,8 @@ the file and the line, before a run starts instead of when its stage is reached.
 Cheap on purpose: JSONL only (read line by line, no `datasets` import; JSON arrays and Parquet would need it,
 which costs seconds, so for those the recipe check stops at "the file exists"), built-in and `hf:` sources
 not read, and a stage's `count:` honoured (the loaders stop there). The fields a reward source reads from
-RL rows (e.g. `answer`) are checked when the stage starts. Torch-free. It sits beside recipe.py, not in
+RL rows are checked for the built-in verifiers (`math`: `answer_field`, default `answer`; `code`: `tests_field`,
+default `tests`); other sources' fields are checked when the stage starts. Torch-free. It sits beside recipe.py, not in
 `data/`, because it reads the recipe (data/ imports nothing above it).
 """
 
@@ -50,7 +51,30 @@ def check_data_files(loaded: LoadedRecipe) -> list[str]:
             if path is None or path.suffix != ".jsonl" or not path.is_file():
                 continue
             try:
-                loader(spec, loaded.directory, loaded.recipe.seed)
+                data = loader(spec, loaded.directory, loaded.recipe.seed)
             except DataError as err:
                 problems.append(f"stages[{index}] ({stage.name}).{where}: {err}")
+                continue
+            problems += [f"stages[{index}] ({stage.name}).{where}: {p}" for p in _reward_fields(stage, data)]
+    return problems
+
+
+# the example field each built-in verifier reads, and the argument that renames it
+_VERIFIER_FIELDS = {"math": ("answer_field", "answer"), "code": ("tests_field", "tests")}
+
+
+def _reward_fields(stage: Any, data: Any) -> list[str]:
+    """RL prompt rows without the field a `math` or `code` reward entry of the stage reads (first one named)."""
+    problems = []
+    for entry in getattr(stage, "reward", None) or []:
+        if entry.source not in _VERIFIER_FIELDS:
+            continue
+        argument, default = _VERIFIER_FIELDS[entry.source]
+        field = entry.args.get(argument, default)
+        missing = [i for i, row in enumerate(data.rows) if field not in row.example]
+        if missing:
+            problems.append(
+                f"{data.origin}: {len(missing)} of {len(data.rows)} rows have no `{field}` field, which the "
+                f"`{entry.source}` reward reads (first: row {missing[0] + 1})"
+            )
     return problems

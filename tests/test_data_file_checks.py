@@ -57,6 +57,10 @@ def test_good_files_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         ("sft.jsonl", [{"prompt": "1+1=", "completion": "2"}, {"text": "x"}], r"sft.jsonl:2: needs a non-empty string `prompt`"),
         ("pairs.jsonl", [{"prompt": "1+1=", "chosen": "2"}], r"\(dpo\)\.data: .*pairs.jsonl:1: .*rejected"),
         ("prompts.jsonl", [{"answer": "2"}], r"\(grpo\)\.data: .*prompts.jsonl:1"),
+        (
+            "prompts.jsonl", [{"question": "1+1=", "answer": "2"}, {"question": "2+2=", "solution": "4"}],
+            r"\(grpo\)\.data: .*prompts.jsonl: 1 of 2 rows have no `answer` field, which the `math` reward reads \(first: row 2\)",
+        ),
     ],
 )
 def test_bad_rows_are_reported_by_validate(
