@@ -42,35 +42,39 @@ COLUMNS = ("sft", "grpo", "ppo", "reward_model", "ppo_rm_sampled_gain", "minutes
 
 
 def run_one(recipe: Path, seed: int, setting: str, out: Path) -> dict:
-    """One quickstart run; returns its figures (reads the run folder, so a finished run is not redone)."""
+    """One quickstart run (a finished run folder is reused stage by stage, as any recipe run); its figures."""
     run_dir = out / f"seed{seed}-{setting}"
     env = {**os.environ, **SETTINGS[setting], "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     command = [
         sys.executable, "-m", "posttrain.run", str(recipe), "--set", f"seed={seed}", "--set", f"output_dir={run_dir}",
     ]
     started = time.perf_counter()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir.parent / f"seed{seed}-{setting}.log", "w") as log:
+    with open(out / f"seed{seed}-{setting}.log", "w") as log:
         code = subprocess.run(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
     minutes = (time.perf_counter() - started) / 60
-    log_text = (run_dir.parent / f"seed{seed}-{setting}.log").read_text()
-    return {"seed": seed, "setting": setting, "returncode": code, "minutes": minutes, **figures(run_dir, log_text)}
+    return {"seed": seed, "setting": setting, "returncode": code, "minutes": minutes, **figures(run_dir)}
 
 
-def figures(run_dir: Path, log_text: str) -> dict:
+def _rows(path: Path, key: str) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if key in line]
+
+
+def figures(run_dir: Path) -> dict:
     """The quickstart's headline figures from a finished run folder."""
     table = {row["stage"]: row for row in json.loads((run_dir / "evaluations.json").read_text())}
-    heldout = [
-        json.loads(line) for line in (run_dir / "stages" / "ppo" / "metrics.jsonl").read_text().splitlines()
-        if "heldout/sampled_reward" in line
-    ]
+    stages = run_dir / "stages"
+    sampled = _rows(stages / "ppo" / "metrics.jsonl", "heldout/sampled_reward")
+    warned = any(
+        row.get("heldout/hacking_warning") == 1
+        for stage in ("grpo", "ppo") for row in _rows(stages / stage / "metrics.jsonl", "heldout/hacking_warning")
+    )
     return {
         "sft": table["sft"]["arithmetic.accuracy"],
         "grpo": table["grpo"]["arithmetic.accuracy"],
         "ppo": table["ppo"]["arithmetic.accuracy"],
         "reward_model": table["reward_model"]["preferences.accuracy"],
-        "ppo_rm_sampled_gain": heldout[-1]["heldout/sampled_reward"] - heldout[0]["heldout/sampled_reward"],
-        "hacking_warning": "RewardHackingWarning" in log_text,
+        "ppo_rm_sampled_gain": sampled[-1]["heldout/sampled_reward"] - sampled[0]["heldout/sampled_reward"],
+        "hacking_warning": warned,
     }
 
 
@@ -117,6 +121,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
     grid = [(seed, setting) for setting in args.settings for seed in args.seeds]
+    args.out.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(args.jobs) as pool:
         rows = list(pool.map(lambda job: run_one(args.recipe.resolve(), *job, args.out.resolve()), grid))
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
