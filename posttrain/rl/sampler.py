@@ -133,10 +133,13 @@ class RowNoise:
         key_B = _mix32((rows_B * 0x9E3779B1 + position * 0x85EBCA77 + (self.seed & _MASK32)) & _MASK32)
         vocab_V = torch.arange(vocab, dtype=torch.int64, device=device)
         bits_BV = _mix32(_mix32((key_B[:, None] + vocab_V[None, :] * 0x27D4EB2F) & _MASK32) ^ key_B[:, None])
-        return ((bits_BV >> 8).float() + 0.5) / float(1 << 24)
+        # (2**24 - 1 + 0.5) / 2**24 rounds up to exactly 1.0 in float32, where -log(U) = -0.0 and a filtered
+        # token's 0 / -0.0 = NaN wins the argmax; the largest float32 below 1 keeps every draw in (0, 1)
+        return (((bits_BV >> 8).float() + 0.5) / float(1 << 24)).clamp_(max=_BELOW_ONE)
 
 
 _MASK32 = 0xFFFFFFFF
+_BELOW_ONE = 1.0 - 2.0**-24
 
 
 def _mix32(h: torch.Tensor) -> torch.Tensor:

@@ -247,3 +247,30 @@ def test_repeated_prompts_are_prefilled_once_with_the_same_result(micro, monkeyp
     assert torch.allclose(rollouts[0].logprobs_BC, rollouts[1].logprobs_BC, atol=1e-4)
     # rows of one group were sampled independently
     assert len({tuple(row) for row in rollouts[0].completion_ids_BC[:4].tolist()}) > 1
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_row_noise_never_samples_outside_top_p_and_top_k_with_a_large_vocabulary(temperature) -> None:
+    """A uniform number that rounds up to exactly 1.0 makes -log(U) = -0.0 and p / -0.0 = NaN for a filtered
+    token (p = 0), which argmax picks: with 2**-24 per draw and a 32k vocabulary about one row in 500 did so
+    (issue 22, defect 1). Here ~40 bad draws are expected before the fix, 0 are allowed."""
+    torch.manual_seed(0)
+    vocab, rows, positions = 32768, 64, 200
+    logits_BV = torch.randn(rows, vocab) * 3
+    noise = RowNoise(seed=11, rows=list(range(rows)))
+    for settings in (SamplingSettings(4, temperature=temperature, top_p=0.9), SamplingSettings(4, temperature=temperature, top_k=50)):
+        support_BV = torch.isfinite(filter_logits(logits_BV / temperature, settings.top_k, settings.top_p))
+        floor_B = torch.log_softmax(logits_BV / temperature, -1).masked_fill(~support_BV, float("inf")).min(-1).values
+        outside = 0
+        for position in range(positions):
+            tokens_B, logprobs_B = sample_tokens(logits_BV, settings, None, noise, position)
+            outside += int((~support_BV.gather(-1, tokens_B[:, None])).sum())
+            assert bool((logprobs_B >= floor_B - 1e-5).all()), position
+        assert outside == 0
+
+
+def test_row_noise_uniform_is_inside_the_open_interval() -> None:
+    noise = RowNoise(seed=3, rows=list(range(256)))
+    for position in range(16):
+        uniform_BV = noise.uniform(position, 65536, torch.device("cpu"))
+        assert float(uniform_BV.max()) < 1.0 and float(uniform_BV.min()) > 0.0
