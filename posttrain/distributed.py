@@ -303,11 +303,18 @@ def mean_metrics_over_processes(
     return out
 
 
-def shutdown() -> None:
-    """Destroys the process group, if any (gloo aborts at interpreter exit when it is left alive)."""
+def shutdown(*, synchronize: bool = False) -> None:
+    """Destroys the process group, if any (gloo aborts at interpreter exit when it is left alive).
+
+    ``synchronize`` first waits for every process (a finished run): a process that tore its gloo pairs
+    down while another was still writing the run report aborted once on a CI machine ("terminate called
+    without an active exception"). A failed run does not wait: the other processes may never arrive.
+    """
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        if synchronize:
+            dist.barrier()
         dist.destroy_process_group()
 
 

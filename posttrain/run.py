@@ -77,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     pipeline = Pipeline(
         loaded, resume=getattr(args, "resume", False), restart_changed=getattr(args, "restart_changed", False)
     )
+    finished = False
     try:
         try:
             table = pipeline.run()
@@ -88,8 +89,11 @@ def run(args: argparse.Namespace) -> int:
                 print("\nEvaluation per stage:\n" + format_table(table))
             print(f"\nRun directory: {pipeline.run_dir}")
         write_run_report(pipeline)
+        finished = True
     finally:
-        shutdown()  # several processes: gloo aborts at exit when its process group is left alive
+        # several processes: gloo aborts at exit when its process group is left alive; a finished run
+        # also waits until the main process has written its report, so all tear down together
+        shutdown(synchronize=finished)
     return 0
 
 
