@@ -336,7 +336,7 @@ def _check_stage_inputs(recipe: Recipe, recipe_dir: Path, lines: dict[tuple, int
             check_constitution(f"stages[{i}] ({stage.name}).constitution", stage.constitution, ("stages", i, "constitution"))
         earlier[stage.name] = stage
     for i, evaluation in enumerate(recipe.evaluations):
-        if parse_stage_source(evaluation.data.source):
+        if evaluation.data is not None and parse_stage_source(evaluation.data.source):
             problems.append(f"evaluations[{i}] ({evaluation.name}).data.source: stage outputs cannot be evaluated "
                             "after every stage; evaluate a file or built-in data")
     return problems

@@ -137,5 +137,6 @@ EVALUATORS: Registry[Callable[..., dict[str, float]]] = Registry(
         "pairwise_accuracy": "posttrain.eval.preference",
         "preference_accuracy": "posttrain.eval.preference",
         "principle_violations": "posttrain.eval.constitution",
+        "lm_eval": "posttrain.eval.lm_eval_harness",
     },
 )

@@ -34,7 +34,10 @@ def evaluated_model_type(kind: str) -> ModelType:
 
 
 def evaluation_rows(config: EvalConfig, recipe_dir: Path, seed: int) -> list[Any]:
-    """An evaluation's rows: preference pairs for the preference evaluators, chat/text rows otherwise."""
+    """An evaluation's rows: preference pairs for the preference evaluators, none for `lm_eval` (its tasks
+    read their own data), chat/text rows otherwise."""
+    if config.data is None:
+        return []
     if config.kind in PREFERENCE_EVALUATORS:
         return load_preferences(config.data, recipe_dir, seed).pairs
     from posttrain.data.loading import load_dataset
