@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
-from typing import Callable
+from typing import Any, Callable
 
 
 def handle_errors(action: Callable[[], int], debug: bool) -> int:
@@ -64,23 +64,47 @@ def checkpoint_argument(name: str) -> str:
     return name
 
 
+def _eval_config(args: argparse.Namespace) -> Any:
+    """The evaluation the command line asks for: lm-eval tasks (``--lm-eval-tasks``) or a built-in kind on ``--data``."""
+    from pydantic import ValidationError
+
+    from posttrain.config.common import DataSpec
+    from posttrain.config.evaluation import EvalConfig
+    from posttrain.errors import RecipeError
+
+    if args.lm_eval_tasks:
+        if args.data:
+            raise RecipeError("--lm-eval-tasks and --data: lm-eval tasks read their own data; give one of them")
+        tasks = [t.strip() for t in args.lm_eval_tasks.split(",") if t.strip()]
+        fields = dict(tasks=tasks, task_paths=args.task_path, num_fewshot=args.num_fewshot, limit=args.limit,
+                      apply_chat_template=args.chat_template, batch_size=args.batch_size)
+        try:
+            return EvalConfig(name="lm_eval", kind="lm_eval", **fields)
+        except ValidationError as err:  # an unknown task or the missing extra, as one line
+            raise RecipeError("; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())) from None
+    if not args.data:
+        raise RecipeError("posttrain eval needs --data (for --kind) or --lm-eval-tasks")
+    spec = DataSpec(source=args.data, split=args.split, count=args.count)
+    return EvalConfig(name=args.kind, kind=args.kind, data=spec, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+
+
 def _eval(args: argparse.Namespace) -> int:
     import json
 
-    from posttrain.config.common import DataSpec, ModelSpec
-    from posttrain.config.evaluation import EvalConfig
-    from posttrain.data.loading import load_dataset
+    from posttrain.config.common import ModelSpec
     from posttrain.eval.evaluators import evaluator
+    from posttrain.eval.preference import evaluation_rows
     from posttrain.models.checkpoint import load_model_and_tokenizer
     from posttrain.run import quiet_libraries
     from pathlib import Path
 
+    config = _eval_config(args)  # before the model loads: a bad task name costs seconds, not a load
     quiet_libraries()
     model, tokenizer = load_model_and_tokenizer(ModelSpec(name_or_path=checkpoint_argument(args.checkpoint)))
-    spec = DataSpec(source=args.data, split=args.split, count=args.count)
-    config = EvalConfig(name=args.kind, kind=args.kind, data=spec, max_new_tokens=args.max_new_tokens)
-    rows = load_dataset(spec, Path.cwd(), args.seed).rows
-    print(json.dumps(evaluator(args.kind)(model, tokenizer, rows, config)))
+    result = evaluator(config.kind)(model, tokenizer, evaluation_rows(config, Path.cwd(), args.seed), config)
+    print(json.dumps(dict(result)))
+    if getattr(result, "provenance", None):
+        print(json.dumps({"provenance": result.provenance}))
     return 0
 
 
@@ -126,14 +150,22 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("recipes", nargs="+", help="recipe YAML files")
     validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
-    evaluate = sub.add_parser("eval", help="evaluate a checkpoint on a dataset")
+    evaluate = sub.add_parser("eval", help="evaluate a checkpoint on a dataset or on lm-eval tasks")
     evaluate.add_argument("checkpoint", help="checkpoint folder (HF format) or builtin:tiny")
-    evaluate.add_argument("--data", required=True, help="data source, e.g. builtin:arithmetic or a .jsonl file")
+    evaluate.add_argument("--data", help="data source, e.g. builtin:arithmetic or a .jsonl file")
     evaluate.add_argument("--kind", default="exact_match", choices=["exact_match", "perplexity"])
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--count", type=int, default=None)
     evaluate.add_argument("--max-new-tokens", type=int, default=16)
+    evaluate.add_argument("--batch-size", type=int, default=64)
     evaluate.add_argument("--seed", type=int, default=0)
+    harness = evaluate.add_argument_group("lm-evaluation-harness (needs the lm_eval extra)")
+    harness.add_argument("--lm-eval-tasks", metavar="TASK,...", help="lm-eval tasks instead of --data, e.g. posttrain_arithmetic,gsm8k")
+    harness.add_argument("--task-path", action="append", default=[], metavar="DIR", help="a folder of local lm-eval YAML tasks")
+    harness.add_argument("--num-fewshot", type=int, default=None)
+    harness.add_argument("--limit", type=float, default=None, help="examples per task (below 1: a share)")
+    harness.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=None,
+                         help="render prompts with the chat template (default: when the tokenizer has one)")
 
     report = sub.add_parser(
         "report", help="write report.html and report.md for a run directory",

@@ -298,14 +298,19 @@ class Pipeline:
                 model, tokenizer = load_reward_model(checkpoint)
             else:
                 model, tokenizer = load_model_and_tokenizer(self.recipe.model, checkpoint)
+            provenance = {}  # what an evaluator reports of how it computed (`kind: lm_eval`: versions, task hashes)
             for config in [] if reused else self.recipe.evaluations:
                 if evaluated_model_type(config.kind) != model_type:
                     continue
                 rows = evaluation_rows(config, self.loaded.directory, self.recipe.seed)
-                for metric, value in evaluator(config.kind)(model, tokenizer, rows, config).items():
+                result = evaluator(config.kind)(model, tokenizer, rows, config)
+                for metric, value in result.items():
                     metrics[f"{config.name}.{metric}"] = value
+                if getattr(result, "provenance", None):
+                    provenance[config.name] = result.provenance
             if not reused:
-                write_json_atomic(folder / "eval.json", {"key": key, "metrics": metrics, "seconds": time.time() - started})
+                record = {"key": key, "metrics": metrics, "seconds": time.time() - started}
+                write_json_atomic(folder / "eval.json", {**record, **({"provenance": provenance} if provenance else {})})
             if sample:
                 samples.write(folder, model_hash, model, tokenizer)
             del model
