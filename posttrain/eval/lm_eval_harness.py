@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from typing import Any
 
 from posttrain.config.evaluation import BUILTIN_LM_EVAL_TASKS, LM_EVAL_INSTALL, EvalConfig, require_lm_eval
@@ -89,7 +90,15 @@ def run_harness(model: Any, tokenizer: Any, config: EvalConfig, seed: int = 0) -
     from lm_eval.models.huggingface import HFLM
 
     model.eval()
-    harness_model = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=config.batch_size)
+    # HFLM warns that a model object is not for `accelerate launch`: it is right, and the pipeline calls this
+    # on the main process only (see the module docstring), so the warning would only mislead here
+    backend_logger = logging.getLogger("lm_eval.models.huggingface")
+    level = backend_logger.level
+    backend_logger.setLevel(logging.ERROR)
+    try:
+        harness_model = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=config.batch_size)
+    finally:
+        backend_logger.setLevel(level)
     limit = config.limit if config.limit is None or config.limit < 1 else int(config.limit)
     return simple_evaluate(
         model=harness_model, tasks=list(config.tasks), num_fewshot=config.num_fewshot, limit=limit,

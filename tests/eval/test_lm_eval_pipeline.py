@@ -97,3 +97,13 @@ def test_cli_rejects_an_unknown_task_before_loading_the_model(capsys, monkeypatc
     assert main(["eval", "builtin:micro", "--lm-eval-tasks", "gsm8kk"]) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: unknown lm-eval task(s): 'gsm8kk' (close: gsm8k") and "\n" not in error
+
+
+def test_validate_reports_a_misspelt_task_with_its_line(tmp_path: Path, capsys) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(RECIPE.format(output_dir=tmp_path / "run", metric=METRIC, minimum=0).replace(
+        "tasks: [posttrain_arithmetic]", "tasks: [posttrain_arithmetc]"))
+    assert main(["validate", str(recipe)]) == 2
+    error = capsys.readouterr().err
+    assert "evaluations[0] (harness) (line 12)" in error  # the recipe line of the evaluation
+    assert "unknown lm-eval task(s): 'posttrain_arithmetc' (close: posttrain_arithmetic" in error
