@@ -10,7 +10,9 @@ Datasets", ch. 3.4). A row whose estimated Jaccard similarity to an earlier kept
 is dropped. The default 0.8 is Lee et al. 2022 ("Deduplicating Training Data Makes Language Models Better",
 arXiv 2107.06499 §4.1). They shingle web documents by 5 words; post-training rows are often one sentence,
 where a one-word edit changes most word 5-grams, so the default here shingles by 5 characters of the
-normalised text (word shingles are a setting).
+normalised text (word shingles are a setting). Rows shorter than ``min_words`` words are left to exact
+deduplication: in "What is 10 + 0?" and "What is 10 + 1?" one character is a different problem, yet 9 of
+their 11 character 5-grams are shared (Jaccard 0.82).
 
 Library: `datasketch` (MinHash, MinHashLSH; numpy only, in-memory), not `datatrove`: datatrove's MinHash is
 a four-step pipeline of executors writing signature and bucket files to disk, built for terabytes of web
@@ -71,14 +73,17 @@ class NearDuplicates:
         num_perm: MinHash permutations (signature length); the estimate's standard error is about
             ``sqrt(J (1 - J) / num_perm)``, 0.035 at J = 0.8 and 128 permutations.
         unit, size: how rows are shingled (`shingles`).
+        min_words: rows with fewer words are not checked (nor indexed).
         seed: the permutations' seed.
     """
 
-    def __init__(self, threshold: float, num_perm: int = 128, unit: Literal["char", "word"] = "char", size: int = 5, seed: int = 1):
+    def __init__(self, threshold: float, num_perm: int = 128, unit: Literal["char", "word"] = "char", size: int = 5,
+                 min_words: int = 10, seed: int = 1):
         from datasketch import MinHash, MinHashLSH
 
         self._minhash = MinHash
         self.threshold, self.num_perm, self.unit, self.size, self.seed = threshold, num_perm, unit, size, seed
+        self.min_words = min_words
         # candidates are confirmed against the stored signatures, so a false positive costs one comparison while a
         # false negative is a duplicate kept: the bands are tuned for recall (datasketch's default weighs both 0.5)
         self._lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=(0.1, 0.9))
@@ -93,7 +98,9 @@ class NearDuplicates:
 
     def check(self, text: str, index: int) -> tuple[int, float] | None:
         """``(earlier row, estimated Jaccard)`` of the most similar kept row at or above the threshold, or
-        None (and the row joins the index)."""
+        None (and the row joins the index). A row shorter than ``min_words`` is neither checked nor indexed."""
+        if len(words(text)) < self.min_words:
+            return None
         minhash = self.signature(text)
         best: tuple[int, float] | None = None
         for candidate in self._lsh.query(minhash):
