@@ -112,6 +112,8 @@ class QualitySpec(Strict):
     max_chars: int | None = Field(None, gt=0, description="Drop rows with more characters.")
     repetition: bool = Field(True, description="Gopher's repeated n-gram limits (Rae et al. 2021, arXiv 2112.11446 table A1).")
     repetition_scale: float = Field(1.0, gt=0, description="Multiplies Gopher's limits (above 1 is more lenient).")
+    repetition_min_words: int = Field(50, ge=1, description="Rows shorter than this are not judged for repetition "
+                                      "(50: Gopher's least document length; one repeated phrase is most of a short row).")
     min_alphanumeric: float = Field(0.5, ge=0, le=1, description="Least share of letters, digits and spaces.")
     scripts: list[str] | None = Field(
         None, description="Unicode scripts letters must mostly belong to (e.g. [LATIN]); default any.")

@@ -137,7 +137,8 @@ def _mix_and_write(config: CurateConfig, spools: list[Spool], difficulties: list
                    per_source: list[dict[str, Any]], out_dir: Path, seed: int) -> dict[str, Any]:
     """Chooses the mixture's rows, orders them (curriculum or shuffle) and writes `rows` and the phases."""
     rng = np.random.default_rng(seed)
-    shares = [Share(s.label(), len(spool), s.weight, s.count) for s, spool in zip(config.sources, spools)]
+    shares = [Share(s.label(), len(spool), s.weight, s.count, info["read"])
+              for s, spool, info in zip(config.sources, spools, per_source)]
     counts = target_counts(shares, config.mixture.total, config.mixture.replacement)
     chosen = [take(len(spool), count, rng) for spool, count in zip(spools, counts)]
     for info, numbers in zip(per_source, chosen):

@@ -8,7 +8,9 @@ disk (`posttrain.curation.stream`). Each source takes:
   keeps the weights without drawing a row twice: ``total = min_i(available_i * sum(w) / w_i)``.
 
 Without replacement a source's rows are a seeded sample (a permutation's prefix); asking for more rows than a
-source has left after curation is an error naming the source. With replacement, whole passes over the source
+source has left after curation is an error naming the source. A source that curation emptied (e.g. rows that
+all leaked from an evaluation set) contributes nothing, and the others keep their counts; a source that was
+empty to begin with is an error. With replacement, whole passes over the source
 come first and the remainder is a sample, so a source asked for 2.5x its rows shows each row 2 or 3 times
 (lower variance than independent draws). Continued pre-training's replay mix is the same thing: the new
 domain and a replay source (e.g. `builtin:corpus`) with weights such as 3 : 1.
@@ -29,9 +31,10 @@ class Share:
     """What the mixture asks of one source."""
 
     label: str
-    available: int
+    available: int  # rows left after curation
     weight: float | None = None
     count: int | None = None
+    read: int | None = None  # rows read before curation (None: as many as are available)
 
 
 def target_counts(shares: list[Share], total: int | None, replacement: bool) -> list[int]:
@@ -43,20 +46,23 @@ def target_counts(shares: list[Share], total: int | None, replacement: bool) -> 
     [60, 20]
 
     Raises:
-        ValueError: a source that has no rows left but is asked for some, or (without replacement) is asked for
-            more rows than it has; the message names it.
+        ValueError: a source that had no rows to begin with, or (without replacement) is asked for more rows
+            than it has; the message names it.
     """
-    weighted = [s for s in shares if s.weight is not None]
-    if weighted:
-        weight_sum = sum(s.weight for s in weighted)
+    for share in shares:
+        if share.read == 0:
+            raise ValueError(f"mixture source {share.label!r} has no rows")
+    emptied = {i for i, s in enumerate(shares) if s.available == 0}
+    weighted = [s for i, s in enumerate(shares) if s.weight is not None and i not in emptied]
+    weight_sum = sum(s.weight for s in weighted)
+    if weight_sum > 0:
         if total is None:
             total = int(min(s.available * weight_sum / s.weight for s in weighted if s.weight > 0))
-        counts = [int(round(total * s.weight / weight_sum)) for s in shares]
+        counts = [int(round(total * s.weight / weight_sum)) if s.weight else 0 for s in shares]
     else:
         counts = [s.count if s.count is not None else s.available for s in shares]
+    counts = [0 if i in emptied else count for i, count in enumerate(counts)]
     for share, count in zip(shares, counts):
-        if count > 0 and share.available == 0:
-            raise ValueError(f"mixture source {share.label!r} has no rows left after curation, but {count} are asked for")
         if not replacement and count > share.available:
             raise ValueError(
                 f"mixture source {share.label!r} has {share.available} rows after curation, {count} are asked for; "

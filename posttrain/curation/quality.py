@@ -4,7 +4,9 @@
 - repetition, after Gopher's quality filters (Rae et al. 2021, "Scaling Language Models: Methods, Analysis &
   Insights from Training Gopher", arXiv 2112.11446, appendix A.1.1, table A1): the share of characters in
   the most frequent word n-gram (n = 2, 3, 4; Gopher's limits 0.20, 0.18, 0.16) and the share of characters
-  in duplicated n-grams (n = 5..10; limits 0.15 down to 0.10);
+  in duplicated n-grams (n = 5..10; limits 0.15 down to 0.10). Applied to rows of at least 50 words, Gopher's
+  own lower bound on a document's length: in a short chat row one repeated phrase ("What is the capital of
+  France?" / "The capital of France is Paris.") is most of the text, and the limits would drop it;
 - character classes: the share of letters, digits and whitespace (Gopher keeps documents whose words
   mostly contain a letter; here, as a character count, so that arithmetic rows are not dropped) and the
   share of characters outside the scripts the recipe allows (a cheap language check without a model);
@@ -17,6 +19,7 @@ Hand-written: these are a few lines each over one row; datatrove's `GopherRepeti
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections import Counter
 from collections.abc import Callable
@@ -27,6 +30,7 @@ from posttrain.curation.text import words
 # Gopher's repetition limits (arXiv 2112.11446, table A1)
 TOP_NGRAM_LIMITS = {2: 0.20, 3: 0.18, 4: 0.16}
 DUPLICATE_NGRAM_LIMITS = {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
+_NOT_PLAIN = re.compile(r"[^\w\s]|_")  # neither a letter, a digit nor whitespace (counted in C, not per character)
 
 
 class FilterError(RuntimeError):
@@ -66,9 +70,12 @@ def duplicate_ngram_share(tokens: list[str], n: int) -> float:
     return sum(len(t) for t, c in zip(tokens, covered) if c) / total if total else 0.0
 
 
-def repetition_reason(text: str, scale: float = 1.0) -> str | None:
-    """Why ``text`` is too repetitive under Gopher's limits (each multiplied by ``scale``), or None."""
+def repetition_reason(text: str, scale: float = 1.0, min_words: int = 50) -> str | None:
+    """Why ``text`` is too repetitive under Gopher's limits (each multiplied by ``scale``), or None; texts of
+    fewer than ``min_words`` words are not judged."""
     tokens = words(text)
+    if len(tokens) < min_words:
+        return None
     for n, limit in TOP_NGRAM_LIMITS.items():
         share = top_ngram_share(tokens, n)
         if share > limit * scale:
@@ -77,6 +84,8 @@ def repetition_reason(text: str, scale: float = 1.0) -> str | None:
         share = duplicate_ngram_share(tokens, n)
         if share > limit * scale:
             return f"repeated {n}-grams cover {share:.0%} of the text (limit {limit * scale:.0%})"
+        if share == 0:  # a repeated (n+1)-gram contains a repeated n-gram: none longer repeats either
+            break
     return None
 
 
@@ -91,7 +100,7 @@ def character_reason(text: str, min_alphanumeric: float, scripts: tuple[str, ...
     """
     if not text:
         return "empty text"
-    plain = sum(ch.isalnum() or ch.isspace() for ch in text)
+    plain = len(text) - len(_NOT_PLAIN.findall(text))
     if plain / len(text) < min_alphanumeric:
         return f"letters, digits and spaces are {plain / len(text):.0%} of the characters (minimum {min_alphanumeric:.0%})"
     if scripts:

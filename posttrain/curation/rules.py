@@ -105,7 +105,8 @@ class Rules:
                 return Removal("decontamination", hit.describe(), where, text, hit.set_name)
         checks: list[tuple[str, Callable[[], str | None]]] = [
             ("quality.length", lambda: length_reason(text, quality.min_words, quality.max_words, quality.max_chars)),
-            ("quality.repetition", lambda: repetition_reason(text, quality.repetition_scale) if quality.repetition else None),
+            ("quality.repetition", lambda: repetition_reason(text, quality.repetition_scale, quality.repetition_min_words)
+                                                if quality.repetition else None),
             ("quality.characters", lambda: character_reason(text, quality.min_alphanumeric,
                                                             tuple(quality.scripts) if quality.scripts else None)),
         ]

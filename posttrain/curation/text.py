@@ -7,13 +7,14 @@ other punctuation is dropped, as GPT-3's contamination analysis normalised text 
 arXiv 2005.14165, appendix C: lower-cased, punctuation removed).
 
 >>> words(row_text({"messages": [{"role": "user", "content": "What is 3 + 5?"}, {"role": "assistant", "content": "8"}]}))
-['what', 'is', '3', '+', '5', '8']
+('what', 'is', '3', '+', '5', '8')
 >>> normalised("  Hello,   WORLD! ")
 'hello world'
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import unicodedata
@@ -44,9 +45,11 @@ def row_text(row: Any) -> str:
     return "\n".join(parts)
 
 
-def words(text: str) -> list[str]:
-    """Lower-cased words of ``text`` (Unicode NFKC first, so full-width digits match ASCII ones)."""
-    return _WORD.findall(unicodedata.normalize("NFKC", text).lower())
+@functools.lru_cache(maxsize=8)
+def words(text: str) -> tuple[str, ...]:
+    """Lower-cased words of ``text`` (Unicode NFKC first, so full-width digits match ASCII ones); every rule
+    asks for the same row's words in turn, so the last few answers are kept."""
+    return tuple(_WORD.findall(unicodedata.normalize("NFKC", text).lower()))
 
 
 def normalised(text: str) -> str:
@@ -59,7 +62,7 @@ def text_digest(text: str) -> bytes:
     return hashlib.blake2b(normalised(text).encode(), digest_size=16).digest()
 
 
-def ngrams(tokens: list[str], n: int) -> set[tuple[str, ...]]:
+def ngrams(tokens: tuple[str, ...] | list[str], n: int) -> set[tuple[str, ...]]:
     """The distinct ``n``-grams of ``tokens``; a row shorter than ``n`` has none.
 
     >>> sorted(ngrams(["a", "b", "c"], 2))

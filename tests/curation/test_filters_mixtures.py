@@ -36,8 +36,10 @@ def test_gopher_repetition_shares_by_hand():
     # the 5-gram "a b c d e" occurs twice and covers 10 of the 11 one-letter words
     assert duplicate_ngram_share("a b c d e a b c d e x".split(), 5) == pytest.approx(10 / 11)
     assert duplicate_ngram_share("a b c d e f g h i j k".split(), 5) == 0.0
-    assert "most frequent 2-gram" in repetition_reason("buy now " * 10 + "please")
-    assert repetition_reason("Ann has 23 apples and gets 45 more. How many now? 68") is None
+    assert "most frequent 2-gram" in repetition_reason("buy now " * 30 + "please")
+    assert repetition_reason("buy now " * 30 + "please", min_words=100) is None  # too short to judge
+    assert repetition_reason("What is the capital of France? The capital of France is Paris.") is None
+    assert repetition_reason("Ann has 23 apples and gets 45 more. How many now? 68", min_words=1) is None
 
 
 def test_length_and_character_rules():
@@ -51,7 +53,7 @@ def test_length_and_character_rules():
 
 
 def test_quality_rules_remove_rows_in_a_run(tmp_path: Path):
-    rows = [{"text": "a fine sentence about apples and pens"}, {"text": "spam spam spam spam spam spam spam spam"},
+    rows = [{"text": "a fine sentence about apples and pens"}, {"text": "spam " * 60},
             {"text": "hi"}, {"text": "a b c " + "#" * 30}]
     summary = curate(config(sources=[{"data": {"source": write(tmp_path / "a.jsonl", rows)}}],
                             quality={"min_words": 3}), tmp_path, 0, tmp_path / "out")
@@ -96,6 +98,12 @@ def test_target_counts_by_hand():
     assert target_counts([Share("a", 100, count=7), Share("b", 10)], None, False) == [7, 10]
     with pytest.raises(ValueError, match="mixture source 'b' has 10 rows after curation, 20 are asked for"):
         target_counts(shares, 80, False)
+    # a source curation emptied (all leaked) adds nothing; the others keep their share of the total
+    emptied = [Share("a", 100, weight=3), Share("leak", 0, weight=1, read=50)]
+    assert target_counts(emptied, 40, True) == [40, 0]
+    assert target_counts([Share("a", 100), Share("leak", 0, count=400, read=50)], None, True) == [100, 0]
+    with pytest.raises(ValueError, match="mixture source 'none' has no rows"):
+        target_counts([Share("a", 100), Share("none", 0, read=0)], None, True)
 
 
 def mixed_run(tmp_path: Path, **mixture) -> list[dict]:
