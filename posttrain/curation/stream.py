@@ -33,15 +33,31 @@ def parquet_records(path: Path, batch_rows: int = 4096) -> Iterator[Record]:
             number += 1
 
 
+def builtin_rows(spec: DataSpec, recipe_dir: Path, seed: int) -> list[Any]:
+    """The rows of a built-in set as its own loader makes them (SFT, preference pairs or code tasks)."""
+    if spec.source == "builtin:preferences":
+        from posttrain.data import world
+        from posttrain.data.preferences import builtin_preference_rows
+
+        levels = tuple(spec.levels) if spec.levels else world.LEVELS
+        return builtin_preference_rows(spec.split, spec.count or 2000, seed, levels, spec.negatives or "clear")
+    if spec.source == "builtin:code":
+        from posttrain.data.code_tasks import load_code_tasks
+
+        tasks = load_code_tasks(spec.split if spec.split in ("train", "test") else "all", seed=seed)
+        return [dict(task) for task in tasks[: spec.count or len(tasks)]]
+    from posttrain.data.loading import load_dataset
+
+    return load_dataset(spec, recipe_dir, seed).rows
+
+
 def source_records(spec: DataSpec, recipe_dir: Path, seed: int) -> Iterator[Record]:
     """The records of a data spec, streamed where the format allows, at most ``spec.count`` of them.
 
     A record that failed to parse stops with its error (``on_bad_row: error``) or is skipped (``skip``).
     """
     if spec.source.startswith("builtin:"):
-        from posttrain.data.loading import load_dataset
-
-        records: Iterable[Record] = numbered_records(spec.source, load_dataset(spec, recipe_dir, seed).rows)
+        records: Iterable[Record] = numbered_records(spec.source, builtin_rows(spec, recipe_dir, seed))
     else:
         path = resolve_data_path(spec.source, recipe_dir)
         if path is not None and path.suffix == ".parquet" and path.exists():

@@ -116,3 +116,20 @@ def test_a_run_removes_leaked_and_repeated_rows_and_reports_them(leaky: Path, ac
     Pipeline(load_recipe(leaky / "recipe.yaml", ["evaluations.arith.data.count=20"]), accelerator=accelerator, log=log.append).run()
     assert any(line.startswith("[clean] running curate") for line in log) and any(line.startswith("[sft] running") for line in log)
     assert any(line.startswith("[pretrain] reused") for line in log)
+
+
+def test_every_evaluation_set_of_the_quickstart_is_checked_and_readable(tmp_path: Path):
+    """`evaluations:` and each stage's `heldout:` (GRPO, PPO) become the curate stage's sets, and every one of
+    them (exact-match, preference pairs, perplexity text) yields rows to index."""
+    from posttrain.curation.curate import contamination_index
+
+    text = (Path(__file__).resolve().parents[2] / "recipes" / "quickstart.yaml").read_text()
+    curate_stage = ("  - name: clean\n    kind: curate\n    sources:\n"
+                    "      - {data: {source: \"builtin:arithmetic\", count: 50}}\n\n  - name: pretrain\n")
+    (tmp_path / "recipe.yaml").write_text(text.replace("  - name: pretrain\n", curate_stage, 1))
+    recipe = load_recipe(tmp_path / "recipe.yaml").recipe
+    clean = recipe.stage("clean")
+    assert sorted(clean.decontaminate.sets) == ["arithmetic", "corpus", "grpo.heldout", "near_misses", "ppo.heldout", "preferences"]
+    index = contamination_index(clean, tmp_path, recipe.seed)
+    assert set(index.set_sizes()) == set(clean.decontaminate.sets)
+    assert recipe.parent_of(1) is None  # pretrain, after the curate stage, starts from the recipe's model
