@@ -1,7 +1,7 @@
 """Curation throughput on synthetic rows (rows per second), next to a plain exact-dedup baseline.
 
 Writes ``--rows`` synthetic chat rows (a 15-40-word user turn and a 1-5-word answer; 10% exact repeats,
-5% one-word edits, 1% containing an evaluation row) to a JSONL file, then times on that file:
+5% one-word edits of the question, 1% containing an evaluation row) to a JSONL file, then times on that file:
 
 - baseline: read the JSONL, ``json.loads`` each line, keep a set of SHA-1 hashes of the raw text;
 - `curate()` with exact dedup only (normalised text, spooled output, mixture write-back);
@@ -38,24 +38,24 @@ def write_rows(folder: Path, count: int, seed: int = 0) -> tuple[Path, Path]:
     """The training file and an evaluation file of 1,000 rows (questions)."""
     rng = random.Random(seed)
     evaluation = [sentence(rng, 10, 25) for _ in range(1000)]
-    rows: list[str] = []
+    rows: list[tuple[str, str]] = []  # (question, answer)
     for _ in range(count):
         draw = rng.random()
         if rows and draw < 0.10:
-            text = rng.choice(rows)
-        elif rows and draw < 0.15:
-            words = rng.choice(rows).split()
+            text, answer = rng.choice(rows)
+        elif rows and draw < 0.15:  # one word of the question replaced, same answer
+            question, answer = rng.choice(rows)
+            words = question.split()
             words[rng.randrange(len(words))] = rng.choice(WORDS)
             text = " ".join(words)
         elif draw < 0.16:
-            text = sentence(rng, 5, 10) + " " + rng.choice(evaluation)
+            text, answer = sentence(rng, 5, 10) + " " + rng.choice(evaluation), sentence(rng, 1, 5)
         else:
-            text = sentence(rng, 15, 40)
-        rows.append(text)
+            text, answer = sentence(rng, 15, 40), sentence(rng, 1, 5)
+        rows.append((text, answer))
     train, heldout = folder / "train.jsonl", folder / "eval.jsonl"
     with train.open("w") as out:
-        for text in rows:
-            answer = sentence(random.Random(text), 1, 5)  # a repeated question repeats its answer: an exact duplicate
+        for text, answer in rows:
             out.write(json.dumps({"messages": [{"role": "user", "content": text}, {"role": "assistant", "content": answer}]}) + "\n")
     with heldout.open("w") as out:
         for text in evaluation:
