@@ -82,6 +82,8 @@ class DedupSpec(Strict):
     num_perm: int = Field(128, ge=16, description="MinHash permutations.")
     shingle: Literal["char", "word"] = Field("char", description="Shingle by characters of the normalised text or by words.")
     shingle_size: int = Field(5, gt=0, description="Characters or words per shingle.")
+    near_same_numbers: bool = Field(True, description="Near duplicates must hold the same numbers in order ("
+                                    "`gets 9 more` / `gets 5 more` are other problems, however alike the text).")
     near_min_words: int = Field(10, ge=1, description="Rows with fewer words get exact deduplication only: in a short "
                                 "row one changed character is often another item (`What is 10 + 0?` / `10 + 1?`).")
 

@@ -55,8 +55,8 @@ def build_rules(config: CurateConfig, recipe_dir: Path, seed: int) -> Rules:
     if config.quality.filter:
         user_filter = (config.quality.filter, load_user_function(config.quality.filter, recipe_dir))
     dedup = config.dedup
-    near = (NearDuplicates(dedup.near_threshold, dedup.num_perm, dedup.shingle, dedup.shingle_size, dedup.near_min_words)
-            if dedup.near else None)
+    near = (NearDuplicates(dedup.near_threshold, dedup.num_perm, dedup.shingle, dedup.shingle_size, dedup.near_min_words,
+                           dedup.near_same_numbers) if dedup.near else None)
     return Rules(
         contamination=contamination_index(config, recipe_dir, seed), quality=config.quality,
         exact=ExactDuplicates() if dedup.exact else None, near=near, user_filter=user_filter,

@@ -12,7 +12,10 @@ arXiv 2107.06499 §4.1). They shingle web documents by 5 words; post-training ro
 where a one-word edit changes most word 5-grams, so the default here shingles by 5 characters of the
 normalised text (word shingles are a setting). Rows shorter than ``min_words`` words are left to exact
 deduplication: in "What is 10 + 0?" and "What is 10 + 1?" one character is a different problem, yet 9 of
-their 11 character 5-grams are shared (Jaccard 0.82).
+their 11 character 5-grams are shared (Jaccard 0.82). For the same reason two rows count as near duplicates
+only if they hold the same numbers in the same order (``same_numbers``, on by default): "Eve has 6 eggs and
+gets 9 more" and "... gets 5 more" share 85% of their shingles but are different problems (measured on the
+built-in world's story rows: without this check 134 of 1,346 near-duplicate removals were other problems).
 
 Library: `datasketch` (MinHash, MinHashLSH; numpy only, in-memory), not `datatrove`: datatrove's MinHash is
 a four-step pipeline of executors writing signature and bucket files to disk, built for terabytes of web
@@ -23,12 +26,15 @@ permutations (~1 GB per million rows); past that, the README's note on datatrove
 
 from __future__ import annotations
 
+import re
 import zlib
 from typing import Literal
 
 import numpy as np
 
 from posttrain.curation.text import normalised, text_digest, words
+
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 
 
 class ExactDuplicates:
@@ -75,16 +81,18 @@ class NearDuplicates:
             ``sqrt(J (1 - J) / num_perm)``, 0.035 at J = 0.8 and 128 permutations.
         unit, size: how rows are shingled (`shingles`).
         min_words: rows with fewer words are not checked (nor indexed).
+        same_numbers: a candidate must hold the same numbers, in order, to count.
         seed: the permutations' seed.
     """
 
     def __init__(self, threshold: float, num_perm: int = 128, unit: Literal["char", "word"] = "char", size: int = 5,
-                 min_words: int = 10, seed: int = 1):
+                 min_words: int = 10, same_numbers: bool = True, seed: int = 1):
         from datasketch import MinHash, MinHashLSH
 
         self._minhash = MinHash
         self.threshold, self.num_perm, self.unit, self.size, self.seed = threshold, num_perm, unit, size, seed
-        self.min_words = min_words
+        self.min_words, self.same_numbers = min_words, same_numbers
+        self._numbers: dict[int, int] = {}  # kept rows' numbers, hashed
         # candidates are confirmed against the stored signatures, so a false positive costs one comparison while a
         # false negative is a duplicate kept: the bands are tuned for recall (datasketch's default weighs both 0.5)
         self._lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=(0.1, 0.9))
@@ -105,8 +113,11 @@ class NearDuplicates:
         if len(words(text)) < self.min_words:
             return None
         minhash = self.signature(text)
+        numbers = hash(tuple(_NUMBER.findall(text))) if self.same_numbers else 0
         best: tuple[int, float] | None = None
         for candidate in self._lsh.query(minhash):
+            if self._numbers[candidate] != numbers:
+                continue
             # the signature's values are below 2**32 (datasketch masks them), so they are stored as uint32
             similarity = float(np.mean(self._signatures[candidate] == minhash.hashvalues))
             if similarity >= self.threshold and (best is None or similarity > best[1]):
@@ -114,4 +125,5 @@ class NearDuplicates:
         if best is None:
             self._lsh.insert(index, minhash, check_duplication=False)
             self._signatures[index] = minhash.hashvalues.astype(np.uint32)
+            self._numbers[index] = numbers
         return best

@@ -114,3 +114,14 @@ def test_planted_near_duplicates_are_near(outcome):
             near = set(shingles(text, "char", 5))
             best = max(len(near & other) / len(near | other) for other in clean)
             assert 0.8 < best < 1.0
+
+
+def test_near_duplicates_must_hold_the_same_numbers():
+    """Story rows of the built-in world: another name is the same problem, another number is not."""
+    index = NearDuplicates(0.8)
+    assert index.check("Eve has 6 eggs and gets 9 more. How many now?\n15", 0) is None
+    assert index.check("Eve has 6 eggs and gets 5 more. How many now?\n11", 1) is None  # another problem
+    assert index.check("Bob has 6 eggs and gets 9 more. How many now?\n15", 2)[0] == 0  # the same problem
+    lenient = NearDuplicates(0.8, same_numbers=False)
+    lenient.check("Eve has 6 eggs and gets 9 more. How many now?\n15", 0)
+    assert lenient.check("Eve has 6 eggs and gets 5 more. How many now?\n11", 1) is not None
