@@ -81,7 +81,7 @@ def baseline(path: Path) -> tuple[float, int]:
 def timed_curate(train: Path, heldout: Path, folder: Path, full: bool) -> tuple[dict, float]:
     fields = {"name": "bench", "kind": "curate", "sources": [{"data": {"source": str(train)}}]}
     if full:
-        fields["decontaminate"] = {"sets": {"eval": {"source": str(heldout)}}}
+        fields["decontaminate"] = {"sets": [{"name": "eval", "data": {"source": str(heldout)}}]}
     else:
         fields.update(decontaminate={"enabled": False}, dedup={"near": False},
                       quality={"repetition": False, "min_words": 0, "min_alphanumeric": 0})

@@ -88,6 +88,13 @@ class DedupSpec(Strict):
                                 "row one changed character is often another item (`What is 10 + 0?` / `10 + 1?`).")
 
 
+class EvaluationSet(Strict):
+    """One evaluation set a curate stage checks against (filled in from the recipe)."""
+
+    name: str = Field(description="The evaluation's name, or `STAGE.heldout`.")
+    data: DataSpec = Field(description="Its data.")
+
+
 class DecontaminationSpec(Strict):
     """Removal of training rows containing evaluation rows (`posttrain.curation.decontamination`)."""
 
@@ -100,9 +107,9 @@ class DecontaminationSpec(Strict):
     against: list[str] | None = Field(
         None, description="Evaluation sets to check: names of `evaluations:` entries and `STAGE.heldout`; default all.",
     )
-    sets: dict[str, DataSpec] = Field(
-        default_factory=dict, description="Filled in when the recipe loads: the evaluation sets checked, by name "
-        "(do not write it; it makes the stage re-run when an evaluation set changes).",
+    sets: list[EvaluationSet] = Field(
+        default_factory=list, description="Filled in when the recipe loads: the evaluation sets checked (do not write "
+        "it; as part of the stage's data, a change to an evaluation set or its file re-runs the stage).",
     )
 
 
@@ -207,7 +214,7 @@ def bind_evaluation_sets(recipe) -> tuple[object, list[str]]:
             if unknown:
                 problems.append(f"stages[{i}] ({stage.name}).decontaminate.against: {unknown} name no evaluation set "
                                 f"(sets: {sorted(available) or 'none'})")
-            sets = {name: available[name] for name in names if name in available}
+            sets = [EvaluationSet(name=name, data=available[name]) for name in names if name in available]
             stage = stage.model_copy(update={"decontaminate": stage.decontaminate.model_copy(update={"sets": sets})})
         stages.append(stage)
     return recipe.model_copy(update={"stages": stages}), problems

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -43,9 +44,9 @@ def contamination_index(config: CurateConfig, recipe_dir: Path, seed: int) -> Co
     if not spec.enabled:
         return None
     index = ContaminationIndex(ngram=spec.ngram, threshold=spec.threshold, min_words=spec.min_words)
-    for name, data in spec.sets.items():
-        for _, row in source_records(data, recipe_dir, seed):
-            index.add(name, prompt_text(row))
+    for evaluation in spec.sets:
+        for _, row in source_records(evaluation.data, recipe_dir, seed):
+            index.add(evaluation.name, prompt_text(row))
     return index
 
 
@@ -127,9 +128,7 @@ def curate(config: CurateConfig, recipe_dir: Path, seed: int, out_dir: Path) -> 
     summary["evaluation_rows_too_short"] = dict(rules.contamination.skipped) if rules.contamination else {}
     summary["seconds"] = time.time() - started
     summary["rows_per_second"] = summary["rows_read"] / max(summary["seconds"], 1e-9)
-    for spool in spools:
-        spool.path.unlink(missing_ok=True)
-    (out_dir / "work").rmdir()
+    shutil.rmtree(out_dir / "work", ignore_errors=True)  # the spools (and any a crashed run left)
     return summary
 
 

@@ -83,7 +83,7 @@ def test_missing_source_file_is_named(leaky: Path):
 
 def test_the_evaluation_sets_are_bound_and_the_next_stage_starts_from_the_model_before(leaky: Path):
     recipe = load_recipe(leaky / "recipe.yaml").recipe
-    assert list(recipe.stage("clean").decontaminate.sets) == ["arith"]
+    assert [s.name for s in recipe.stage("clean").decontaminate.sets] == ["arith"]
     assert [recipe.parent_of(i) for i in range(3)] == [None, None, "pretrain"]
 
 
@@ -129,7 +129,18 @@ def test_every_evaluation_set_of_the_quickstart_is_checked_and_readable(tmp_path
     (tmp_path / "recipe.yaml").write_text(text.replace("  - name: pretrain\n", curate_stage, 1))
     recipe = load_recipe(tmp_path / "recipe.yaml").recipe
     clean = recipe.stage("clean")
-    assert sorted(clean.decontaminate.sets) == ["arithmetic", "corpus", "grpo.heldout", "near_misses", "ppo.heldout", "preferences"]
+    assert sorted(s.name for s in clean.decontaminate.sets) == ["arithmetic", "corpus", "grpo.heldout", "near_misses", "ppo.heldout", "preferences"]
     index = contamination_index(clean, tmp_path, recipe.seed)
-    assert set(index.set_sizes()) == set(clean.decontaminate.sets)
+    assert set(index.set_sizes()) == {s.name for s in clean.decontaminate.sets}
     assert recipe.parent_of(1) is None  # pretrain, after the curate stage, starts from the recipe's model
+
+
+def test_a_changed_evaluation_file_changes_the_curate_stage_fingerprint(leaky: Path):
+    from posttrain.fingerprints import stage_fingerprints
+
+    write_rows(leaky / "eval.jsonl", world.arithmetic_rows("test", 20, 0, (2, 3)))
+    override = ["evaluations.arith.data={source: eval.jsonl}"]
+    before = stage_fingerprints(load_recipe(leaky / "recipe.yaml", override))
+    write_rows(leaky / "eval.jsonl", world.arithmetic_rows("test", 21, 0, (2, 3)))  # same path, one more row
+    after = stage_fingerprints(load_recipe(leaky / "recipe.yaml", override))
+    assert before[0] == after[0] and before[1] != after[1] and before[2] != after[2]
