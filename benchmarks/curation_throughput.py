@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import platform
 import random
 import tempfile
@@ -90,12 +91,25 @@ def timed_curate(train: Path, heldout: Path, folder: Path, full: bool) -> tuple[
     return summary, time.perf_counter() - begin
 
 
+def cpu_name() -> str:
+    """The CPU model (figures differ between the machines this runs on)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--out", type=Path, default=None, help="also write the lines printed to this file")
     args = parser.parse_args()
-    lines = [f"python {platform.python_version()}, {platform.processor() or platform.machine()}, {args.rows} rows"]
+    threads = os.environ.get("OMP_NUM_THREADS", "unset")
+    lines = [f"python {platform.python_version()}, {cpu_name()}, {os.cpu_count()} cores, OMP_NUM_THREADS={threads}, "
+             f"load average {os.getloadavg()[0]:.1f}, {args.rows} rows"]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         train, heldout = write_rows(folder, args.rows)
