@@ -17,6 +17,7 @@ from pydantic import Field, ValidationError, field_validator
 
 import posttrain.config  # noqa: F401  (registers every stage kind)
 from posttrain.config.common import DataSpec, ModelSpec, Strict
+from posttrain.config.curate import bind_evaluation_sets
 from posttrain.config.evaluation import EvalConfig, GateConfig
 from posttrain.config.reporting import LoggingConfig
 from posttrain.config.stages import StageConfig, stage_config_class
@@ -53,11 +54,12 @@ class Recipe(Strict):
     def parent_of(self, index: int) -> str | None:
         """Name of the stage that stage ``index`` starts from; None for the recipe's model."""
         stage = self.stages[index]
-        if stage.from_ == "base":
+        if stage.from_ == "base" or not stage.makes_checkpoint:
             return None
         if stage.from_ is not None:
             return stage.from_
-        return self.stages[index - 1].name if index > 0 else None
+        # a stage that writes data only (`curate`) has no checkpoint: start from the model stage before it
+        return next((s.name for s in reversed(self.stages[:index]) if s.makes_checkpoint), None)
 
     def evaluated_ancestor(self, index: int) -> str | None:
         """The nearest stage up stage ``index``'s lineage that is evaluated (``base`` for the recipe's model
@@ -389,6 +391,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> LoadedR
     recipe, problems = _validate_structure(raw, lines)
     if recipe is not None:
         problems += _check_semantics(recipe, path.parent, lines)
+        recipe, curation_problems = bind_evaluation_sets(recipe)  # `posttrain.config.curate`
+        problems += curation_problems
     if problems:
         listing = "\n".join(f"  - {p}" for p in problems)
         raise RecipeError(f"{path}: {len(problems)} problem(s):\n{listing}")

@@ -4,4 +4,4 @@
 Importing this package registers every stage kind's config class.
 """
 
-from posttrain.config import ai_judge, constitutional, dpo, grpo, ppo, pretrain, reward_model, sft  # noqa: F401
+from posttrain.config import ai_judge, constitutional, curate, dpo, grpo, ppo, pretrain, reward_model, sft  # noqa: F401

@@ -6,6 +6,8 @@ Stage kind X registers its config class in `posttrain.config.X` (no torch) and i
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field, field_validator
 
 from posttrain.config.common import Strict
@@ -30,6 +32,8 @@ class StageConfig(Strict):
         "Default: the previous stage (the recipe's model for the first stage).",
     )
     evaluate: bool = Field(True, description="Run the recipe's evaluations after this stage.")
+    # False for a stage that writes data only (`curate`): the stage after it starts from the one before it
+    makes_checkpoint: ClassVar[bool] = True
 
     _plain_name = field_validator("name")(classmethod(lambda cls, name: check_plain_name(name, "stage name")))
 

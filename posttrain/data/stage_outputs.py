@@ -49,7 +49,7 @@ def source_problem(source: str, earlier: dict[str, Any]) -> str | None:
     name, output = parsed
     if name not in earlier:
         return f"{source!r} names no earlier stage (earlier stages: {sorted(earlier) or 'none'})"
-    outputs = getattr(type(earlier[name]), "outputs", ())
+    outputs = getattr(earlier[name], "outputs", ())  # a class attribute, or a property of the config
     if output not in outputs:
         listed = ", ".join(f"stage:{name}/{o}" for o in outputs) or f"none (a {earlier[name].kind} stage writes no data)"
         return f"{source!r}: stage {name!r} has no output {output!r}; its outputs: {listed}"

@@ -46,6 +46,23 @@ def timing_rows(run: RunRecord) -> list[list[str]]:
     return rows
 
 
+def curation_rows(run: RunRecord) -> list[list[str]]:
+    """Rows of the curation table: stage, rule (or evaluation set), rows removed, a few removed rows."""
+    rows = []
+    for stage in run.stages:
+        curation = (stage.manifest or {}).get("summary", {}).get("curation")
+        if not curation:
+            continue
+        rows.append([stage.name, "rows read -> written", f"{curation['rows_read']} -> {curation['rows_written']}", ""])
+        for rule, count in curation["removed"].items():
+            shown = curation["examples"].get(rule, [])
+            rows.append([stage.name, rule, str(count), "\n".join(f"{e['where']}: {e['text']} ({e['reason']})" for e in shown)])
+        for name, count in curation["contaminated_by_set"].items():
+            rows.append([stage.name, f"contaminated by {name}", str(count), ""])
+    return rows
+
+
+CURATION_HEADER = ["stage", "rule", "rows removed", "examples"]
 TIMING_HEADER = ["stage", "kind", "steps", "tokens", "tokens/s", "train s", "evaluate s", "samples s"]
 
 
@@ -106,6 +123,10 @@ def render_html(run: RunRecord, plots: list[Plot]) -> str:
             row += "".join(f"<td><pre>{esc(c)}</pre></td>" for c in completions)
             parts.append(f"<tr>{row}</tr>")
         parts.append("</table>")
+    if curation := curation_rows(run):
+        parts.append('<h2>Curation</h2><table class="curation"><tr>' + "".join(f"<th>{h}</th>" for h in CURATION_HEADER) + "</tr>")
+        parts += ["<tr>" + "".join(f"<td><pre>{esc(v)}</pre></td>" for v in values) + "</tr>" for values in curation]
+        parts.append("</table>")
     parts.append("<h2>Timings</h2>")
     parts.append('<table class="timings"><tr>' + "".join(f"<th>{h}</th>" for h in TIMING_HEADER) + "</tr>")
     for values in timing_rows(run):
@@ -146,6 +167,8 @@ def render_markdown(run: RunRecord, plot_files: dict[str, str], plots: list[Plot
             for p, completions in zip(prompts, grid)
         ]
         lines += _md_table(header, rows) + [""]
+    if curation := curation_rows(run):
+        lines += ["## Curation", ""] + _md_table(CURATION_HEADER, curation) + [""]
     lines += ["## Timings", ""] + _md_table(TIMING_HEADER, timing_rows(run))
     lines += ["", "## Recipe", "", "```yaml", run.recipe_text.rstrip(), "```", ""]
     return "\n".join(lines)
