@@ -188,8 +188,9 @@ class CurateConfig(StageConfig):
 
 def evaluation_sets(recipe) -> dict[str, DataSpec]:
     """Every evaluation set of a recipe by name: each `evaluations:` entry by its name and each stage's
-    `heldout:` as ``STAGE.heldout`` (sets another stage writes, ``stage:``, are not known before the run)."""
-    sets = {evaluation.name: evaluation.data for evaluation in recipe.evaluations}
+    `heldout:` as ``STAGE.heldout`` (sets another stage writes, ``stage:``, are not known before the run;
+    an `lm_eval` evaluation has no `data:`, its rows live in lm-eval's task files and are not checked)."""
+    sets = {evaluation.name: evaluation.data for evaluation in recipe.evaluations if evaluation.data is not None}
     for stage in recipe.stages:
         heldout = getattr(stage, "heldout", None)
         if heldout is not None and not heldout.data.source.startswith("stage:"):
