@@ -14,7 +14,7 @@ from posttrain.errors import NonFiniteLossError
 from posttrain.rewards import RewardResult, RewardSource, register_reward_source
 from posttrain.rl.reward import RewardSourceError
 from posttrain.rl.sampler import Rollout
-from tests.rl.conftest import rl_config
+from tests.rl.conftest import rl_config, vary_lengths
 
 STEP_METRICS = {
     "reward/total/mean", "reward/total/std", "reward/length_penalty/mean", "reward/length_penalty/std", "kl",
@@ -120,20 +120,36 @@ def test_grpo_raises_a_simple_reward(make_stage) -> None:
     assert last > first + 0.1, rewards
 
 
-def test_micro_batches_accumulate_to_the_same_update(make_stage) -> None:
-    # the same rollouts (same seed) as one pass or as micro-batches of 3 and 3 + 2 completions... must give the
-    # same loss and gradient norm, for a token-weighted and a sequence-weighted aggregation
-    for aggregation in ("token-mean", "seq-mean-token-mean"):
-        rows = []
-        for micro in (None, 3):
-            config = rl_config("grpo", loss_aggregation=aggregation, train={"micro_batch_size": micro})
-            stage = make_stage(config)
-            stage.train()
-            rows.append(stage.metrics.rows[0])
-        whole, split = rows
-        assert whole["completion_tokens"] == split["completion_tokens"]
-        assert split["loss"] == pytest.approx(whole["loss"], rel=1e-5, abs=1e-7)
-        assert split["grad_norm"] == pytest.approx(whole["grad_norm"], rel=1e-5)
+AGGREGATIONS = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+OBJECTIVES = [
+    *[("ppo", {}, aggregation) for aggregation in AGGREGATIONS],
+    *[("grpo", {"kl": {"coef": 0.1, "estimator": "k3"}}, aggregation) for aggregation in AGGREGATIONS],
+    ("grpo", {"policy_loss": "gspo", "clip_eps": 3e-4, "clip_eps_high": 4e-4}, "seq-mean-token-mean"),
+    ("grpo", {"policy_loss": "cispo", "clip_eps": 1.0, "clip_eps_high": 4.0}, "token-mean"),
+    ("grpo", {"advantage": "reinforce_pp_baseline"}, "token-mean"),
+    ("grpo", {"advantage": "dr_grpo"}, "seq-mean-token-sum-norm"),
+]
+
+
+@pytest.mark.parametrize("kind, fields, aggregation", OBJECTIVES, ids=lambda value: str(value))
+def test_micro_batches_accumulate_to_the_same_update(make_stage, kind, fields, aggregation) -> None:
+    """The same rollouts (same seed) as one pass or as micro-batches of 3 and 3 + 2 completions... give the same
+    loss, gradient norm and (PPO) value loss, for every objective and aggregation. Issue 22, defect 2: PPO's
+    value loss was token-averaged while the engine weighted micro-batches by their share of sequences, so with
+    a sequence-mean aggregation value_loss was 0.0801 whole and 0.1140 with micro_batch_size 3."""
+    rows = []
+    for micro in (None, 3):
+        stage = make_stage(rl_config(kind, loss_aggregation=aggregation, train={"micro_batch_size": micro}, **fields))
+        engine = stage.build_engine()
+        vary_lengths(engine)  # lengths 1..6: micro-batches of unequal token counts
+        rows.append(engine.step(0))
+    whole, split = rows
+    assert whole["completion_tokens"] == split["completion_tokens"] and whole["response_length"] < 6
+    assert split["loss"] == pytest.approx(whole["loss"], rel=1e-5, abs=1e-7)
+    assert split["grad_norm"] == pytest.approx(whole["grad_norm"], rel=1e-5)
+    if kind == "ppo":
+        assert split["value_loss"] == pytest.approx(whole["value_loss"], rel=1e-5, abs=1e-7)
+        assert split["policy_loss"] == pytest.approx(whole["policy_loss"], rel=1e-5, abs=1e-7)
 
 
 def test_adaptive_kl_controller_moves_beta(make_stage) -> None:
