@@ -207,13 +207,17 @@ class RLEngine:
         return self._metrics(values, kl_BC, experience.completion_mask_BC, rollout, (began, generated, scored_at))
 
     def _update_kl_coef(self, kl_BC: torch.Tensor, mask_BC: torch.Tensor) -> None:
-        """Moves an adaptive beta by this batch's KL per completion (sum over tokens, mean over completions)."""
+        """Moves an adaptive beta by this batch's KL per completion (sum over tokens, mean over completions) and
+        the global batch's completions (every process's: the controller's n_steps counts samples)."""
         if not isinstance(self.kl_controller, AdaptiveKLController):
             return
         per_completion_B = masked_sum(kl_BC, mask_BC, dim=1)
         has_tokens_B = mask_BC.any(dim=1)
-        totals = self._sum(torch.stack([masked_sum(per_completion_B, has_tokens_B), has_tokens_B.sum().to(kl_BC.dtype)]))
-        self.kl_controller.update(float(totals[0] / totals[1].clamp(min=1)), n_steps=int(mask_BC.shape[0]))
+        completions = torch.tensor(float(mask_BC.shape[0]), dtype=kl_BC.dtype, device=kl_BC.device)
+        kl_total, with_tokens, rows = self._sum(
+            torch.stack([masked_sum(per_completion_B, has_tokens_B), has_tokens_B.sum().to(kl_BC.dtype), completions])
+        ).tolist()
+        self.kl_controller.update(kl_total / max(with_tokens, 1.0), n_steps=round(rows))
 
     def _metrics(
         self, values: dict[str, float], kl_BC: torch.Tensor, mask_BC: torch.Tensor, rollout: Rollout,

@@ -161,6 +161,19 @@ def test_adaptive_kl_controller_moves_beta(make_stage) -> None:
     assert coefs[0] == pytest.approx(0.1) and coefs[1] < coefs[0] and coefs[2] < coefs[1]
 
 
+def test_adaptive_kl_counts_the_global_batch(make_stage) -> None:
+    """Issue 22, defect 4: with N processes the controller's n_steps is the global batch, not the local one.
+    Two processes holding the same rows (the collective doubles every sum): KL per completion 2 nats against
+    target 1 -> error clipped to 0.2; 2 x 4 completions over horizon 10: beta 0.1 * (1 + 0.2 * 8 / 10)."""
+    kl = {"coef": 0.1, "estimator": "k1", "controller": "adaptive", "target": 1.0, "horizon": 10}
+    engine = make_stage(rl_config("ppo", kl=kl)).build_engine()
+    engine._sum = lambda values: 2 * values
+    kl_BC = torch.tensor([[1.0, 1.0, 5.0]] * 4)
+    mask_BC = torch.tensor([[True, True, False]] * 4)
+    engine._update_kl_coef(kl_BC, mask_BC)
+    assert engine.kl_controller.kl_coef == pytest.approx(0.1 * (1 + 0.2 * 8 / 10))
+
+
 def test_a_raising_reward_source_names_itself_and_the_completion(make_stage) -> None:
     config = rl_config("grpo", reward=[{"source": "test_raises_on_digit_seven", "name": "sevens"}],
                        generation={"max_new_tokens": 16}, train={"prompts_per_step": 8})
