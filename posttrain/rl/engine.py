@@ -38,6 +38,7 @@ from posttrain.rl.policy import ActorCritic, FrozenReference, ValueHead, score_c
 from posttrain.rl.prompts import PromptRow, encode_prompts
 from posttrain.rl.reward import RewardScorer
 from posttrain.rl.sampler import Rollout, RolloutSampler, RowNoise, SamplingSettings, decode_completions, end_token_ids
+from posttrain.training.dropout import disable_dropout
 from posttrain.rl.update import PolicyUpdate, stream_seed
 from posttrain.training.metrics import MetricsWriter
 from posttrain.training.optimizer import OptimizerStep
@@ -83,6 +84,7 @@ class RLEngine:
                 f"({generation.max_prompt_tokens} tokens)"
             )
         self.device = accelerator.device
+        disable_dropout(policy)  # the sampler, the reference and the training forward must agree (ratio 1 at first)
         value_head = ValueHead(policy.config.hidden_size).to(self.device) if objective.uses_values else None
         self.reference = FrozenReference(policy, uses_lora=config.lora is not None)
         value_lr = getattr(config, "value_lr", None)

@@ -111,6 +111,23 @@ def test_ppo_reference_stays_frozen(make_stage, lora: bool) -> None:
         assert not changed(parameters(start), reference.model)
 
 
+@pytest.mark.parametrize("kind", ["ppo", "grpo"])
+def test_dropout_is_off_so_the_first_ratio_is_one(make_stage, kind) -> None:
+    """Issue 22, defect 5: with dropout in the model (attention dropout 0.5 here) or its LoRA adapters (0.5,
+    which acts once the adapters are no longer 0, from the second step), the training-mode forward of a step's
+    first update disagreed with the sampler: ratio != 1, the clip acting on noise. Dropout is now off in RL,
+    as TRL does by default."""
+    stage = make_stage(rl_config(kind, lora={"r": 4, "alpha": 8, "dropout": 0.5}, train={"steps": 2}))
+    for module in stage.model.modules():
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.5
+    engine = stage.build_engine()
+    for step in range(2):
+        row = engine.step(step)
+        assert row["logprob_mismatch"] < 1e-5, step
+        assert row["ratio_mean"] == pytest.approx(1.0, abs=1e-6) and row["ratio_max"] == pytest.approx(1.0, abs=1e-5)
+
+
 def test_grpo_raises_a_simple_reward(make_stage) -> None:
     # shorter completions score higher; 12 steps of GRPO must make answers measurably shorter
     stage = make_stage(rl_config("grpo", group_size=8, generation={"max_new_tokens": 8}, train={"steps": 12}))
