@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from posttrain.algorithms import masked_mean
+from posttrain.algorithms.dapo import informative_groups
 from posttrain.config.grpo import GRPOConfig
 from posttrain.registry import ADVANTAGE_ESTIMATORS, POLICY_LOSSES
 from posttrain.rl.engine import RLEngine
@@ -65,9 +66,7 @@ class GRPOObjective:
             rewards_GS = torch.where(valid_GS, rewards_GS, group_mean_G1)
         advantages_B = self.estimator(rewards_B=rewards_GS.reshape(-1), group_size=self.group_size, **keywords)
         advantages_B = torch.where(valid_GS.reshape(-1), advantages_B, torch.zeros_like(advantages_B))
-        low_G = torch.where(valid_GS, rewards_GS, torch.full_like(rewards_GS, float("inf"))).min(dim=1).values
-        high_G = torch.where(valid_GS, rewards_GS, torch.full_like(rewards_GS, float("-inf"))).max(dim=1).values
-        zero_variance_G = ~(high_G - low_G > 1e-6)  # a group with no valid completion counts too
+        zero_variance_G = ~informative_groups(experience.rewards_B, valid_GS.reshape(-1), self.group_size)
         return Advantages(advantages_B, metrics={"zero_variance_groups": float(zero_variance_G.float().mean())})
 
     def loss(self, batch: Experience, scores: CompletionScores, kl_coef: float) -> tuple[torch.Tensor, Metrics]:

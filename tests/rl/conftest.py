@@ -62,7 +62,7 @@ def make_stage(tmp_path: Path, accelerator) -> Callable[..., Any]:
 
 def vary_lengths(engine) -> None:
     """Makes ``engine``'s rollouts end after 1, 2, ..., C tokens (row i keeps ``i % C + 1``), as if each
-    had sampled its end token there. The random micro model almost never samples an end token, so every
+    had sampled its end token there (the rows that keep all C tokens count as truncated). The random micro model almost never samples an end token, so every
     completion would otherwise run to ``max_new_tokens``, and whatever depends on lengths (token vs
     sequence weighting) would go untested."""
     sample = engine.sampler.sample
@@ -75,7 +75,7 @@ def vary_lengths(engine) -> None:
         mask_BC = rollout.completion_mask_BC & keep_BC
         pad = engine.tokenizer.pad_token_id
         return replace(
-            rollout, completion_mask_BC=mask_BC, truncated_B=torch.zeros_like(rollout.truncated_B),
+            rollout, completion_mask_BC=mask_BC, truncated_B=rollout.truncated_B & (keep_B == width),
             completion_ids_BC=torch.where(mask_BC, rollout.completion_ids_BC, torch.full_like(rollout.completion_ids_BC, pad)),
             logprobs_BC=torch.where(mask_BC, rollout.logprobs_BC, torch.zeros_like(rollout.logprobs_BC)),
         )
