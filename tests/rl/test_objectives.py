@@ -175,3 +175,13 @@ def test_a_file_function_without_the_stages_keywords_is_refused_before_training(
 def test_the_schema_checks_names_against_the_registries(kind: str, field: str, value: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         rl_config(kind, **{field: value})
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"policy_loss": "cispo", "dual_clip": 3.0}, "dual_clip does not apply to policy_loss cispo"),
+    ({"dapo": {"overlong_buffer": 7}}, r"dapo.overlong_buffer \(7\) is longer than generation.max_new_tokens \(6\)"),
+])
+def test_the_schema_refuses_settings_an_objective_cannot_use(fields, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        rl_config("grpo", **fields)
+
