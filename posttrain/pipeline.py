@@ -154,9 +154,11 @@ class Pipeline:
 
         accelerator = self.accelerator
         checkpoints = self._prepare_folder(index, fingerprint, input_checkpoint)
-        self.say(f"[{stage.name}] running {stage.kind} (from {self.recipe.parent_of(index) or 'base model'})")
+        origin = f"from {self.recipe.parent_of(index) or 'base model'}" if stage.makes_checkpoint else "writes data only"
+        self.say(f"[{stage.name}] running {stage.kind} ({origin})")
+        config, decontamination = self._decontaminate(stage, folder)
         context = StageContext(
-            config=bind_stage_outputs(stage, self.run_dir / "stages"),
+            config=config,
             model_spec=self.recipe.model,
             input_checkpoint=input_checkpoint,
             stage_dir=folder,
@@ -171,6 +173,8 @@ class Pipeline:
         try:
             runner = stage_class(stage.kind)(context)
             summary = runner.train()
+            if decontamination is not None:
+                summary = {**(summary or {}), "decontamination": decontamination}
         finally:
             context.metrics.close()
         checkpoint_hash = runner.save(checkpoint)  # every process: ZeRO-3 gathers its shards; the main one writes
@@ -184,6 +188,27 @@ class Pipeline:
         self.say(f"[{stage.name}] finished in {time.time() - started:.1f}s -> {checkpoint}")
         del runner
         return StageRecord(stage.name, fingerprint, checkpoint, False, summary=summary)
+
+    def _decontaminate(self, stage: StageConfig, folder: Path) -> tuple[StageConfig, dict[str, Any] | None]:
+        """The stage's config with `stage:` sources bound and, for a training stage, rows containing evaluation
+        rows removed from its data (`posttrain.curation.training`; the main process does it, the others take
+        its result); and the decontamination summary for the manifest (None when nothing was checked)."""
+        bound = bind_stage_outputs(stage, self.run_dir / "stages")
+        if not stage.makes_checkpoint:
+            return bound, None
+        from posttrain.curation.training import decontaminate_training_data, describe
+
+        result = None
+        if self.is_main:
+            curate_stages = {s.name for s in self.recipe.stages if s.kind == "curate"}
+            result = decontaminate_training_data(stage, bound, self.loaded.directory, self.recipe.seed, folder, curate_stages)
+            if result[1] is not None:
+                self.say(f"[{stage.name}] {describe(result[1])}")
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            result = broadcast_object_list([result], from_process=0)[0]
+        return result
 
     def _prepare_folder(self, index: int, fingerprint: str, input_checkpoint: Path | None):
         """Checks the stage folder is writable, picks the training state to continue from (if any) and
