@@ -285,15 +285,22 @@ class Pipeline:
         With several processes the main one evaluates and writes; the others receive its metrics, so every
         process applies the gates to the same table and stops (or goes on) together.
         """
+        waiting = self._evaluation_wait() if self.accelerator.num_processes > 1 else None
         metrics = self._evaluate_checkpoint(name, checkpoint, model_hash) if self.is_main else None
-        if self.accelerator.num_processes > 1:
-            from accelerate.utils import broadcast_object_list
-
-            metrics = broadcast_object_list([metrics], from_process=0)[0]
+        if waiting is not None:
+            metrics = waiting.share(metrics)  # within the evaluations' `timeout_minutes` (posttrain.eval.waiting)
         self.table.append({"stage": name, **metrics})
         if self.is_main:
             write_json_atomic(self.run_dir / "evaluations.json", self.table)
         return metrics
+
+    def _evaluation_wait(self):
+        """The group the other processes wait for the main one's evaluations in (made once, on every process)."""
+        if getattr(self, "_waiting", None) is None:
+            from posttrain.eval.waiting import MainProcessResult, evaluation_timeout
+
+            self._waiting = MainProcessResult(evaluation_timeout(self.recipe.evaluations))
+        return self._waiting
 
     def _evaluate_checkpoint(self, name: str, checkpoint: Path | None, model_hash: str) -> dict[str, float]:
         """Runs every evaluation on one checkpoint, reusing results stored for the same model and config.
@@ -302,6 +309,7 @@ class Pipeline:
         score reward models (`pairwise_accuracy`); a language model gets all the others, and writes the
         run report's sample generations (`posttrain.report.samples`).
         """
+        from posttrain.eval.cache_key import evaluation_key
         from posttrain.eval.evaluators import evaluator
         from posttrain.eval.preference import evaluated_model_type, evaluation_rows
         from posttrain.models.checkpoint import load_model_and_tokenizer
@@ -310,7 +318,7 @@ class Pipeline:
 
         folder = self.stage_dir(name)
         folder.mkdir(parents=True, exist_ok=True)
-        key = json_hash([model_hash, [config_dump(e) for e in self.recipe.evaluations], self.recipe.seed])
+        key = evaluation_key(model_hash, self.recipe.evaluations, self.recipe.seed)  # lm-eval: versions, task files
         stored = read_json(folder / "eval.json")
         reused = bool(stored and stored.get("key") == key)
         model_type = "reward_model" if is_reward_model_checkpoint(checkpoint) else "causal_lm"
@@ -336,6 +344,9 @@ class Pipeline:
             if not reused:
                 record = {"key": key, "metrics": metrics, "seconds": time.time() - started}
                 write_json_atomic(folder / "eval.json", {**record, **({"provenance": provenance} if provenance else {})})
+                if provenance and (folder / MANIFEST).is_file():  # the stage's manifest records it too
+                    write_json_atomic(folder / MANIFEST, {**read_json(folder / MANIFEST),
+                                                          "evaluation": {"key": key, "provenance": provenance}})
             if sample:
                 samples.write(folder, model_hash, model, tokenizer)
             del model

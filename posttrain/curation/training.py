@@ -78,6 +78,11 @@ def decontaminate_training_data(
                     removed.write(json.dumps({"data": key, **removal.record()}, ensure_ascii=False) + "\n")
             spool.close()
             removed_here = rules.tally.removed.total() - dropped
+            if removed_here and not len(spool):
+                raise ValueError(
+                    f"stage {stage.name!r}: all {removed_here} rows of `{key}` ({spec.source}) contain rows of the "
+                    f"recipe's evaluation sets ({describe_sets(rules.tally.contaminated_by_set)}); to train on them "
+                    f"anyway (e.g. to measure training accuracy) set `decontaminate: false` or `against:` on the stage")
             per_data[key] = {"source": spec.source, "read": rules.tally.seen - before, "removed": removed_here}
             if removed_here:
                 per_data[key]["file"] = str(spool.path)
@@ -104,9 +109,14 @@ def _with_specs(config: StageConfig, updates: dict[str, DataSpec]) -> StageConfi
     return config.model_copy(update=changes) if changes else config
 
 
+def describe_sets(by_set: dict[str, int]) -> str:
+    """``arith: 40, heldout: 2``."""
+    return ", ".join(f"{name}: {count}" for name, count in sorted(by_set.items()))
+
+
 def describe(summary: dict[str, Any]) -> str:
     """One log line: rows removed of rows read, per evaluation set, and the time taken."""
-    sets = ", ".join(f"{name}: {count}" for name, count in sorted(summary["contaminated_by_set"].items()))
+    sets = describe_sets(summary["contaminated_by_set"])
     return (f"decontamination: {summary['rows_removed']} of {summary['rows_read']} training rows contain evaluation "
             f"rows{f' ({sets})' if sets else ''}; {len(summary['evaluation_sets'])} sets checked, "
             f"{summary['seconds']:.1f}s")

@@ -175,3 +175,14 @@ def test_the_quickstart_trains_on_the_same_data(recipe: str, tmp_path: Path):
                                                      tmp_path / stage.name, set())
         assert summary["rows_removed"] == 0 and bound is stage, (stage.name, summary["contaminated_by_set"])
         assert len(summary["evaluation_sets"]) == (5 if stage.name == "pretrain" else 6)
+
+
+def test_training_on_an_evaluation_set_is_one_clear_error(leaky: Path, accelerator):
+    """Every row removed: the stage stops naming its data, the sets and the way to train on them anyway."""
+    recipe = (leaky / "recipe.yaml").read_text().replace("data: {source: train.jsonl}", "data: {source: held.jsonl}")
+    (leaky / "recipe.yaml").write_text(recipe.replace(
+        'data: {source: "builtin:arithmetic", split: test, count: 40, levels: [2, 3]}', "data: {source: held.jsonl}"))
+    write_rows(leaky / "held.jsonl", world.arithmetic_rows("test", 40, 0, (2, 3)))
+    with pytest.raises(ValueError, match=r"stage 'sft': all 40 rows of `data` \(held.jsonl\) contain rows of the "
+                       r"recipe's evaluation sets \(arith: 40\); to train on them anyway .* `decontaminate: false`"):
+        Pipeline(load_recipe(leaky / "recipe.yaml"), accelerator=accelerator, log=lambda line: None).run()
