@@ -88,7 +88,12 @@ def test_a_run_removes_leaked_rows_from_training_data_and_reports_them(leaky: Pa
     write_report(leaky / "run")
     report = (leaky / "run/report.md").read_text()
     assert "| sft | decontamination (training data) | 40 of 90 |" in report
+    assert f"{leaky / 'train.jsonl'}:51: {leaked_question(leaky)}" in report  # an example, with where it came from
     assert "| sft | contaminated by arith | 40 |" in report and "| pretrain | contaminated by arith | 2 |" in report
+
+
+def leaked_question(folder: Path) -> str:
+    return json.loads((folder / "train.jsonl").read_text().splitlines()[50])["messages"][0]["content"]
 
 
 def test_decontaminate_false_trains_on_the_data_as_given(leaky: Path, accelerator):
