@@ -120,10 +120,12 @@ def _export(args: argparse.Namespace) -> int:
     from posttrain.run import quiet_libraries
 
     quiet_libraries()
-    from posttrain.models.export import export_checkpoint, push_to_hub
+    from posttrain.models.export import export_checkpoint, prepare_for_generation, push_to_hub
 
     destination, how = export_checkpoint(args.checkpoint, args.destination, base=args.base, force=args.force)
     print(f"{how} {args.checkpoint} -> {destination}")
+    for change in prepare_for_generation(destination):
+        print(f"  {change}")
     if args.push:
         push_to_hub(destination, args.push, private=args.private)
         print(f"pushed {destination} to the hub repository {args.push}")

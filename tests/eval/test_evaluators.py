@@ -13,7 +13,8 @@ from posttrain.config.common import DataSpec
 from posttrain.config.evaluation import EvalConfig
 from posttrain.data.world import arithmetic_rows
 from posttrain.eval import evaluator
-from posttrain.eval.evaluators import exact_match, greedy_generate, last_number, perplexity
+from posttrain.data.world import last_number
+from posttrain.eval.evaluators import exact_match, greedy_generate, perplexity
 
 
 @pytest.mark.parametrize(
@@ -108,7 +109,8 @@ def test_perplexity_equals_exp_mean_nll_by_hand(micro) -> None:
     model, tokenizer = micro
     text = "Bob has 3 pens and gets 4 more. Now Bob has 7 pens."
     result = perplexity(model, tokenizer, [{"text": text}], config(kind="perplexity", seq_len=64))
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    # each text ends with the document separator pre-training uses (<|endoftext|>), not the chat end of turn
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.convert_tokens_to_ids("<|endoftext|>")]
     logits = model(input_ids=torch.tensor([ids])).logits[0, :-1]
     nll = torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:]), reduction="mean")
     assert result["perplexity"] == pytest.approx(math.exp(float(nll)), rel=1e-5)
