@@ -395,3 +395,15 @@ def test_builtin_data_fingerprint_follows_the_generator_code_and_the_constitutio
     # a hub dataset is named, not generated: the generators' code does not enter its fingerprint
     hub = DataSpec(source="hf:org/data")
     assert fingerprints.data_fingerprint(hub, tmp_path, 0) == json_hash([hub.model_dump(mode="json", by_alias=True), 0])
+
+
+def test_sft_counts_truncated_and_emptied_examples(tmp_path: Path, micro_recipe, accelerator, caplog) -> None:
+    """Rows longer than seq_len are counted, and those left without an assistant token dropped (issue 19:
+    at `seq_len: 32` an example kept zero loss tokens and still took a row)."""
+    run = Run(tmp_path, micro_recipe, accelerator)
+    # level-4/5 questions are longer than 16 tokens of the micro tokenizer: their answers start past the cut
+    with caplog.at_level("WARNING", logger="posttrain.stages.sft"):
+        run(["stages.sft.train.seq_len=16", "stages.sft.data.levels=[1,5]", "stages.pretrain.train.steps=1"])
+    summary = run.manifest("sft")["summary"]
+    assert summary["truncated_examples"] > 0 and 0 < summary["emptied_examples"] <= summary["truncated_examples"]
+    assert any("were cut" in r.getMessage() and "dropped" in r.getMessage() for r in caplog.records)

@@ -102,6 +102,38 @@ def encode_texts(tokenizer: Any, rows: Sequence[dict[str, Any]], eos_token_id: i
     return [Encoded(list(ids) + [eos_token_id], [True] * (len(ids) + 1)) for ids in batch["input_ids"]]
 
 
+@dataclass
+class Fitted:
+    """Examples cut to the sequence length, and how many were cut or left without loss tokens."""
+
+    examples: list[Encoded]
+    truncated: int
+    emptied: int
+
+
+def fit_to_length(examples: Sequence[Encoded], seq_len: int) -> Fitted:
+    """Cuts examples longer than ``seq_len`` (counted as truncated) and drops those left with no token to
+    learn from (counted as emptied): an example whose assistant turn starts after ``seq_len`` tokens would
+    otherwise take a row and train on nothing.
+
+    The first token of an example never carries loss (nothing before it predicts it), so it does not count.
+
+    >>> fitted = fit_to_length([Encoded([1, 2, 3], [False, True, True]), Encoded([1, 2, 3], [False, False, True])], 2)
+    >>> len(fitted.examples), fitted.truncated, fitted.emptied
+    (1, 2, 1)
+    """
+    kept, truncated, emptied = [], 0, 0
+    for example in examples:
+        if len(example.input_ids) > seq_len:
+            truncated += 1
+            example = Encoded(example.input_ids[:seq_len], example.loss_mask[:seq_len])
+        if not any(example.loss_mask[1:]):
+            emptied += 1
+            continue
+        kept.append(example)
+    return Fitted(kept, truncated, emptied)
+
+
 def pack(
     examples: Sequence[Encoded], seq_len: int, pad_token_id: int, split_examples: bool
 ) -> list[dict[str, list[int]]]:

@@ -103,6 +103,9 @@ def apply_lora(model: Any, spec: LoraSpec, task_type: str = "CAUSAL_LM"):
     """
     from peft import LoraConfig, get_peft_model
 
+    from posttrain.models.lora_targets import check_lora_targets
+
+    check_lora_targets(model, spec.target_modules)
     config = LoraConfig(
         r=spec.r,
         lora_alpha=spec.alpha,

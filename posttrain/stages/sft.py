@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from posttrain.config.sft import SFTConfig
 from posttrain.data.loading import load_dataset
-from posttrain.data.packing import encode_chats, pack, pad_rows, shuffled
+from posttrain.data.packing import encode_chats, fit_to_length, pack, pad_rows, shuffled
+from posttrain.errors import DataError
 from posttrain.models.checkpoint import apply_lora
 from posttrain.stages.base import Stage, register_stage
 from posttrain.training.loop import train_loop
+
+logger = logging.getLogger(__name__)
 
 
 @register_stage("sft")
@@ -31,10 +35,21 @@ class SFTStage(Stage):
         if not chats:
             raise ValueError(f"{data.origin}: SFT needs chat or prompt/completion rows, found only plain text")
         encoded = encode_chats(self.tokenizer, shuffled(chats, ctx.seed), self.config.loss_on_prompt)
-        pad = self.tokenizer.pad_token_id
+        fitted = fit_to_length(encoded, spec.seq_len)
+        if fitted.truncated or fitted.emptied:
+            logger.warning(
+                "%s: %d of %d examples are longer than seq_len %d and were cut; %d of them kept no assistant token "
+                "and were dropped", data.origin, fitted.truncated, len(encoded), spec.seq_len, fitted.emptied,
+            )
+        if not fitted.examples:
+            raise DataError(f"{data.origin}: no example keeps an assistant token within seq_len {spec.seq_len}")
+        encoded, pad = fitted.examples, self.tokenizer.pad_token_id
         rows = pack(encoded, spec.seq_len, pad, split_examples=False) if spec.packing else pad_rows(encoded, spec.seq_len, pad)
         result = train_loop(
             self.model, rows, spec, seed=ctx.seed, accelerator=ctx.accelerator, metrics=ctx.metrics,
             checkpoints=ctx.checkpoints,
         )
-        return result.summary(packed_rows=len(rows), skipped_data_rows=data.skipped)
+        return result.summary(
+            packed_rows=len(rows), skipped_data_rows=data.skipped, truncated_examples=fitted.truncated,
+            emptied_examples=fitted.emptied,
+        )

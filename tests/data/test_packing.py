@@ -10,6 +10,7 @@ from posttrain.data.packing import (
     Encoded,
     encode_chats,
     encode_texts,
+    fit_to_length,
     pack,
     pad_rows,
     render_prompt,
@@ -149,3 +150,20 @@ def test_packed_example_gives_the_same_logits_as_alone(micro) -> None:
     # the check can fail: without restarting positions the second example sees the first
     leaky = model(input_ids=torch.tensor([row["input_ids"]]), use_cache=False).logits[0]
     assert (leaky[first : first + second] - alone).abs().max() > 1e-3
+
+
+def test_fit_to_length_counts_cut_examples_and_drops_those_left_without_loss(micro) -> None:
+    _, tokenizer = micro
+    question = "Ann has 12 cups and gets 5 more. How many cups does Ann have now?"
+    rows = [
+        {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]},
+        {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": "17"}]},
+        {"messages": [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "2 " * 40}]},
+    ]
+    encoded = encode_chats(tokenizer, rows)
+    seq_len = len(encoded[0].input_ids) + 2
+    assert len(encoded[1].input_ids) > seq_len and encoded[1].loss_mask.index(True) >= seq_len  # the answer is cut off
+    fitted = fit_to_length(encoded, seq_len)
+    assert (fitted.truncated, fitted.emptied) == (2, 1)
+    assert [e.input_ids for e in fitted.examples] == [encoded[0].input_ids, encoded[2].input_ids[:seq_len]]
+    assert all(any(e.loss_mask[1:]) for e in fitted.examples)
