@@ -407,3 +407,18 @@ def test_sft_counts_truncated_and_emptied_examples(tmp_path: Path, micro_recipe,
     summary = run.manifest("sft")["summary"]
     assert summary["truncated_examples"] > 0 and 0 < summary["emptied_examples"] <= summary["truncated_examples"]
     assert any("were cut" in r.getMessage() and "dropped" in r.getMessage() for r in caplog.records)
+
+
+def test_sft_render_raw_concatenates_prompt_and_completion(tmp_path: Path, micro_recipe, accelerator, monkeypatch) -> None:
+    """`render: raw` rows reach SFT as TRL's plain prompt + completion (+ eos), not through the chat template."""
+    import posttrain.stages.sft as sft_module
+
+    rows = [{"prompt": f"What is {i} + 1? ", "completion": str(i + 1)} for i in range(8)]
+    (tmp_path / "pc.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    seen: list = []
+    original = sft_module.encode_raw_pairs
+    monkeypatch.setattr(sft_module, "encode_raw_pairs", lambda tok, pairs: seen.extend(pairs) or original(tok, pairs))
+    run = Run(tmp_path, micro_recipe, accelerator)
+    run(["stages.pretrain.train.steps=1", f"stages.sft.data={{source: {tmp_path / 'pc.jsonl'}, render: raw}}"])
+    assert sorted(seen) == sorted((row["prompt"], row["completion"]) for row in rows)
+    assert run.manifest("sft")["summary"]["steps"] == 3

@@ -48,8 +48,14 @@ class DataSpec(Strict):
     )
     format: Literal["auto", "messages", "prompt_completion", "text"] = Field(
         "auto",
-        description="Row layout: chat `messages`, `prompt`/`completion` strings, or plain `text`; "
-        "`auto` picks by the keys of the first row.",
+        description="Row layout: chat `messages`, `prompt`/`completion` (strings or message lists), or plain "
+        "`text`; `auto` picks by each row's keys.",
+    )
+    render: Literal["auto", "chat_template", "raw"] = Field(
+        "auto",
+        description="How string `prompt`/`completion` rows become tokens: `chat_template` (a user and an assistant "
+        "turn; `auto`, logged) or `raw` (the prompt text then the completion text and eos, as TRL concatenates "
+        "them; loss on the completion). Message rows always use the chat template.",
     )
     subset: str | None = Field(None, description="`datasets` configuration name (hf: sources only).")
     levels: list[int] | None = Field(

@@ -96,6 +96,21 @@ def encode_chats(
     return encoded
 
 
+def encode_raw_pairs(tokenizer: Any, pairs: Sequence[tuple[str, str]]) -> list[Encoded]:
+    """Tokenises (prompt, completion) texts concatenated as they are, as TRL does for a non-conversational
+    prompt-completion dataset: the prompt (with the tokenizer's own special tokens, e.g. bos), the completion,
+    then eos; the loss mask covers the completion and eos.
+    """
+    if tokenizer.eos_token_id is None:
+        raise ValueError("`render: raw` ends each completion with eos, and the tokenizer has none")
+    prompts = tokenizer([p for p, _ in pairs])["input_ids"]
+    completions = tokenizer([c for _, c in pairs], add_special_tokens=False)["input_ids"]
+    return [
+        Encoded(list(p) + list(c) + [tokenizer.eos_token_id], [False] * len(p) + [True] * (len(c) + 1))
+        for p, c in zip(prompts, completions)
+    ]
+
+
 def encode_texts(tokenizer: Any, rows: Sequence[dict[str, Any]], eos_token_id: int) -> list[Encoded]:
     """Tokenises plain-text rows, each ending with an end-of-document token; every token carries loss."""
     batch = tokenizer([row["text"] for row in rows], add_special_tokens=False)

@@ -12,6 +12,7 @@ from typing import Any, Callable
 import torch
 
 from posttrain.config.evaluation import EvalConfig
+from posttrain.data.loading import RAW_TEXT
 from posttrain.data.packing import IGNORE_INDEX, ChatRenderer, encode_texts, pack, render_prompt
 from posttrain.models.special_tokens import document_separator_id, stop_token_ids
 from posttrain.registry import EVALUATORS
@@ -56,7 +57,10 @@ def exact_match(model: Any, tokenizer: Any, rows: list[dict[str, Any]], config: 
     if missing:
         raise ValueError(f"evaluation {config.name!r}: rows {missing[:5]} have no `answer` field")
     renderer = ChatRenderer(tokenizer)
-    prompts = [render_prompt(tokenizer, row["messages"], renderer) for row in rows]
+    # `render: raw` rows are asked their prompt text as it is (TRL's plain prompt-completion)
+    prompts = [
+        row[RAW_TEXT]["prompt"] if RAW_TEXT in row else render_prompt(tokenizer, row["messages"], renderer) for row in rows
+    ]
     completions = greedy_generate(model, tokenizer, prompts, config.max_new_tokens, config.batch_size)
     correct = 0
     for row, completion in zip(rows, completions):

@@ -6,8 +6,8 @@ import logging
 from typing import Any
 
 from posttrain.config.sft import SFTConfig
-from posttrain.data.loading import load_dataset
-from posttrain.data.packing import encode_chats, fit_to_length, pack, pad_rows, shuffled
+from posttrain.data.loading import RAW_TEXT, load_dataset
+from posttrain.data.packing import encode_chats, encode_raw_pairs, fit_to_length, pack, pad_rows, shuffled
 from posttrain.errors import DataError
 from posttrain.models.checkpoint import apply_lora
 from posttrain.stages.base import Stage, register_stage
@@ -28,13 +28,30 @@ class SFTStage(Stage):
         if self.config.lora is not None:
             self.model = apply_lora(self.model, self.config.lora)
 
+    def _encode(self, rows: list[dict[str, Any]]) -> list[Any]:
+        """Chat rows through the chat template; `render: raw` rows as prompt + completion texts."""
+        raw = [i for i, row in enumerate(rows) if RAW_TEXT in row]
+        if not raw:
+            return encode_chats(self.tokenizer, rows, self.config.loss_on_prompt)
+        chat = [i for i, row in enumerate(rows) if RAW_TEXT not in row]
+        encoded: list[Any] = [None] * len(rows)
+        pairs = [(rows[i][RAW_TEXT]["prompt"], rows[i][RAW_TEXT]["completion"]) for i in raw]
+        for i, example in zip(raw, encode_raw_pairs(self.tokenizer, pairs)):
+            if self.config.loss_on_prompt:
+                example.loss_mask = [True] * len(example.loss_mask)
+            encoded[i] = example
+        if chat:
+            for i, example in zip(chat, encode_chats(self.tokenizer, [rows[i] for i in chat], self.config.loss_on_prompt)):
+                encoded[i] = example
+        return encoded
+
     def train(self) -> dict[str, Any]:
         ctx, spec = self.context, self.config.train
         data = load_dataset(self.config.data, ctx.recipe_dir, ctx.seed)
         chats = [row for row in data.rows if "messages" in row]
         if not chats:
             raise ValueError(f"{data.origin}: SFT needs chat or prompt/completion rows, found only plain text")
-        encoded = encode_chats(self.tokenizer, shuffled(chats, ctx.seed), self.config.loss_on_prompt)
+        encoded = self._encode(shuffled(chats, ctx.seed))
         fitted = fit_to_length(encoded, spec.seq_len)
         if fitted.truncated or fitted.emptied:
             logger.warning(

@@ -167,3 +167,14 @@ def test_fit_to_length_counts_cut_examples_and_drops_those_left_without_loss(mic
     assert (fitted.truncated, fitted.emptied) == (2, 1)
     assert [e.input_ids for e in fitted.examples] == [encoded[0].input_ids, encoded[2].input_ids[:seq_len]]
     assert all(any(e.loss_mask[1:]) for e in fitted.examples)
+
+
+def test_encode_raw_pairs_concatenates_like_trl(micro) -> None:
+    from posttrain.data.packing import encode_raw_pairs
+
+    _, tokenizer = micro
+    (example,) = encode_raw_pairs(tokenizer, [("What is 2 + 3?", " 5")])
+    prompt = tokenizer("What is 2 + 3?")["input_ids"]
+    completion = tokenizer(" 5", add_special_tokens=False)["input_ids"]
+    assert example.input_ids == prompt + completion + [tokenizer.eos_token_id]
+    assert example.loss_mask == [False] * len(prompt) + [True] * (len(completion) + 1)

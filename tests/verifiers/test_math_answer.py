@@ -157,6 +157,9 @@ def test_bad_configuration_is_rejected() -> None:
         ("It is 12", "The answer is 12.", "last_number", True),  # a gold written as prose
         ("Answer: x + 1", "x+1", "final_answer", True),  # not a number: compared as text
         ("nothing", "3", "final_answer", False),
+        ("So it is 1.", "1", "final_answer", True),  # a short bare answer with words: its number
+        ("x = 3", "3", "marked", False),  # nothing marked
+        ("Answer: x = 3", "3", "marked", True),
     ],
 )
 def test_answers_match_by_policy(completion: str, gold: str, policy: str, matched: bool) -> None:
