@@ -232,8 +232,9 @@ def compare_fast(pred: str, gold: str) -> VerificationResult | None:
 def answers_match(completion: str, gold: str, policy: str) -> bool:
     """Whether ``completion``'s answer under ``policy`` (a name in `ANSWER_POLICIES`) equals the gold answer.
 
-    In-process and exact: simple numbers compare as numbers (`1,000` = `1000`, `0.5` = `1/2`), anything
-    else as text with whitespace removed. The math reward decides the rest (`x=3` vs `3`, LaTeX) with
+    In-process and exact: simple numbers compare as numbers (`1,000` = `1000`, `0.5` = `1/2`; against a
+    numeric gold, an answer with words around its number, `x = 3`, gives its last number), anything else as
+    text with whitespace removed. The math reward decides the rest (`x=3` vs `3`, LaTeX) with
     math-verify in worker processes; an evaluator over many rows uses this cheaper rule.
 
     >>> answers_match("So 3 + 4 = 7 and then 7 * 2 = 14.", "14", "final_answer")
@@ -249,6 +250,10 @@ def answers_match(completion: str, gold: str, policy: str) -> bool:
         gold_text = extract_final_answer(gold, ANSWER_POLICIES[policy]).answer or gold_text
     if found is None or not gold_text:
         return False
+    if simple_number(gold_text) is not None and simple_number(found) is None:
+        # a numeric gold against an answer with words around it (`x = 3`, a short bare "So it is 3"): its last number
+        numbers = _NUMBER.findall(found)
+        found = numbers[-1] if numbers else found
     fast = compare_fast(found, gold_text)
     if fast is not None and fast.score == 1.0:
         return True
