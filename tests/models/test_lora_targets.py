@@ -48,3 +48,10 @@ def test_validate_checks_lora_targets(tmp_path: Path, write_recipe, micro_recipe
     err = capsys.readouterr().err
     assert "stages[1] (sft).lora.target_modules: 'q_projj' match no module" in err and "v_proj" in err
     assert main(["validate", str(write_recipe(tmp_path, text.replace("q_projj", "q_proj"), "ok.yaml"))]) == 0
+
+
+def test_a_module_peft_cannot_adapt_is_a_one_line_error(micro) -> None:
+    model, _ = micro
+    # an RMSNorm exists under that name but is no layer LoRA can adapt
+    with pytest.raises(RecipeError, match=r"^lora: peft refused these settings: Target module Qwen2RMSNorm.* is not supported"):
+        apply_lora(model, LoraSpec(r=4, target_modules=["input_layernorm"]))
