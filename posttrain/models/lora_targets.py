@@ -72,5 +72,8 @@ def meta_model(name_or_path: str, trust_remote_code: bool = False) -> Any | None
             return None
     from transformers import AutoModelForCausalLM
 
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    try:
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    except Exception:  # an architecture transformers cannot build from the config alone: the stage checks instead
+        return None

@@ -55,3 +55,18 @@ def test_a_module_peft_cannot_adapt_is_a_one_line_error(micro) -> None:
     # an RMSNorm exists under that name but is no layer LoRA can adapt
     with pytest.raises(RecipeError, match=r"^lora: peft refused these settings: Target module Qwen2RMSNorm.* is not supported"):
         apply_lora(model, LoraSpec(r=4, target_modules=["input_layernorm"]))
+
+
+def test_validate_reads_a_local_model_config_without_weights(tmp_path: Path, write_recipe, micro_recipe, capsys) -> None:
+    """Phi-3 fuses q/k/v into `qkv_proj`: a Llama-style target list fails at validate, from config.json alone."""
+    from transformers import Phi3Config
+
+    Phi3Config(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+               vocab_size=128, pad_token_id=0).save_pretrained(tmp_path / "phi3")
+    assert not list((tmp_path / "phi3").glob("*.safetensors"))
+    text = micro_recipe.format(output_dir=tmp_path / "run").replace("builtin:micro", str(tmp_path / "phi3")).replace(
+        "    kind: sft\n", "    kind: sft\n    lora: {r: 4, target_modules: [q_proj, v_proj]}\n", 1
+    )
+    assert main(["validate", str(write_recipe(tmp_path, text))]) == 2
+    err = capsys.readouterr().err
+    assert "'q_proj', 'v_proj' match no module of the model (Phi3ForCausalLM)" in err and "qkv_proj" in err
