@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Strict(BaseModel):
@@ -105,6 +105,21 @@ class LoraSpec(Strict):
     )
 
 
+def refuse_fp16(value: object) -> object:
+    """`precision: fp16` is refused with the reason, rather than as one more value not in the list.
+
+    fp16 training needs a dynamic loss scaler (gradients under ~6e-8 underflow to zero in fp16), which the
+    optimizer step does not implement; bf16 has fp32's exponent range and needs none. On a GPU without bf16
+    (before Ampere) train in fp32.
+    """
+    if value in ("fp16", "float16", "half"):
+        raise ValueError(
+            "fp16 training is not offered: it needs a loss scaler the optimizer step does not implement; use "
+            "`bf16` (GPUs from Ampere on, recent CPUs) or `fp32` (older GPUs)"
+        )
+    return value
+
+
 class TrainSpec(Strict):
     """Optimisation settings shared by the training stages."""
 
@@ -126,7 +141,8 @@ class TrainSpec(Strict):
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping norm; null disables.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="`auto`: bf16 autocast on a GPU that supports it, fp32 on CPU."
+        "auto", description="`auto`: bf16 autocast on a GPU that supports it, fp32 on CPU. fp16 is refused: "
+        "it needs a loss scaler (see refuse_fp16)."
     )
     log_every: int = Field(10, gt=0, description="Log metrics every N optimizer steps.")
     on_nan: Literal["stop", "skip"] = Field(
@@ -140,6 +156,8 @@ class TrainSpec(Strict):
         "null: none.",
     )
     keep_last: int = Field(2, gt=0, description="Resumable training states kept per stage; older ones are deleted.")
+
+    _no_fp16 = field_validator("precision", mode="before")(refuse_fp16)
 
     @model_validator(mode="after")
     def _steps_or_epochs(self) -> "TrainSpec":

@@ -226,6 +226,21 @@ def pad_rows(
     return rows
 
 
+def unpadded_length(row: dict[str, list[int]], pad_token_id: int) -> int:
+    """Positions of a packed or padded row before the padding that fills its end (`pack`, `pad_rows`):
+    trailing pad tokens without a label. A trailing pad-id token that carries loss (a document separator
+    that is also the pad token) is real.
+
+    >>> unpadded_length({"input_ids": [5, 6, 0, 0], "labels": [-100, 6, -100, -100]}, 0)
+    2
+    """
+    ids, labels = row["input_ids"], row["labels"]
+    end = len(ids)
+    while end > 0 and ids[end - 1] == pad_token_id and labels[end - 1] == IGNORE_INDEX:
+        end -= 1
+    return end
+
+
 def shuffled(items: Sequence[Any], seed: int) -> list[Any]:
     """A copy of ``items`` in a seeded random order."""
     order = list(items)

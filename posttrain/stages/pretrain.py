@@ -7,7 +7,7 @@ from typing import Any
 
 from posttrain.config.pretrain import PretrainConfig
 from posttrain.data.loading import load_dataset
-from posttrain.data.packing import encode_texts, pack, shuffled
+from posttrain.data.packing import encode_texts, pack, shuffled, unpadded_length
 from posttrain.models.special_tokens import document_separator_id
 from posttrain.stages.base import Stage, register_stage
 from posttrain.training.loop import train_loop
@@ -46,5 +46,6 @@ class PretrainStage(Stage):
         result = train_loop(
             self.model, rows, spec, seed=self.context.seed, accelerator=self.context.accelerator,
             metrics=self.context.metrics, checkpoints=self.context.checkpoints,
+            real_tokens=lambda row: unpadded_length(row, self.tokenizer.pad_token_id),
         )
         return result.summary(packed_rows=len(rows), skipped_data_rows=skipped)

@@ -7,7 +7,7 @@ from typing import Any
 
 from posttrain.config.sft import SFTConfig
 from posttrain.data.loading import RAW_TEXT, load_dataset
-from posttrain.data.packing import encode_chats, encode_raw_pairs, fit_to_length, pack, pad_rows, shuffled
+from posttrain.data.packing import encode_chats, encode_raw_pairs, fit_to_length, pack, pad_rows, shuffled, unpadded_length
 from posttrain.errors import DataError
 from posttrain.models.checkpoint import apply_lora
 from posttrain.stages.base import Stage, register_stage
@@ -64,7 +64,7 @@ class SFTStage(Stage):
         rows = pack(encoded, spec.seq_len, pad, split_examples=False) if spec.packing else pad_rows(encoded, spec.seq_len, pad)
         result = train_loop(
             self.model, rows, spec, seed=ctx.seed, accelerator=ctx.accelerator, metrics=ctx.metrics,
-            checkpoints=ctx.checkpoints,
+            checkpoints=ctx.checkpoints, real_tokens=lambda row: unpadded_length(row, pad),
         )
         return result.summary(
             packed_rows=len(rows), skipped_data_rows=data.skipped, truncated_examples=fitted.truncated,
