@@ -37,6 +37,11 @@ class Recipe(Strict):
     evaluations: list[EvalConfig] = Field(default_factory=list, description="Evaluators run after every stage.")
     gates: list[GateConfig] = Field(default_factory=list, description="Conditions that stop the pipeline.")
     evaluate_base: bool = Field(True, description="Also evaluate the starting model, as the table's first row.")
+    threads: int | None = Field(
+        None, gt=0,
+        description="torch intra-op threads per process; default: OMP_NUM_THREADS if set, else one per process "
+        "under a multi-process launch or on a busy machine, else torch's default (posttrain.training.threads).",
+    )
     logging: LoggingConfig = Field(
         default_factory=LoggingConfig, description="Trackers, progress display, samples and the run report."
     )
