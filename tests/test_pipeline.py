@@ -422,3 +422,13 @@ def test_sft_render_raw_concatenates_prompt_and_completion(tmp_path: Path, micro
     run(["stages.pretrain.train.steps=1", f"stages.sft.data={{source: {tmp_path / 'pc.jsonl'}, render: raw}}"])
     assert sorted(seen) == sorted((row["prompt"], row["completion"]) for row in rows)
     assert run.manifest("sft")["summary"]["steps"] == 3
+
+
+def test_sft_best_fit_packing_makes_fewer_rows(tmp_path: Path, micro_recipe, accelerator) -> None:
+    rows = {}
+    for strategy in ("in_order", "best_fit"):
+        run = Run(tmp_path / strategy, micro_recipe, accelerator)
+        run(["stages.pretrain.train.steps=1", "stages.sft.train.steps=1", "stages.sft.data.levels=[1,5]",
+             f"stages.sft.train.packing_strategy={strategy}"])
+        rows[strategy] = run.manifest("sft")["summary"]["packed_rows"]
+    assert rows["best_fit"] < rows["in_order"]

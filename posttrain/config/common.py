@@ -131,6 +131,12 @@ class TrainSpec(Strict):
     packing: bool = Field(
         True, description="Pack several examples into each sequence (attention kept within each example)."
     )
+    packing_strategy: Literal["in_order", "best_fit"] = Field(
+        "in_order",
+        description="SFT packing: `in_order` fills rows in data order (an example that does not fit starts a new "
+        "row); `best_fit` packs best-fit decreasing, as TRL's `bfd` (quickstart SFT data, seq_len 128: 6.5% -> "
+        "4.2% padding, 5,727 -> 5,587 rows).",
+    )
     lr: float = Field(1e-4, gt=0, description="Peak learning rate (AdamW).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas.")

@@ -7,7 +7,9 @@ from typing import Any
 
 from posttrain.config.sft import SFTConfig
 from posttrain.data.loading import RAW_TEXT, load_dataset
-from posttrain.data.packing import encode_chats, encode_raw_pairs, fit_to_length, pack, pad_rows, shuffled, unpadded_length
+from posttrain.data.packing import (
+    encode_chats, encode_raw_pairs, fit_to_length, pack, pack_best_fit, pad_rows, shuffled, unpadded_length,
+)
 from posttrain.errors import DataError
 from posttrain.models.checkpoint import apply_lora
 from posttrain.stages.base import Stage, register_stage
@@ -61,7 +63,12 @@ class SFTStage(Stage):
         if not fitted.examples:
             raise DataError(f"{data.origin}: no example keeps an assistant token within seq_len {spec.seq_len}")
         encoded, pad = fitted.examples, self.tokenizer.pad_token_id
-        rows = pack(encoded, spec.seq_len, pad, split_examples=False) if spec.packing else pad_rows(encoded, spec.seq_len, pad)
+        if not spec.packing:
+            rows = pad_rows(encoded, spec.seq_len, pad)
+        elif spec.packing_strategy == "best_fit":
+            rows = pack_best_fit(encoded, spec.seq_len, pad)
+        else:
+            rows = pack(encoded, spec.seq_len, pad, split_examples=False)
         result = train_loop(
             self.model, rows, spec, seed=ctx.seed, accelerator=ctx.accelerator, metrics=ctx.metrics,
             checkpoints=ctx.checkpoints, real_tokens=lambda row: unpadded_length(row, pad),

@@ -178,3 +178,21 @@ def test_encode_raw_pairs_concatenates_like_trl(micro) -> None:
     completion = tokenizer(" 5", add_special_tokens=False)["input_ids"]
     assert example.input_ids == prompt + completion + [tokenizer.eos_token_id]
     assert example.loss_mask == [False] * len(prompt) + [True] * (len(completion) + 1)
+
+
+def test_best_fit_packs_tighter_than_in_order_and_keeps_every_example() -> None:
+    from posttrain.data.packing import best_fit_bins, pack_best_fit, unpadded_length
+
+    lengths = [5, 5, 3, 3, 6, 2, 6, 2]  # in order: 5 | 5 3 | 3 | 6 2 | 6 2; best fit: 6 2 | 6 2 | 5 3 | 5 3
+    examples = [example(100 * i, n) for i, n in enumerate(lengths)]
+    in_order = pack(examples, seq_len=8, pad_token_id=0, split_examples=False)
+    best = pack_best_fit(examples, seq_len=8, pad_token_id=0)
+    assert (len(in_order), len(best)) == (5, 4)  # 32 tokens: 4 rows is the least
+    bins = best_fit_bins(lengths, 8)
+    assert sorted(i for members in bins for i in members) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in members) <= 8 for members in bins)
+    assert sum(unpadded_length(r, 0) for r in best) == sum(lengths)
+    # every example's tokens are in some row, contiguous, with positions restarting at 0
+    flat = [tuple(r["input_ids"]) for r in best]
+    for e in examples:
+        assert any(tuple(e.input_ids) == row[k : k + len(e.input_ids)] for row in flat for k in range(8))
