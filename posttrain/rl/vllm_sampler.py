@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -43,20 +44,23 @@ def _configure_environment(spec: VLLMSpec) -> None:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(spec.cpu_kv_cache_gib))))
 
 
-def merged_state(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
-    """The causal LM's weights under their Hugging Face names, a LoRA policy's adapters merged in.
+@contextmanager
+def merged_weights(model: Any) -> Iterator[list[tuple[str, torch.Tensor]]]:
+    """The causal LM's weights under their Hugging Face names, a LoRA policy's adapters merged in, valid
+    inside the ``with`` block (the tensors are the model's own, not copies).
 
-    peft's own ``merge_adapter`` folds the adapters into the base weights (and ``unmerge_adapter`` takes
-    them out again after the copy), so the merge is peft's arithmetic, not ours.
+    peft's own ``merge_adapter`` folds the adapters into the base weights and ``unmerge_adapter`` takes them
+    out again on leaving, so the merge is peft's arithmetic, not ours.
     """
     merging = hasattr(model, "merge_adapter") and hasattr(model, "get_base_model")
     if merging:
         model.merge_adapter()
     try:
-        for name, parameter in causal_lm_of(model).named_parameters():
-            if "lora_" in name:
-                continue
-            yield name.replace(".base_layer.", "."), parameter.detach()
+        yield [
+            (name.replace(".base_layer.", "."), parameter.detach())
+            for name, parameter in causal_lm_of(model).named_parameters()
+            if "lora_" not in name
+        ]
     finally:
         if merging:
             model.unmerge_adapter()
@@ -151,10 +155,10 @@ class VLLMSampler:
     def sync_weights(self, model: Any) -> None:
         """Copies ``model``'s weights (adapters merged) into the engine, in memory, and forgets cached prefixes
         (their keys and values were computed with the old weights)."""
-        weights = [(name, tensor) for name, tensor in merged_state(model)]
         # vLLM's in-place reload (the worker's `reload_weights`: per-layer load, then the same weight processing
         # as at start-up); the engine runs in this process, so the tensors are passed by reference
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
+        with merged_weights(model) as weights:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
         self.llm.apply_model(_repack_embedding_matmuls)
         self.llm.reset_prefix_cache()
         self.stale = False
