@@ -88,3 +88,44 @@ def test_tis_cap_recomputes_old_logprobs_and_logs_the_gap(make_stage) -> None:
     plain = make_stage(rl_config("grpo")).build_engine().step(0)
     assert "rollout/logprob_diff_max" not in plain and "tis/weight_mean" not in plain
     assert torch.isfinite(torch.tensor(row["loss"]))
+
+
+
+def test_rlaif_generation_role_without_vllm_names_its_key() -> None:
+    from types import SimpleNamespace
+
+    from posttrain.rlaif.runtime import role_backends
+
+    context = SimpleNamespace(config=SimpleNamespace(name="critique"), input_checkpoint=None, model_spec=SimpleNamespace(name_or_path="builtin:micro"))
+    wants_vllm = GenerationSpec.model_construct(**{**dict(GenerationSpec()), "backend": "vllm"})  # skips the install check
+    if rollout_backend.vllm_importable():
+        pytest.skip("checks the error where vLLM is not installed")
+    assert role_backends(context, response=GenerationSpec()) == {"response": "native"}
+    with pytest.raises(RecipeError, match=r"stage 'critique': revise\.backend is vllm, but vLLM is not installed: pip install"):
+        role_backends(context, response=GenerationSpec(), revise=wants_vllm)
+
+
+@pytest.mark.parametrize(("kind", "key"), [("constitutional", "revise"), ("ai_judge", "generation")])
+def test_rlaif_stages_resolve_role_backends_before_the_model_loads(kind, key, tmp_path, accelerator, monkeypatch) -> None:
+    import io
+
+    from posttrain.config.common import ModelSpec
+    from posttrain.config.stages import stage_config_class
+    from posttrain.stages import StageContext, base, stage_class
+    from posttrain.training.metrics import MetricsWriter
+
+    def refuse(requested, where, architectures):
+        raise RecipeError(f"{where}: refused")
+
+    monkeypatch.setattr(rollout_backend, "resolve_backend", refuse)
+    monkeypatch.setattr(base, "load_model_and_tokenizer", lambda *a, **k: pytest.fail("the model loaded before the backend check"))
+    config = stage_config_class(kind).model_validate(
+        {"name": "roles", "kind": kind, "constitution": "c.yaml", "data": {"source": "builtin:arithmetic", "count": 4}}
+    )
+    context = StageContext(
+        config=config, model_spec=ModelSpec(name_or_path="builtin:micro"), input_checkpoint=None,
+        stage_dir=tmp_path / "stages" / "roles", recipe_dir=tmp_path, seed=0, accelerator=accelerator,
+        metrics=MetricsWriter(None, "roles", stream=io.StringIO()),
+    )
+    with pytest.raises(RecipeError, match=f"stage 'roles': (response|{key}).backend: refused"):
+        stage_class(kind)(context)

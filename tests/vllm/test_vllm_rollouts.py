@@ -137,3 +137,17 @@ def test_grpo_with_vllm_learns_like_native(make_stage) -> None:
     for backend, (first, last, rewards) in results.items():
         assert last > first + 0.1, (backend, rewards)
     assert results["vllm"][1] > results["native"][1] - 0.15, results
+
+
+def test_rlaif_role_model_generates_with_vllm_as_with_native(micro) -> None:
+    """`constitutional` / `ai_judge` generation roles with ``backend: vllm``: greedy answers equal native ones."""
+    from posttrain.rlaif.language_model import RoleModel
+
+    model, tokenizer = micro
+    role = RoleModel(model, tokenizer, batch_size=4, max_prompt_tokens=64)
+    settings = SamplingSettings(max_new_tokens=10, temperature=0.0)
+    texts = ["what is 2 + 3?", "say hello", "what is 7 + 1?"]
+    try:
+        assert role.answer(texts, settings, None, backend="vllm") == role.answer(texts, settings, None)
+    finally:
+        role.samplers["vllm"].close()
