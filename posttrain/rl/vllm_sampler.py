@@ -38,9 +38,14 @@ from posttrain.rl.decoders import causal_lm_of
 from posttrain.rl.sampler import Rollout, RowNoise, SamplingSettings, left_pad
 
 
+# Engines kept alive until the process exits (see `VLLMSampler.close`).
+_PARKED: list[Any] = []
+
+
 def _configure_environment(spec: VLLMSpec) -> None:
-    """What vLLM reads from the environment at import: an in-process engine, the CPU key/value cache."""
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    """What vLLM reads from the environment: an in-process engine (forced: the weight sync hands tensors over
+    by reference, which an engine in another process could not take), the CPU key/value cache."""
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(spec.cpu_kv_cache_gib))))
 
 
@@ -116,6 +121,7 @@ class VLLMSampler:
         self.pad_token_id = int(pad_token_id)
         self.spec, self.max_model_len, self.seed, self.precision = spec, max_model_len, seed, precision
         self.llm: Any = None
+        self._launcher_group = False  # torch.distributed was set up by the launcher before the engine
         self.stale = True  # the engine's weights are not the policy's (none loaded yet)
         self.syncs = 0
         self._folder: tempfile.TemporaryDirectory | None = None
@@ -148,6 +154,9 @@ class VLLMSampler:
             arguments.update(gpu_memory_utilization=self.spec.gpu_memory_utilization, enable_sleep_mode=self.spec.sleep)
         else:
             arguments.update(enforce_eager=True)  # no graph capture on CPU
+        # under a multi-process launch the engine joins the launcher's process group (as its own world of
+        # one data-parallel rank per process, each over its share of the prompts)
+        self._launcher_group = torch.distributed.is_available() and torch.distributed.is_initialized()
         self.llm = LLM(**arguments)
         self.stale = True
 
@@ -224,7 +233,22 @@ class VLLMSampler:
         )
 
     def close(self) -> None:
-        """Releases the engine and its temporary config folder."""
+        """Releases the engine and its temporary config folder.
+
+        vLLM's engine shutdown tears down torch.distributed's process groups, the default one included; under
+        a multi-process launch that group is the launcher's, which the pipeline still needs (the barrier after
+        the stage) and destroys itself at the end. There the engine is dropped without vLLM's shutdown (put to
+        sleep first where it can sleep; the process's exit frees the rest).
+        """
+        if self.llm is not None and self._launcher_group:
+            engine = self.llm.llm_engine
+            if engine.vllm_config.model_config.enable_sleep_mode and not engine.is_sleeping():
+                self.llm.sleep(level=1)
+            finalizer = getattr(getattr(engine, "engine_core", None), "_finalizer", None)  # vLLM 0.32's in-process client
+            if finalizer is not None:
+                finalizer.detach()
+            else:
+                _PARKED.append(self.llm)  # no shutdown to skip: keep it until the process exits
         self.llm = None
         if self._folder is not None:
             self._folder.cleanup()
