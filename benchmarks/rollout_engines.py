@@ -12,7 +12,7 @@ first also builds its engine), the engines are timed in turn, ``--repeats`` roun
 from other processes falls on all alike; figures are medians, ratios the median of per-round ratios.
 vLLM's time includes a weight sync before every run (as in training, where one precedes each rollout).
 
-``--sizes``: ``tiny`` (the built-in Qwen2 shape, 1.3M parameters with its 448-token vocabulary),
+``--sizes``: ``tiny`` (the built-in Qwen2 shape, 0.8M parameters with its 448-token vocabulary),
 ``micro``, ``llama-25m`` (a Llama shape of 24M parameters: 8 layers, hidden 512, MLP 1408, 8 heads, 4
 key/value heads), ``qwen2.5-0.5b`` (for a GPU). Threads: the process's torch threads for native and
 HF (``--threads``, default all cores); vLLM's CPU worker binds its own OpenMP threads (all cores).

@@ -56,7 +56,7 @@ class VLLMSpec(Strict):
     sleep: bool = Field(
         True, description="GPU: put the engine to sleep (key/value cache freed) between rollouts, so training has the memory."
     )
-    cpu_kv_cache_gib: float = Field(1.0, gt=0, description="CPU: GiB of key/value cache (vLLM's VLLM_CPU_KVCACHE_SPACE).")
+    cpu_kv_cache_gib: int = Field(1, gt=0, description="CPU: GiB of key/value cache (sets vLLM's VLLM_CPU_KVCACHE_SPACE).")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="The engine's weights: `auto` is bfloat16 on a GPU with bf16 training, else float32."
     )

@@ -9,10 +9,10 @@ adapters are merged into the copied weights (the trained model keeps them separa
 its engine from the resumed weights, since the engine is built at the first rollout after the restore.
 
 vLLM runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``: the engine core and its one worker live in
-this process, so weights are handed by reference to the worker's model, with the
-Hugging Face parameter names, through the worker's ``reload_weights``). On a GPU the engine takes ``gpu_memory_utilization`` of the device and,
-with ``sleep``, frees its key/value cache between rollouts (vLLM's sleep mode, level 1); on a CPU its
-key/value cache is ``cpu_kv_cache_gib``. Each process of a multi-process launch runs its own engine over
+this process, so weights are handed by reference to the worker's model, with the Hugging Face parameter
+names, through the worker's ``reload_weights``). On a GPU the engine takes ``gpu_memory_utilization`` of
+the device and, with ``sleep``, frees its key/value cache between rollouts (vLLM's sleep mode, level 1); on
+a CPU its key/value cache is ``cpu_kv_cache_gib``. Each process of a multi-process launch runs its own engine over
 its share of the prompts (the RL engine already splits prompts by process).
 
 Sampling settings map one to one onto `vllm.SamplingParams`: temperature (0 = greedy), top_p, top_k,
@@ -46,7 +46,7 @@ def _configure_environment(spec: VLLMSpec) -> None:
     """What vLLM reads from the environment: an in-process engine (forced: the weight sync hands tensors over
     by reference, which an engine in another process could not take), the CPU key/value cache."""
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(spec.cpu_kv_cache_gib))))
+    os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(spec.cpu_kv_cache_gib)  # the recipe's setting wins
 
 
 @contextmanager
