@@ -25,7 +25,7 @@ from typing import Any
 from posttrain.config.common import DataSpec
 from posttrain.errors import DataError
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")  # "tool": a tool's answer in a tool-use demonstration
 Messages = list[dict[str, str]]
 # one record of a source: where it is (file:line or "origin row N") and the parsed row, or the DataError
 # that parsing it raised (reported, or skipped, by `check_rows` like any other bad row)

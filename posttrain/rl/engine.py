@@ -2,6 +2,8 @@
 
 1. **Rollout** (`posttrain.rl.sampler`): ``prompts_per_step`` prompts, each ``group_size`` times, sampled
    with the policy's key/value cache; token ids, the sampler's log-probabilities and masks come back.
+   With an ``environment:`` each is a whole multi-turn episode (`posttrain.rl.episodes`): the environment's
+   tokens sit in the sequence, and only the model's sampled tokens are trained on (loss, KL, log-probs).
 2. **Reward** (`posttrain.rl.reward`): the stage's reward entries score the decoded completions; a
    completion cut off before its end token is flagged `truncated` (no positive reward by default), and
    one a verifier could not judge (infrastructure error) is excluded from the loss.
@@ -34,7 +36,8 @@ from posttrain.distributed import gathered_parameters, is_zero3, mean_metrics_ov
 from posttrain.models.checkpoint import save_checkpoint
 from posttrain.rl.heldout import HeldoutEvaluation
 from posttrain.rl.objective import Experience, Objective
-from posttrain.rl.policy import ActorCritic, FrozenReference, ValueHead, score_completions
+from posttrain.rl.episodes import EpisodeRollout, EpisodeRunner
+from posttrain.rl.policy import ActorCritic, FrozenReference, ValueHead, sampled_mask, score_completions
 from posttrain.rl.prompts import PromptRow, encode_prompts
 from posttrain.rl.reward import RewardScorer
 from posttrain.rl.sampler import Rollout, RolloutSampler, RowNoise, SamplingSettings, decode_completions, end_token_ids
@@ -95,6 +98,7 @@ class RLEngine:
         )
         self.sampler = RolloutSampler(end_token_ids(policy, tokenizer), tokenizer.pad_token_id, generation.backend)
         self.settings = SamplingSettings(generation.max_new_tokens, generation.temperature, generation.top_p, generation.top_k)
+        self.episodes: EpisodeRunner | None = None  # multi-turn episodes (`environment:`): set by the stage
         self.update = PolicyUpdate(self.kernel, objective, config, generation.temperature, self._sum, seed)
 
     @property
@@ -181,11 +185,17 @@ class RLEngine:
         # 2. reward
         completions = decode_completions(self.tokenizer, rollout.completion_ids_BC, rollout.completion_mask_BC)
         examples = [{**row.example, "truncated": cut} for row, cut in zip(rows, rollout.truncated_B.tolist())]
+        if isinstance(rollout, EpisodeRollout):  # the final answers are scored; a failed episode is excluded
+            completions, examples = rollout.reward_inputs(examples)
         group_ids = [index // self.group_size for index in range(len(rows))]
         scored = self.reward([row.question for row in rows], completions, examples, step, group_ids)
         scored_at = time.perf_counter()
+        excluded_B = scored.excluded_B.to(self.device)
+        if isinstance(rollout, EpisodeRollout):
+            excluded_B = excluded_B | rollout.failed_B
+            scored.metrics.update(rollout.metrics())
         # 3. reference log-probabilities and rollout-time values
-        experience = self._experience(rollout, scored.rewards_B.to(self.device), scored.excluded_B.to(self.device))
+        experience = self._experience(rollout, scored.rewards_B.to(self.device), excluded_B)
         # 4. the KL to the reference, once
         kl_BC = kl_estimate(experience.old_logprobs_BC, experience.ref_logprobs_BC, self.config.kl.estimator)
         kl_coef = self.kl_controller.kl_coef
@@ -204,7 +214,7 @@ class RLEngine:
             values.update(self.update(experience, step, kl_coef, lambda what: self._stop_message(what, step)))
         # 9. metrics
         values["nonfinite_skipped"] = self.update.nonfinite_skipped
-        return self._metrics(values, kl_BC, experience.completion_mask_BC, rollout, (began, generated, scored_at))
+        return self._metrics(values, kl_BC, sampled_mask(experience), rollout, (began, generated, scored_at))
 
     def _update_kl_coef(self, kl_BC: torch.Tensor, mask_BC: torch.Tensor) -> None:
         """Moves an adaptive beta by this batch's KL per completion (sum over tokens, mean over completions)."""
@@ -223,7 +233,7 @@ class RLEngine:
         timings; every process holds as many completions, so the mean over processes is the global mean."""
         began, generated, scored_at = times
         finished = time.perf_counter()
-        tokens = int(rollout.completion_mask_BC.sum())
+        tokens = int(sampled_mask(rollout).sum())
         kl_total, kl_tokens = self._sum(torch.stack([masked_sum(kl_BC, mask_BC).double(), mask_BC.sum().double()])).tolist()
         values.update(
             {
@@ -255,7 +265,10 @@ class RLEngine:
         global_rows = [(k * world + rank) * self.group_size + g for k in range(len(indices)) for g in range(self.group_size)]
         noise = RowNoise(stream_seed(self.seed, step, 0, 0), global_rows)
         with gathered_parameters(self.accelerator):
-            rollout = self.sampler.sample(self.policy, [self.prompt_ids[i] for i in repeated], self.settings, noise=noise)
+            if self.episodes is not None:
+                rollout = self.episodes.run(self.policy, [self.rows[i] for i in repeated], self.settings, noise=noise)
+            else:
+                rollout = self.sampler.sample(self.policy, [self.prompt_ids[i] for i in repeated], self.settings, noise=noise)
         return [self.rows[i] for i in repeated], rollout
 
     def _step_prompts(self, step: int) -> list[int]:
@@ -280,7 +293,8 @@ class RLEngine:
             position_ids_BS=rollout.position_ids_BS,
             completion_ids_BC=rollout.completion_ids_BC,
             completion_mask_BC=rollout.completion_mask_BC,
-            loss_mask_BC=rollout.completion_mask_BC & ~excluded_B[:, None],
+            loss_mask_BC=sampled_mask(rollout) & ~excluded_B[:, None],
+            sampled_mask_BC=getattr(rollout, "sampled_mask_BC", None),
             sampler_logprobs_BC=rollout.logprobs_BC,
             old_logprobs_BC=old_logprobs_BC,
             ref_logprobs_BC=ref_logprobs_BC,

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+import torch
 
 from posttrain.config.common import ModelSpec
 from posttrain.config.stages import stage_config_class
@@ -56,3 +57,17 @@ def make_stage(tmp_path: Path, accelerator) -> Callable[..., Any]:
         return stage
 
     return build
+
+
+def end_turns_early(model, tokenizer) -> None:
+    """Biases the policy's (untied) LM head towards the end token, so that turns end and episodes go on
+    (a random model rarely ends a turn within a few tokens)."""
+    end = tokenizer.convert_tokens_to_ids("<|end|>")
+    weight = model.lm_head.weight.detach().clone()
+    head = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=True)
+    with torch.no_grad():
+        head.weight.copy_(weight)
+        head.bias.zero_()
+        head.bias[end] = 4.0
+    model.config.tie_word_embeddings = False
+    model.lm_head = head
