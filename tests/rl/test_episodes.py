@@ -201,3 +201,54 @@ def test_turn_limit_and_token_budget_truncate(ending_model, tmp_path) -> None:
             assert rollout.sampled_mask_BC[row_index, length - 1]  # the episode ends on the model's tokens
         assert rollout.truncated_B.all()
         assert rollout.metrics()["episodes/truncated"] == 1.0
+
+
+# The tool parts of the Qwen2.5 chat template, written out (the hub is not reachable in tests): tools in the
+# system prompt, consecutive tool messages in one user turn of <tool_response> blocks.
+HERMES_TEMPLATE = (
+    "{%- if tools %}"
+    "{{- '<|im_start|>system\\nYou are a helpful assistant.\\n\\n# Tools\\n\\n<tools>' }}"
+    "{%- for tool in tools %}{{- '\\n' }}{{- tool | tojson }}{%- endfor %}"
+    "{{- '\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments within "
+    "<tool_call></tool_call> XML tags.<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if message.role == 'tool' %}"
+    "{%- if loop.first or messages[loop.index0 - 1].role != 'tool' %}{{- '<|im_start|>user' }}{%- endif %}"
+    "{{- '\\n<tool_response>\\n' + message.content + '\\n</tool_response>' }}"
+    "{%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}{{- '<|im_end|>\\n' }}{%- endif %}"
+    "{%- else %}{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+@pytest.fixture
+def hermes_tokenizer(micro):
+    _, tokenizer = micro
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.chat_template = HERMES_TEMPLATE
+    return tokenizer
+
+
+def test_hermes_template_observations_and_tool_schemas(hermes_tokenizer) -> None:
+    tokenizer = hermes_tokenizer
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    encoder = ObservationEncoder(tokenizer, [end])
+    observations = [{"role": "tool", "content": "43"}, {"role": "tool", "content": "error: unknown tool 'x'"}]
+    # the model sampled <|im_end|> itself; the template's newline after it and the tool turn follow
+    assert encoder.text(observations) == (
+        "\n<|im_start|>user\n<tool_response>\n43\n</tool_response>\n<tool_response>\nerror: unknown tool 'x'\n"
+        "</tool_response><|im_end|>\n<|im_start|>assistant\n"
+    )
+    runner = EpisodeRunner(
+        EnvironmentSpec(name="builtin:calculator", args={"tool_format": "hermes"}), tokenizer,
+        RolloutSampler([end], tokenizer.pad_token_id), max_prompt_tokens=4096,
+    )
+    episode = runner.start(PromptRow([{"role": "user", "content": QUESTION}], QUESTION, {"answer": "43"}))
+    prompt = tokenizer.decode(episode.prompt_ids)
+    assert '{"type": "function", "function": {"name": "calculator", "description": "Evaluates an arithmetic' in prompt
+    assert prompt.endswith(f"<|im_start|>user\n{QUESTION}<|im_end|>\n<|im_start|>assistant\n")
+    call = '<tool_call>\n{"name": "calculator", "arguments": {"expression": "71 - 28"}}\n</tool_call>'
+    assert episode.environment.step(call).messages == [{"role": "tool", "content": "43"}]
