@@ -26,6 +26,7 @@ class StageRecord:
     metrics: list[dict[str, Any]] = field(default_factory=list)
     evaluation: dict[str, Any] | None = None
     samples: dict[str, Any] | None = None  # samples.json: {"key", "samples": [...], "seconds"}
+    episodes: dict[str, list[dict[str, Any]]] | None = None  # episodes.json of an RL stage with an environment
 
     @property
     def trained(self) -> bool:
@@ -92,6 +93,7 @@ def collect(run_dir: str | Path) -> RunRecord:
                 metrics=read_metrics(folder / "metrics.jsonl"),
                 evaluation=_json(folder / "eval.json"),
                 samples=read_samples(folder),
+                episodes=_json(folder / "episodes.json"),  # posttrain.rl.episodes.EPISODES_FILE (no torch here)
             )
         )
     return RunRecord(

@@ -36,7 +36,7 @@ from posttrain.distributed import gathered_parameters, is_zero3, mean_metrics_ov
 from posttrain.models.checkpoint import save_checkpoint
 from posttrain.rl.heldout import HeldoutEvaluation
 from posttrain.rl.objective import Experience, Objective
-from posttrain.rl.episodes import EpisodeRollout, EpisodeRunner
+from posttrain.rl.episodes import EpisodeRollout, EpisodeRunner, write_episode_samples
 from posttrain.rl.policy import ActorCritic, FrozenReference, ValueHead, sampled_mask, score_completions
 from posttrain.rl.prompts import PromptRow, encode_prompts
 from posttrain.rl.reward import RewardScorer
@@ -128,6 +128,7 @@ class RLEngine:
                 with gathered_parameters(self.accelerator):
                     initial = self.heldout.evaluate_initial(self.policy, self.tokenizer)
                 self.metrics.log(0, initial, total=steps)
+                self._record_episodes("before training")
             for step in range(first_step, steps):
                 values = self.step(step)
                 completion_tokens += int(values["completion_tokens"])
@@ -137,6 +138,7 @@ class RLEngine:
                     with gathered_parameters(self.accelerator):
                         values.update(self.heldout.evaluate(self.policy, self.tokenizer, step, training_reward))
                     since_heldout = []
+                    self._record_episodes(f"after step {step + 1}")
                 last = values
                 if (step + 1) % self.train_spec.log_every == 0 or step + 1 == steps:
                     self.metrics.log(step + 1, values, total=steps)
@@ -155,6 +157,11 @@ class RLEngine:
             **{f"initial_{k}": v for k, v in initial.items()},
             **{f"final_{k}": v for k, v in last.items() if k.startswith(("reward/total", "heldout/", "kl"))},
         }
+
+    def _record_episodes(self, label: str) -> None:
+        """The held-out evaluation's first episodes, for the report (stages with an environment)."""
+        if self.heldout is not None and self.heldout.last_episodes and self.accelerator.is_main_process:
+            write_episode_samples(self.stage_dir, label, self.heldout.last_episodes)
 
     def _counters(self) -> dict[str, Any]:
         """What the engine carries from step to step, besides weights and optimizer (JSON)."""

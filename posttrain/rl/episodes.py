@@ -318,3 +318,25 @@ def _why(error: BaseException, where: str) -> str:
     if isinstance(error, TimeoutError):
         return f"{where}: the environment ran past its time budget (environment.timeout_s)"
     return f"{where}: {type(error).__name__}: {error}"[:300]
+
+
+EPISODES_FILE = "episodes.json"
+"""Held-out episodes of an RL stage with an environment, for the run report (`posttrain.report`)."""
+
+
+def write_episode_samples(stage_dir: Path, label: str, episodes: Sequence[Episode], count: int = 6) -> None:
+    """Stores the first ``count`` episodes' transcripts under ``label`` in ``<stage>/episodes.json``, keeping
+    the first label written (the starting policy's) and this one (the latest evaluation's)."""
+    from posttrain.files import write_json_atomic
+
+    path = stage_dir / EPISODES_FILE
+    try:
+        import json
+
+        saved = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        saved = {}
+    first = next(iter(saved.items()), None)
+    samples = [{"transcript": e.transcript(), "reward": e.reward} for e in episodes[:count]]
+    kept = {first[0]: first[1]} if first is not None and first[0] != label else {}
+    write_json_atomic(path, {**kept, label: samples})
