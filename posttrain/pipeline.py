@@ -154,9 +154,11 @@ class Pipeline:
 
         accelerator = self.accelerator
         checkpoints = self._prepare_folder(index, fingerprint, input_checkpoint)
-        self.say(f"[{stage.name}] running {stage.kind} (from {self.recipe.parent_of(index) or 'base model'})")
+        origin = f"from {self.recipe.parent_of(index) or 'base model'}" if stage.makes_checkpoint else "writes data only"
+        self.say(f"[{stage.name}] running {stage.kind} ({origin})")
+        config, decontamination = self._decontaminate(stage, folder)
         context = StageContext(
-            config=bind_stage_outputs(stage, self.run_dir / "stages"),
+            config=config,
             model_spec=self.recipe.model,
             input_checkpoint=input_checkpoint,
             stage_dir=folder,
@@ -171,6 +173,8 @@ class Pipeline:
         try:
             runner = stage_class(stage.kind)(context)
             summary = runner.train()
+            if decontamination is not None:
+                summary = {**(summary or {}), "decontamination": decontamination}
         finally:
             context.metrics.close()
         checkpoint_hash = runner.save(checkpoint)  # every process: ZeRO-3 gathers its shards; the main one writes
@@ -184,6 +188,27 @@ class Pipeline:
         self.say(f"[{stage.name}] finished in {time.time() - started:.1f}s -> {checkpoint}")
         del runner
         return StageRecord(stage.name, fingerprint, checkpoint, False, summary=summary)
+
+    def _decontaminate(self, stage: StageConfig, folder: Path) -> tuple[StageConfig, dict[str, Any] | None]:
+        """The stage's config with `stage:` sources bound and, for a training stage, rows containing evaluation
+        rows removed from its data (`posttrain.curation.training`; the main process does it, the others take
+        its result); and the decontamination summary for the manifest (None when nothing was checked)."""
+        bound = bind_stage_outputs(stage, self.run_dir / "stages")
+        if not stage.makes_checkpoint:
+            return bound, None
+        from posttrain.curation.training import decontaminate_training_data, describe
+
+        result = None
+        if self.is_main:
+            curate_stages = {s.name for s in self.recipe.stages if s.kind == "curate"}
+            result = decontaminate_training_data(stage, bound, self.loaded.directory, self.recipe.seed, folder, curate_stages)
+            if result[1] is not None:
+                self.say(f"[{stage.name}] {describe(result[1])}")
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            result = broadcast_object_list([result], from_process=0)[0]
+        return result
 
     def _prepare_folder(self, index: int, fingerprint: str, input_checkpoint: Path | None):
         """Checks the stage folder is writable, picks the training state to continue from (if any) and
@@ -260,15 +285,22 @@ class Pipeline:
         With several processes the main one evaluates and writes; the others receive its metrics, so every
         process applies the gates to the same table and stops (or goes on) together.
         """
+        waiting = self._evaluation_wait() if self.accelerator.num_processes > 1 else None
         metrics = self._evaluate_checkpoint(name, checkpoint, model_hash) if self.is_main else None
-        if self.accelerator.num_processes > 1:
-            from accelerate.utils import broadcast_object_list
-
-            metrics = broadcast_object_list([metrics], from_process=0)[0]
+        if waiting is not None:
+            metrics = waiting.share(metrics)  # within the evaluations' `timeout_minutes` (posttrain.eval.waiting)
         self.table.append({"stage": name, **metrics})
         if self.is_main:
             write_json_atomic(self.run_dir / "evaluations.json", self.table)
         return metrics
+
+    def _evaluation_wait(self):
+        """The group the other processes wait for the main one's evaluations in (made once, on every process)."""
+        if getattr(self, "_waiting", None) is None:
+            from posttrain.eval.waiting import MainProcessResult, evaluation_timeout
+
+            self._waiting = MainProcessResult(evaluation_timeout(self.recipe.evaluations))
+        return self._waiting
 
     def _evaluate_checkpoint(self, name: str, checkpoint: Path | None, model_hash: str) -> dict[str, float]:
         """Runs every evaluation on one checkpoint, reusing results stored for the same model and config.
@@ -277,6 +309,7 @@ class Pipeline:
         score reward models (`pairwise_accuracy`); a language model gets all the others, and writes the
         run report's sample generations (`posttrain.report.samples`).
         """
+        from posttrain.eval.cache_key import evaluation_key
         from posttrain.eval.evaluators import evaluator
         from posttrain.eval.preference import evaluated_model_type, evaluation_rows
         from posttrain.models.checkpoint import load_model_and_tokenizer
@@ -285,7 +318,7 @@ class Pipeline:
 
         folder = self.stage_dir(name)
         folder.mkdir(parents=True, exist_ok=True)
-        key = json_hash([model_hash, [config_dump(e) for e in self.recipe.evaluations], self.recipe.seed])
+        key = evaluation_key(model_hash, self.recipe.evaluations, self.recipe.seed)  # lm-eval: versions, task files
         stored = read_json(folder / "eval.json")
         reused = bool(stored and stored.get("key") == key)
         model_type = "reward_model" if is_reward_model_checkpoint(checkpoint) else "causal_lm"
@@ -311,6 +344,9 @@ class Pipeline:
             if not reused:
                 record = {"key": key, "metrics": metrics, "seconds": time.time() - started}
                 write_json_atomic(folder / "eval.json", {**record, **({"provenance": provenance} if provenance else {})})
+                if provenance and (folder / MANIFEST).is_file():  # the stage's manifest records it too
+                    write_json_atomic(folder / MANIFEST, {**read_json(folder / MANIFEST),
+                                                          "evaluation": {"key": key, "provenance": provenance}})
             if sample:
                 samples.write(folder, model_hash, model, tokenizer)
             del model

@@ -312,6 +312,8 @@ def _check_environments(recipe: Recipe, recipe_dir: Path, lines: dict[tuple, int
         spec = getattr(stage, "environment", None)
         if spec is None:
             continue
+        if getattr(stage, "dapo", None) is not None:  # its refill rounds rebuild rollouts without the episode masks
+            problems.append(f"stages[{i}] ({stage.name}).environment: multi-turn episodes do not combine with `dapo:` yet")
         try:
             check_environment(spec.name, spec.args, recipe_dir)
         except ValueError as error:

@@ -26,6 +26,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from posttrain.config.common import DataSpec, Strict
+from posttrain.config.decontamination import DecontaminationSpec, EvaluationSet  # noqa: F401 (importable from here)
 from posttrain.config.stages import StageConfig, register_stage_config
 from posttrain.registry import is_file_function
 
@@ -88,31 +89,6 @@ class DedupSpec(Strict):
                                 "row one changed character is often another item (`What is 10 + 0?` / `10 + 1?`).")
 
 
-class EvaluationSet(Strict):
-    """One evaluation set a curate stage checks against (filled in from the recipe)."""
-
-    name: str = Field(description="The evaluation's name, or `STAGE.heldout`.")
-    data: DataSpec = Field(description="Its data.")
-
-
-class DecontaminationSpec(Strict):
-    """Removal of training rows containing evaluation rows (`posttrain.curation.decontamination`)."""
-
-    enabled: bool = Field(True, description="On by default: check against every evaluation set of the recipe.")
-    ngram: int = Field(13, gt=0, description="n-gram length in words (13: GPT-3, arXiv 2005.14165 app. C); a shorter "
-                       "evaluation row is matched as one n-gram of its own length.")
-    threshold: float = Field(1e-9, gt=0, le=1, description="Share of an evaluation row's n-grams a training row must "
-                             "contain to be removed; the default, any one n-gram, is GPT-3's rule.")
-    min_words: int = Field(4, gt=0, description="Evaluation rows shorter than this (in words) are not checked.")
-    against: list[str] | None = Field(
-        None, description="Evaluation sets to check: names of `evaluations:` entries and `STAGE.heldout`; default all.",
-    )
-    sets: list[EvaluationSet] = Field(
-        default_factory=list, description="Filled in when the recipe loads: the evaluation sets checked (do not write "
-        "it; as part of the stage's data, a change to an evaluation set or its file re-runs the stage).",
-    )
-
-
 class QualitySpec(Strict):
     """Per-row quality filters (`posttrain.curation.quality`)."""
 
@@ -160,7 +136,8 @@ class CurateConfig(StageConfig):
     sources: list[CurationSource] = Field(min_length=1, description="The data to curate, in order (earlier rows win ties).")
     mixture: MixtureSpec = Field(default_factory=MixtureSpec, description="How sources combine.")
     dedup: DedupSpec = Field(default_factory=DedupSpec, description="Duplicate removal.")
-    decontaminate: DecontaminationSpec = Field(default_factory=DecontaminationSpec, description="Decontamination.")
+    decontaminate: DecontaminationSpec = Field(default_factory=DecontaminationSpec, description="Decontamination of "
+                                               "the sources (`false` turns it off).")
     quality: QualitySpec = Field(default_factory=QualitySpec, description="Quality filters.")
     curriculum: CurriculumSpec | None = Field(None, description="Difficulty order; default none.")
     examples: int = Field(3, ge=0, le=50, description="Removed rows shown per rule in the manifest and report.")
@@ -198,18 +175,43 @@ def evaluation_sets(recipe) -> dict[str, DataSpec]:
     return {name: spec for name, spec in sets.items() if not spec.source.startswith("stage:")}
 
 
+def training_data(stage) -> list[tuple[str, DataSpec]]:
+    """The data a stage trains on, by its recipe key: `data` and pre-training's `replay.data` (a curate stage's
+    sources are checked by the curate stage itself)."""
+    found = [("data", getattr(stage, "data", None))]
+    replay = getattr(stage, "replay", None)
+    if replay is not None:
+        found.append(("replay.data", replay.data))
+    return [(key, spec) for key, spec in found if isinstance(spec, DataSpec)]
+
+
+def curated_by(spec: DataSpec, curate_stages: set[str]) -> str | None:
+    """The curate stage whose output ``spec`` reads (its own `decontaminate` settings applied), or None."""
+    if not spec.source.startswith("stage:"):
+        return None
+    name = spec.source.removeprefix("stage:").partition("/")[0]
+    return name if name in curate_stages else None
+
+
 def bind_evaluation_sets(recipe) -> tuple[object, list[str]]:
-    """The recipe with each curate stage's `decontaminate.sets` filled in (so its fingerprint covers them),
-    and the problems found: a name in `against` that is no evaluation set, a `from:` naming a curate stage."""
+    """The recipe with each stage's `decontaminate.sets` filled in (so its fingerprint covers them), and the
+    problems found: a name in `against` that is no evaluation set, a `from:` naming a curate stage.
+
+    A curate stage checks its sources; any other stage its training data (`training_data`), except data a
+    curate stage wrote (checked there, with that stage's settings): a stage reading only such data gets no sets.
+    """
     available = evaluation_sets(recipe)
     problems: list[str] = []
     stages = []
     data_only = {stage.name: stage.kind for stage in recipe.stages if not stage.makes_checkpoint}
+    curate_stages = {stage.name for stage in recipe.stages if isinstance(stage, CurateConfig)}
     for i, stage in enumerate(recipe.stages):
         if stage.from_ in data_only:
             problems.append(f"stages[{i}] ({stage.name}).from: {stage.from_!r} is a {data_only[stage.from_]} stage, "
                             "which writes data and no checkpoint")
-        if isinstance(stage, CurateConfig) and stage.decontaminate.enabled:
+        checks = isinstance(stage, CurateConfig) or any(
+            curated_by(spec, curate_stages) is None for _, spec in training_data(stage))
+        if checks and stage.decontaminate.enabled:
             names = stage.decontaminate.against if stage.decontaminate.against is not None else list(available)
             unknown = [name for name in names if name not in available]
             if unknown:

@@ -18,12 +18,16 @@ from posttrain.config.common import DataSpec, Strict
 from posttrain.registry import EVALUATORS
 
 LM_EVAL_INSTALL = "pip install 'posttrain[lm_eval]'"
+VLLM_INSTALL = "pip install 'posttrain[vllm]'"
 # tasks posttrain writes itself (`posttrain.eval.lm_eval_tasks`), offline; not in lm-eval's index
 BUILTIN_LM_EVAL_TASKS = ("posttrain_arithmetic",)
 # simple_evaluate arguments the evaluation's own fields (or the evaluator) set; `args` may not repeat them
 LM_EVAL_RESERVED_ARGS = (
     "model", "model_args", "tasks", "num_fewshot", "limit", "apply_chat_template", "task_manager", "batch_size",
 )
+# fields added after results were first cached: at their defaults they stay out of the cache key
+# (`posttrain.eval.cache_key`), so results stored before them stay valid
+LATER_FIELDS = {"backend": "hf", "backend_args": {}, "timeout_minutes": 30.0}
 
 
 def require_lm_eval() -> None:
@@ -32,6 +36,14 @@ def require_lm_eval() -> None:
 
     if importlib.util.find_spec("lm_eval") is None:
         raise ValueError(f"`kind: lm_eval` needs lm-evaluation-harness, which is not installed: {LM_EVAL_INSTALL}")
+
+
+def require_vllm() -> None:
+    """Raises a one-line ValueError naming the extra to install when vLLM is not importable."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        raise ValueError(f"`backend: vllm` needs vLLM, which is not installed: {VLLM_INSTALL} (or `backend: hf`)")
 
 
 @functools.lru_cache(maxsize=4)
@@ -96,6 +108,18 @@ class EvalConfig(Strict):
         description="lm_eval: further `lm_eval.simple_evaluate` arguments, e.g. `gen_kwargs`, `system_instruction`, "
         "`fewshot_as_multiturn`, `bootstrap_iters`.",
     )
+    backend: Literal["hf", "vllm"] = Field(
+        "hf", description="lm_eval: lm-eval's model class: `hf` (the loaded model, in process) or `vllm` (lm-eval's "
+        "vLLM class on the checkpoint's folder; needs the `vllm` extra).",
+    )
+    backend_args: dict[str, Any] = Field(
+        default_factory=dict, description="lm_eval: further arguments of that model class, e.g. for vllm "
+        "`{max_model_len: 2048, gpu_memory_utilization: 0.5, dtype: float32}`.",
+    )
+    timeout_minutes: float = Field(
+        30.0, gt=0, description="With several processes the main one evaluates while the others wait for its "
+        "metrics: at most the sum of the evaluations' `timeout_minutes` per checkpoint, then the run stops.",
+    )
 
     @field_validator("kind")
     @classmethod
@@ -104,7 +128,8 @@ class EvalConfig(Strict):
 
     @model_validator(mode="after")
     def _fields_fit_kind(self) -> "EvalConfig":
-        harness_fields = [f for f in ("tasks", "task_paths", "args") if getattr(self, f)]
+        harness_fields = [f for f in ("tasks", "task_paths", "args", "backend_args") if getattr(self, f)]
+        harness_fields += ["backend"] if self.backend != "hf" else []
         harness_fields += [f for f in ("num_fewshot", "limit", "apply_chat_template") if getattr(self, f) is not None]
         if self.kind != "lm_eval":
             if self.data is None:
@@ -119,6 +144,8 @@ class EvalConfig(Strict):
         if reserved := sorted(set(self.args) & set(LM_EVAL_RESERVED_ARGS)):
             raise ValueError(f"args: {reserved} are set by the evaluation's own fields or by posttrain")
         require_lm_eval()
+        if self.backend == "vllm":
+            require_vllm()
         check_lm_eval_tasks(self.tasks, self.task_paths)
         return self
 

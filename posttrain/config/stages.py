@@ -11,6 +11,7 @@ from typing import ClassVar
 from pydantic import Field, field_validator
 
 from posttrain.config.common import Strict
+from posttrain.config.decontamination import DecontaminationSpec, decontamination_setting
 from posttrain.registry import Registry
 from posttrain.run_paths import check_plain_name
 
@@ -32,8 +33,13 @@ class StageConfig(Strict):
         "Default: the previous stage (the recipe's model for the first stage).",
     )
     evaluate: bool = Field(True, description="Run the recipe's evaluations after this stage.")
+    decontaminate: DecontaminationSpec = Field(
+        default_factory=DecontaminationSpec, description="Rows of the stage's data (`data`, `replay.data`) that "
+        "contain rows of the recipe's evaluation sets are removed before it trains (`false` turns it off).",
+    )
     # False for a stage that writes data only (`curate`): the stage after it starts from the one before it
     makes_checkpoint: ClassVar[bool] = True
 
     _plain_name = field_validator("name")(classmethod(lambda cls, name: check_plain_name(name, "stage name")))
+    _decontaminate = field_validator("decontaminate", mode="before")(classmethod(lambda cls, v: decontamination_setting(v)))
 

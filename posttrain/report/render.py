@@ -59,6 +59,14 @@ def curation_rows(run: RunRecord) -> list[list[str]]:
             rows.append([stage.name, rule, str(count), "\n".join(f"{e['where']}: {e['text']} ({e['reason']})" for e in shown)])
         for name, count in curation["contaminated_by_set"].items():
             rows.append([stage.name, f"contaminated by {name}", str(count), ""])
+    for stage in run.stages:  # a training stage's own data (`posttrain.curation.training`)
+        checked = (stage.manifest or {}).get("summary", {}).get("decontamination")
+        if not checked:
+            continue
+        shown = "\n".join(f"{e['where']}: {e['text']} ({e['reason']})" for e in checked["examples"])
+        rows.append([stage.name, "decontamination (training data)", f"{checked['rows_removed']} of {checked['rows_read']}", shown])
+        for name, count in checked["contaminated_by_set"].items():
+            rows.append([stage.name, f"contaminated by {name}", str(count), ""])
     return rows
 
 

@@ -212,6 +212,7 @@ stages:
         ("builtin:calculator", "{tool_fromat: hermes}", "environment 'builtin:calculator' has no argument(s) "
          "'tool_fromat'; valid arguments: tool_format"),
         ("missing.py:Env", "{}", "environment 'missing.py:Env': file"),
+        ("builtin:calculator", "{}\n    dapo: {}", "stages[0] (grpo).environment: multi-turn episodes do not combine with `dapo:` yet"),
     ],
 )  # fmt: skip
 def test_validate_names_the_bad_environment(tmp_path, name, args, problem) -> None:

@@ -62,6 +62,9 @@ def test_run_tables_gates_and_records_harness_metrics(harness_run) -> None:
     assert provenance["lm_eval_version"] == importlib.metadata.version("lm_eval")
     assert provenance["generation"]["posttrain_arithmetic"]["max_gen_toks"] == 16
     assert provenance["num_fewshot"] == {"posttrain_arithmetic": 0}
+    assert provenance["chat_template"] is True and provenance["backend"] == "hf"
+    manifest = json.loads((folder / "run" / "stages" / "sft" / "manifest.json").read_text())
+    assert manifest["evaluation"] == {"key": record["key"], "provenance": record["provenance"]}  # in the manifest too
 
 
 def test_unchanged_run_reuses_harness_results(harness_run, tmp_path: Path, accelerator, monkeypatch) -> None:

@@ -62,7 +62,7 @@ def test_experience_masks_follow_the_models_tokens(make_stage, tmp_path) -> None
     assert max(e.turns for e in rollout.episodes) >= 2  # some episodes hold environment tokens
     excluded = torch.zeros(len(rows), dtype=torch.bool)
     excluded[1] = True
-    experience = engine._experience(rollout, torch.zeros(len(rows)), excluded)
+    experience = engine._experience(rollout, torch.zeros(len(rows)), excluded, torch.zeros_like(excluded))
     assert torch.equal(experience.loss_mask_BC, rollout.sampled_mask_BC & ~excluded[:, None])
     assert torch.equal(experience.sampled_mask_BC, rollout.sampled_mask_BC)
     environment_tokens = rollout.completion_mask_BC & ~rollout.sampled_mask_BC
@@ -92,7 +92,7 @@ def test_failed_episodes_are_excluded_and_counted(make_stage, tmp_path) -> None:
     row = engine.step(0)  # the same rollout again (its random numbers are a function of the step)
     assert row["episodes/failed"] == float(rollout.failed_B.sum())
     excluded = rollout.failed_B
-    experience = engine._experience(rollout, torch.zeros(len(rows)), excluded)
+    experience = engine._experience(rollout, torch.zeros(len(rows)), excluded, torch.zeros_like(excluded))
     assert not experience.loss_mask_BC[excluded].any()
 
 

@@ -28,12 +28,14 @@ stages:
     kind: reward_model
     data: {source: pairs.jsonl}
     train: {steps: 12, batch_size: 8, seq_len: 32, lr: 1.0e-2, log_every: 1}
+    decontaminate: false    # `pairs` below evaluates on these training pairs on purpose (training accuracy)
   - name: rm_lora
     kind: reward_model
     from: base
     data: {source: pairs.jsonl}
     train: {steps: 12, batch_size: 8, seq_len: 32, lr: 2.0e-2, log_every: 1}
     lora: {r: 4, alpha: 8}
+    decontaminate: false
 evaluations:
   - name: pairs
     kind: pairwise_accuracy
