@@ -118,7 +118,11 @@ def test_training_plots_pick_the_keys_rl_stages_log() -> None:
         "kl": ["kl"],
         "response_length": ["response_length"],
         "heldout": ["heldout/accuracy"],
+        "episodes": [],
     }
+    episode_keys = ["episodes/turns", "episodes/tool_calls", "episodes/length", "episodes/failed", "episodes/environment_seconds"]
+    keep = dict((name, keep) for name, _, keep in TRAINING_PLOTS)["episodes"]
+    assert [key for key in episode_keys if keep(key)] == ["episodes/turns", "episodes/tool_calls", "episodes/failed"]
 
 
 def test_plots_have_a_panel_per_stage_with_data() -> None:
