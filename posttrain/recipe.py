@@ -315,7 +315,7 @@ def _check_environments(recipe: Recipe, recipe_dir: Path, lines: dict[tuple, int
         if getattr(stage, "dapo", None) is not None:  # its refill rounds rebuild rollouts without the episode masks
             problems.append(f"stages[{i}] ({stage.name}).environment: multi-turn episodes do not combine with `dapo:` yet")
         try:
-            check_environment(spec.name, spec.args, recipe_dir)
+            check_environment(spec.name, spec.args, recipe_dir, describe=False)
         except ValueError as error:
             line = _line_suffix(lines, ("stages", i, "environment", "name"))
             problems.append(f"stages[{i}] ({stage.name}).environment{line}: {error}")

@@ -3,7 +3,7 @@ relative to the recipe's folder).
 
 Built-in environments live in their own modules and are imported on first lookup. `check_environment` is
 what `posttrain validate` runs: it loads the class, checks the recipe's ``args`` against its constructor and
-describes every tool (a tool without type hints is an error naming it), without building an environment.
+that every tool has type hints (an error names the tool), without building an environment.
 
 >>> environment_class("builtin:nope")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
@@ -72,8 +72,10 @@ def environment_class(name: str, recipe_dir: Path | None = None) -> type:
     return cls
 
 
-def check_environment(name: str, args: Mapping[str, Any], recipe_dir: Path | None = None) -> type:
-    """The environment's class after checking ``args`` against its constructor and describing its tools.
+def check_environment(name: str, args: Mapping[str, Any], recipe_dir: Path | None = None, describe: bool = True) -> type:
+    """The environment's class after checking ``args`` against its constructor and its tools' type hints;
+    with ``describe`` also their JSON schemas (transformers' `get_json_schema`, about a second to import:
+    `posttrain validate` leaves it to the stage).
 
     Raises:
         ValueError: naming the environment, the argument or the tool at fault.
@@ -96,7 +98,7 @@ def check_environment(name: str, args: Mapping[str, Any], recipe_dir: Path | Non
     if missing:
         raise ValueError(f"environment {name!r} needs argument(s) {', '.join(map(repr, missing))}")
     try:
-        check_tools(cls.tools)
+        check_tools(cls.tools, describe)
     except ValueError as error:
         raise ValueError(f"environment {name!r}: {error}") from None
     return cls

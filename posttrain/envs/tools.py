@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -87,15 +88,35 @@ def tool_schema(tool: Tool) -> dict[str, Any]:
         ) from None
 
 
-def check_tools(tools: Sequence[Tool]) -> dict[str, Tool]:
-    """The tools by name, each checked by `tool_schema`.
+def check_type_hints(tool: Tool) -> str:
+    """The tool's name, after checking without transformers (`posttrain validate` stays fast) that it is a
+    function with a docstring and a type hint on every parameter.
+
+    Raises:
+        ToolDefinitionError: naming the tool and the parameter.
+    """
+    name = getattr(tool, "__name__", repr(tool))
+    if not callable(tool):
+        raise ToolDefinitionError(f"tool {name!r} is not a function")
+    for parameter in inspect.signature(tool).parameters.values():
+        if parameter.annotation is inspect.Parameter.empty:
+            raise ToolDefinitionError(f"tool {name!r}: argument {parameter.name!r} has no type hint")
+    if not inspect.getdoc(tool):
+        raise ToolDefinitionError(f"tool {name!r} has no docstring to describe it to the model")
+    return name
+
+
+def check_tools(tools: Sequence[Tool], describe: bool = True) -> dict[str, Tool]:
+    """The tools by name, each checked by `check_type_hints` and, with ``describe``, by `tool_schema`.
 
     Raises:
         ToolDefinitionError: for a tool that cannot be described, or two tools with the same name.
     """
     by_name: dict[str, Tool] = {}
     for tool in tools:
-        name = tool_schema(tool)["function"]["name"]
+        name = check_type_hints(tool)
+        if describe:
+            name = tool_schema(tool)["function"]["name"]
         if name in by_name:
             raise ToolDefinitionError(f"two tools are named {name!r}")
         by_name[name] = tool

@@ -10,6 +10,7 @@ import pytest
 from posttrain.envs import StepResult, ToolDefinitionError, call_tool, check_environment, environment_class, tool_schema
 from posttrain.envs.calculator import CalculatorEnvironment, calculator
 from posttrain.envs.protocol import EpisodeError, ToolEnvironment, check_step
+from posttrain.envs.tools import check_tools
 from posttrain.envs.python_tool import python
 from posttrain.envs.tool_calls import ToolCall, parse_tool_calls
 
@@ -55,6 +56,22 @@ def test_schema_comes_from_type_hints_and_docstring() -> None:
 def test_a_tool_without_type_hints_is_refused_by_name() -> None:
     with pytest.raises(ToolDefinitionError, match="tool 'untyped'.*missing a type hint"):
         tool_schema(untyped)
+    with pytest.raises(ToolDefinitionError, match="tool 'untyped': argument 'city' has no type hint"):
+        check_tools([untyped], describe=False)
+
+    def undocumented(city: str) -> str:
+        return city
+
+    with pytest.raises(ToolDefinitionError, match="tool 'undocumented' has no docstring"):
+        check_tools([undocumented], describe=False)
+
+    def no_args_section(city: str) -> str:
+        """Looks up the weather."""
+        return city
+
+    check_tools([no_args_section], describe=False)  # what only transformers' schema builder finds:
+    with pytest.raises(ToolDefinitionError, match="tool 'no_args_section' cannot be described.*city"):
+        check_tools([no_args_section])
 
 
 @pytest.mark.parametrize(
@@ -177,7 +194,7 @@ def test_environments_by_name_and_file(tmp_path) -> None:
         )
     )
     assert issubclass(environment_class("my_env.py:Loud", tmp_path), ToolEnvironment)
-    with pytest.raises(ValueError, match="environment 'my_env.py:Loud': tool 'shout' cannot be described.*type hint"):
+    with pytest.raises(ValueError, match="environment 'my_env.py:Loud': tool 'shout': argument 'text' has no type hint"):
         check_environment("my_env.py:Loud", {}, tmp_path)
     with pytest.raises(ValueError, match="not a subclass of posttrain.envs.Environment"):
         environment_class("my_env.py:NotAnEnvironment", tmp_path)
@@ -208,7 +225,7 @@ stages:
         ("builtin:abacus", "{}", "stages[0] (grpo).environment (line 9): unknown environment 'builtin:abacus'; built-in "
          "environments: builtin:calculator"),
         ("my_env.py:Untyped", "{}", "stages[0] (grpo).environment (line 9): environment 'my_env.py:Untyped': tool "
-         "'shout' cannot be described to the model: Argument text is missing a type hint in function shout"),
+         "'shout': argument 'text' has no type hint"),
         ("builtin:calculator", "{tool_fromat: hermes}", "environment 'builtin:calculator' has no argument(s) "
          "'tool_fromat'; valid arguments: tool_format"),
         ("missing.py:Env", "{}", "environment 'missing.py:Env': file"),
