@@ -15,6 +15,8 @@ import yaml
 
 from posttrain.report.samples import read_samples
 
+FAILED = "failed.json"  # in a stage folder: why the stage (or its evaluation or gate) failed, {"error": ...}
+
 
 @dataclass
 class StageRecord:
@@ -27,6 +29,7 @@ class StageRecord:
     evaluation: dict[str, Any] | None = None
     samples: dict[str, Any] | None = None  # samples.json: {"key", "samples": [...], "seconds"}
     episodes: dict[str, list[dict[str, Any]]] | None = None  # episodes.json of an RL stage with an environment
+    failure: str | None = None  # the error text of a failed stage (failed.json)
 
     @property
     def trained(self) -> bool:
@@ -94,6 +97,7 @@ def collect(run_dir: str | Path) -> RunRecord:
                 evaluation=_json(folder / "eval.json"),
                 samples=read_samples(folder),
                 episodes=_json(folder / "episodes.json"),  # posttrain.rl.episodes.EPISODES_FILE (no torch here)
+                failure=(_json(folder / FAILED) or {}).get("error"),
             )
         )
     return RunRecord(

@@ -207,3 +207,17 @@ def test_report_shows_whole_episodes(tmp_path: Path) -> None:
     assert "user: What is 71 - 28?\nassistant: &lt;&lt;calculator: 71 - 28&gt;&gt;\ntool: 43\nassistant: 43\n(reward 1)" in page
     assert "| before training | after step 40 |" in markdown
     assert "assistant: 41<br>(reward 0)" in markdown
+
+
+def test_a_failed_stage_is_marked_with_its_error_and_long_tokens_wrap(tmp_path: Path) -> None:
+    (tmp_path / "recipe.yaml").write_text("name: broken\nstages:\n  - {name: sft, kind: sft}\n  - {name: dpo, kind: dpo}\n")
+    for name in ("sft", "dpo"):
+        (tmp_path / "stages" / name).mkdir(parents=True)
+    (tmp_path / "stages" / "dpo" / "failed.json").write_text(json.dumps({"error": "DataError: pairs.jsonl:3: `chosen` is empty"}))
+    html_path, md_path = write_report(tmp_path)
+    page, markdown = html_path.read_text(), md_path.read_text()
+    assert "<tr><td>dpo</td><td><pre>DataError: pairs.jsonl:3: `chosen` is empty</pre></td></tr>" in page
+    assert "| dpo | DataError: pairs.jsonl:3: `chosen` is empty |" in markdown
+    assert "<tr><td>dpo</td><td>dpo</td><td>failed</td>" in page and "<tr><td>sft</td><td>sft</td><td>-</td>" in page
+    # a sample cell breaks a long unbroken token instead of overflowing into the next column
+    assert re.search(r"table\.samples td \{[^}]*overflow-wrap: anywhere", page)
