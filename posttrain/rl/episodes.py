@@ -268,7 +268,11 @@ class EpisodeRunner:
         if result.done:
             episode.done, episode.running = True, False
             return
-        observation = self.observations(result.messages)
+        try:  # a message the chat template cannot render (an unknown role...) is a malformed step
+            observation = self.observations(result.messages)
+        except Exception as error:
+            episode.fail(_why(error, "rendering the observation"))
+            return
         if last_turn or len(episode.tokens) + len(observation) >= self.spec.max_episode_tokens:
             episode.truncated, episode.running = True, False  # no room for another turn: end on the model's tokens
             return

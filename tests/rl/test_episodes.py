@@ -164,6 +164,7 @@ def test_two_turn_episode_token_by_token(ending_model, tmp_path) -> None:
 @pytest.mark.parametrize(
     "environment, why",
     [(Raises, "RuntimeError: broken environment"), (Malformed, "must return a StepResult"), (Slow, "time budget")],
+    ids=["raises", "malformed", "slow"],
 )
 def test_a_failing_environment_fails_only_its_episode(ending_model, tmp_path, environment, why) -> None:
     model, tokenizer = ending_model
@@ -178,6 +179,22 @@ def test_a_failing_environment_fails_only_its_episode(ending_model, tmp_path, en
     assert rollout.metrics()["episodes/failed"] == 1.0
     completions, examples = rollout.reward_inputs([{"answer": "43"}])
     assert examples[0]["episode_failed"] is True
+
+
+def test_an_observation_the_template_cannot_render_fails_the_episode(ending_model, tmp_path) -> None:
+    model, tokenizer = ending_model
+    end = tokenizer.convert_tokens_to_ids("<|end|>")
+    runner = _runner(tokenizer, RolloutSampler([end], tokenizer.pad_token_id, "cached"), TwoTurns, tmp_path)
+
+    def refuse(observations):
+        raise ValueError("the template does not know role 'tool'")
+
+    runner.observations = refuse
+    row = PromptRow([{"role": "user", "content": QUESTION}], QUESTION, {"answer": "43"})
+    rollout = runner.run(model, [row] * 8, SamplingSettings(max_new_tokens=6, temperature=1.0), RowNoise(0, range(8)))
+    stepped = [e for e in rollout.episodes if e.turns == 1 and not e.truncated]
+    assert stepped and all("rendering the observation: ValueError" in e.failure for e in stepped)
+    assert rollout.failed_B.tolist() == [e.failure is not None for e in rollout.episodes]
 
 
 def test_turn_limit_and_token_budget_truncate(ending_model, tmp_path) -> None:
