@@ -151,9 +151,13 @@ class Pipeline:
 
     def _mark_failed(self, name: str, err: Exception) -> None:
         """Records why stage ``name`` (or its evaluation or gate) failed, for the run report."""
-        if self.is_main:
+        if not self.is_main:
+            return
+        try:
             self.stage_dir(name).mkdir(parents=True, exist_ok=True)
             write_json_atomic(self.stage_dir(name) / FAILED, {"error": f"{type(err).__name__}: {err}"[:4000]})
+        except OSError as record_err:  # an unwritable stage folder: the original error is the one to raise
+            self.say(f"[{name}] could not record the failure in {self.stage_dir(name)}: {record_err}")
 
     def _run_stage(self, index: int, fingerprint: str, input_checkpoint: Path | None) -> StageRecord:
         stage = self.recipe.stages[index]

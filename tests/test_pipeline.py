@@ -432,3 +432,35 @@ def test_sft_best_fit_packing_makes_fewer_rows(tmp_path: Path, micro_recipe, acc
              f"stages.sft.train.packing_strategy={strategy}"])
         rows[strategy] = run.manifest("sft")["summary"]["packed_rows"]
     assert rows["best_fit"] < rows["in_order"]
+
+
+def test_a_stage_fingerprint_follows_its_data_file_not_only_its_config(tmp_path: Path, write_recipe) -> None:
+    """Editing a data file (the recipe unchanged) changes the fingerprint of the stage that reads it and of
+    the stages after it: a fingerprint that hashed the config alone would reuse a stage trained on other data."""
+    from posttrain.fingerprints import stage_fingerprints
+
+    data = tmp_path / "sft.jsonl"
+    data.write_text('{"prompt": "What is 1 + 1?", "completion": "2"}\n')
+    recipe = write_recipe(tmp_path, f"""\
+        name: data-fingerprint
+        seed: 0
+        output_dir: {tmp_path / "run"}
+        model: {{name_or_path: "builtin:micro"}}
+        stages:
+          - name: pretrain
+            kind: pretrain
+            data: {{source: "builtin:corpus", count: 16}}
+            train: {{steps: 1, batch_size: 4, seq_len: 32}}
+          - name: sft
+            kind: sft
+            data: {{source: "{data}"}}
+            train: {{steps: 1, batch_size: 4, seq_len: 32}}
+          - name: sft2
+            kind: sft
+            data: {{source: "builtin:arithmetic", count: 8, levels: [1]}}
+            train: {{steps: 1, batch_size: 4, seq_len: 32}}
+        """)
+    before = stage_fingerprints(load_recipe(recipe))
+    data.write_text('{"prompt": "What is 1 + 1?", "completion": "3"}\n')
+    after = stage_fingerprints(load_recipe(recipe))
+    assert after[0] == before[0] and after[1] != before[1] and after[2] != before[2]

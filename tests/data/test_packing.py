@@ -196,3 +196,21 @@ def test_best_fit_packs_tighter_than_in_order_and_keeps_every_example() -> None:
     flat = [tuple(r["input_ids"]) for r in best]
     for e in examples:
         assert any(tuple(e.input_ids) == row[k : k + len(e.input_ids)] for row in flat for k in range(8))
+
+
+def test_the_training_loss_of_a_packed_row_is_its_examples_losses_alone(micro) -> None:
+    """What SFT trains on (`causal_lm_loss_sum`, not only the model's forward): a packed row's summed loss is
+    the sum of its examples' losses each in a row of its own, so packed examples do not see each other."""
+    from posttrain.training.loop import causal_lm_loss_sum
+
+    model, tokenizer = micro
+    examples = encode_chats(tokenizer, arithmetic_rows("train", 3, 0))
+    seq_len = sum(len(e.input_ids) for e in examples) + 5
+    (row,) = pack(examples, seq_len, tokenizer.pad_token_id, split_examples=False)
+    as_batch = lambda packed_row: {key: torch.tensor([value]) for key, value in packed_row.items()}  # noqa: E731
+    with torch.no_grad():
+        packed_sum, packed_count = causal_lm_loss_sum(model, as_batch(row))
+        alone = [causal_lm_loss_sum(model, as_batch(pack([e], len(e.input_ids), tokenizer.pad_token_id, split_examples=False)[0])) for e in examples]
+    assert packed_count == sum(count for _, count in alone) > 0
+    torch.testing.assert_close(packed_sum, sum(loss for loss, _ in alone), rtol=1e-5, atol=1e-5)
+

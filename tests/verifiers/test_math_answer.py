@@ -94,7 +94,11 @@ EQUIVALENT = [
     ("\\{1, 2\\}", "\\{2, 1\\}"),
     ("0.333333", "\\frac{1}{3}"),
 ]
-NOT_EQUIVALENT = [("1/3", "0.33"), ("2", "3"), ("x=3", "4"), ("\\sqrt{2}", "1.41"), ("(1,2)", "(2,1)")]
+NOT_EQUIVALENT = [
+    ("1/3", "0.33"), ("2", "3"), ("x=3", "4"), ("\\sqrt{2}", "1.41"), ("(1,2)", "(2,1)"),
+    # the same first character (and the same prefix): answers are compared whole
+    ("12", "15"), ("100", "1000"), ("-4", "-5"), ("3.5", "3.25"), ("\\frac{1}{2}", "\\frac{1}{3}"), ("x=3", "x=5"),
+]
 
 
 @pytest.mark.parametrize(("pred", "gold"), EQUIVALENT)
