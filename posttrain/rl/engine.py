@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from posttrain.algorithms import AdaptiveKLController, FixedKLController, kl_estimate, masked_sum
+from posttrain.algorithms.off_policy import sampler_trainer_mismatch, truncated_importance_weights, weight_advantages
 from posttrain.config.rl import RLConfig
 from posttrain.distributed import gathered_parameters, is_zero3, mean_metrics_over_processes, sum_over_processes
 from posttrain.models.checkpoint import save_checkpoint
@@ -39,7 +40,8 @@ from posttrain.rl.objective import Experience, Objective
 from posttrain.rl.policy import ActorCritic, FrozenReference, ValueHead, score_completions
 from posttrain.rl.prompts import PromptRow, encode_prompts
 from posttrain.rl.reward import RewardScorer
-from posttrain.rl.sampler import Rollout, RolloutSampler, RowNoise, SamplingSettings, decode_completions, end_token_ids
+from posttrain.rl.rollout_backend import make_rollout_sampler
+from posttrain.rl.sampler import Rollout, RowNoise, SamplingSettings, decode_completions
 from posttrain.training.dropout import disable_dropout
 from posttrain.rl.update import PolicyUpdate, stream_seed
 from posttrain.training.metrics import MetricsWriter
@@ -65,12 +67,14 @@ class RLEngine:
         heldout: held-out evaluation, or None.
         checkpoints: resumable training state (restored before the first step, saved every ``save_every``
             steps, between steps so no rollouts are in flight), or None.
+        rollout_backend: ``native`` or ``vllm`` (`posttrain.rl.rollout_backend.resolve_backend`).
     """
 
     def __init__(
         self, *, config: RLConfig, policy: Any, tokenizer: Any, objective: Objective, reward: RewardScorer,
         prompts: list[PromptRow], accelerator: Any, metrics: MetricsWriter, seed: int, stage_dir: Path,
         heldout: HeldoutEvaluation | None = None, checkpoints: TrainCheckpoints | None = None,
+        rollout_backend: str = "native",
     ):
         self.config, self.train_spec = config, config.train
         self.tokenizer, self.objective, self.reward = tokenizer, objective, reward
@@ -97,7 +101,10 @@ class RLEngine:
         self.kl_controller = (
             AdaptiveKLController(kl.coef, kl.target, kl.horizon) if kl.controller == "adaptive" else FixedKLController(kl.coef)
         )
-        self.sampler = RolloutSampler(end_token_ids(policy, tokenizer), tokenizer.pad_token_id, generation.backend)
+        self.sampler = make_rollout_sampler(
+            rollout_backend, generation, policy, tokenizer, seed=seed, precision=self.train_spec.precision,
+            max_model_len=generation.max_prompt_tokens + generation.max_new_tokens,
+        )
         self.settings = SamplingSettings(generation.max_new_tokens, generation.temperature, generation.top_p, generation.top_k)
         self.update = PolicyUpdate(self.kernel, objective, config, generation.temperature, self._sum, seed)
         self._seconds = {"generation": 0.0, "scoring": 0.0}
@@ -148,8 +155,9 @@ class RLEngine:
                     self.metrics.log(step + 1, values, total=steps)
                 counters = {"completion_tokens": completion_tokens, "since_heldout": since_heldout, "last": last}
                 self.kernel.save_if_due(self.checkpoints, step + 1, steps, {**counters, **self._counters()})
-        finally:  # reward sources may hold worker processes or models
+        finally:  # reward sources may hold worker processes or models; a vLLM engine holds memory
             self.reward.close()
+            self.sampler.close()
             if self.heldout is not None and self.heldout.scorer is not self.reward:
                 self.heldout.scorer.close()
         return {
@@ -205,7 +213,9 @@ class RLEngine:
         # 5. advantages
         advantages = self.objective.advantages(experience, kl_BC, kl_coef, self._sum)
         experience.advantages, experience.returns_BC = advantages.advantages, advantages.returns_BC
-        values: dict[str, float] = {**scored.metrics, **dapo_metrics, **_floats(advantages.metrics)}
+        values: dict[str, float] = {
+            **scored.metrics, **dapo_metrics, **_floats(advantages.metrics), **self._off_policy(experience)
+        }
         # 6. finite check: no update can use these rollouts if the advantages are not finite
         if self.kernel.skips(experience.advantages, lambda: self._stop_message("advantages", step)):
             self.update.nonfinite_skipped += 1
@@ -215,6 +225,7 @@ class RLEngine:
             values["kl_coef"] = kl_coef
             self._update_kl_coef(kl_BC, experience.loss_mask_BC)
             values.update(self.update(experience, step, kl_coef, lambda what: self._stop_message(what, step)))
+            self.sampler.weights_changed()  # a vLLM engine loads the new weights before its next rollout
         # 9. metrics
         values["nonfinite_skipped"] = self.update.nonfinite_skipped
         return self._metrics(values, kl_BC, experience.completion_mask_BC, rollout, (began, generated, scored_at))
@@ -256,7 +267,7 @@ class RLEngine:
             }
         )
         return mean_metrics_over_processes(
-            self.accelerator, values, summed=("completion_tokens",), maxed=("time/", "logprob_mismatch")
+            self.accelerator, values, summed=("completion_tokens",), maxed=("time/", "logprob_mismatch", "rollout/logprob_diff_max")
         )
 
     def _sample_and_score(self, step: int, extra_round: int = 0) -> Sampled:
@@ -308,10 +319,11 @@ class RLEngine:
         with self.kernel.autocast():
             ref_logprobs_BC = self.reference.logprobs(self.policy, rollout, temperature)
             old_logprobs_BC, old_values_BC = rollout.logprobs_BC, None
-            if self.objective.uses_values or self.train_spec.old_logprobs == "recompute":
+            recompute = self._recomputes_old_logprobs()
+            if self.objective.uses_values or recompute:
                 scores = score_completions(self.module, rollout, temperature)
                 old_values_BC = scores.values_BC
-                if self.train_spec.old_logprobs == "recompute":
+                if recompute:
                     old_logprobs_BC = scores.logprobs_BC
         return Experience(
             sequences_BS=rollout.sequences_BS,
@@ -327,6 +339,25 @@ class RLEngine:
             excluded_B=excluded_B,
             old_values_BC=old_values_BC,
         )
+
+    def _recomputes_old_logprobs(self) -> bool:
+        """The PPO ratio's old log-probs come from the trainer, not the sampler: when asked, when the sampler's
+        are another engine's (vLLM), and for truncated importance sampling, which compares the two."""
+        spec = self.train_spec
+        return spec.old_logprobs == "recompute" or not self.sampler.exact_logprobs or spec.tis_cap is not None
+
+    def _off_policy(self, experience: Experience) -> dict[str, float]:
+        """The sampler/trainer log-prob gap and, with ``train.tis_cap``, the truncated importance weights
+        applied to the advantages (`posttrain.algorithms.off_policy`); nothing when the two are one."""
+        if not self._recomputes_old_logprobs():
+            return {}
+        trainer_BC, sampler_BC, mask_BC = experience.old_logprobs_BC, experience.sampler_logprobs_BC, experience.loss_mask_BC
+        metrics = sampler_trainer_mismatch(trainer_BC, sampler_BC, mask_BC)
+        if self.train_spec.tis_cap is not None:
+            weights_BC, tis_metrics = truncated_importance_weights(trainer_BC, sampler_BC, mask_BC, self.train_spec.tis_cap)
+            experience.advantages = weight_advantages(experience.advantages, weights_BC)
+            metrics.update(tis_metrics)
+        return _floats(metrics)
 
     def _stop_message(self, what: str, step: int) -> str:
         """The error of a non-finite value under ``on_nan: stop``, after saving the policy as it was before

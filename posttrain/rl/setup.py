@@ -16,6 +16,7 @@ from posttrain.rl.heldout import HeldoutEvaluation
 from posttrain.rl.objective import Objective
 from posttrain.rl.prompts import encode_prompts, load_prompts
 from posttrain.rl.reward import RewardScorer
+from posttrain.rl.rollout_backend import checkpoint_architectures, resolve_backend
 
 
 def load_policy(context: Any) -> tuple[Any, Any]:
@@ -27,6 +28,7 @@ def load_policy(context: Any) -> tuple[Any, Any]:
         CheckpointError: if the input is a reward model; RL trains a language model.
     """
     config = context.config
+    rollout_backend(context)  # a backend that cannot run fails here, before the model loads
     if is_reward_model_checkpoint(context.input_checkpoint):
         raise CheckpointError(
             f"stage {config.name!r} starts from a reward model ({context.input_checkpoint}); RL trains a "
@@ -39,6 +41,13 @@ def load_policy(context: Any) -> tuple[Any, Any]:
     if config.lora is not None:
         model = apply_lora(model, config.lora)
     return model, tokenizer
+
+
+def rollout_backend(context: Any) -> str:
+    """The stage's resolved ``generation.backend`` (`posttrain.rl.rollout_backend.resolve_backend`)."""
+    where = f"stage {context.config.name!r}: generation.backend"
+    architectures = checkpoint_architectures(context.input_checkpoint or context.model_spec.name_or_path)
+    return resolve_backend(context.config.generation.backend, where, architectures)
 
 
 def build_engine(context: Any, policy: Any, tokenizer: Any, objective: Objective) -> RLEngine:
@@ -54,7 +63,7 @@ def build_engine(context: Any, policy: Any, tokenizer: Any, objective: Objective
     engine = RLEngine(
         config=config, policy=policy, tokenizer=tokenizer, objective=objective, reward=reward, prompts=prompts.rows,
         accelerator=context.accelerator, metrics=context.metrics, seed=context.seed, stage_dir=context.stage_dir,
-        checkpoints=context.checkpoints,
+        checkpoints=context.checkpoints, rollout_backend=rollout_backend(context),
     )
     engine.skipped_data_rows = prompts.skipped
     if config.heldout is not None:
