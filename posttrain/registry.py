@@ -121,13 +121,19 @@ def check_plug_in(registry: Registry, value: str, label: str | None = None) -> s
 
 
 POLICY_LOSSES: Registry[Callable[..., object]] = Registry(
-    "policy loss", {name: "posttrain.algorithms.policy_losses" for name in ("ppo_clip", "grpo")}
+    "policy loss", {name: "posttrain.algorithms.policy_losses" for name in ("ppo_clip", "grpo", "gspo", "cispo")}
 )
 # labels: the calling convention, `outcome` (one reward per completion) or `token` (per-token rewards and values)
 ADVANTAGE_ESTIMATORS: Registry[Callable[..., object]] = Registry(
     "advantage estimator",
-    {name: "posttrain.algorithms.advantages" for name in ("gae", "grpo", "dr_grpo", "rloo")},
-    {"gae": "token", "grpo": "outcome", "dr_grpo": "outcome", "rloo": "outcome"},
+    {
+        name: "posttrain.algorithms.advantages"
+        for name in ("gae", "grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline")
+    },
+    {
+        "gae": "token", "grpo": "outcome", "dr_grpo": "outcome", "rloo": "outcome", "reinforce_pp": "outcome",
+        "reinforce_pp_baseline": "outcome",
+    },
 )
 EVALUATORS: Registry[Callable[..., dict[str, float]]] = Registry(
     "evaluator",

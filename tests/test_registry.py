@@ -45,9 +45,9 @@ def test_every_built_in_name_the_schema_accepts_is_registered_by_its_module(tabl
 def test_plug_in_values_are_names_or_file_functions():
     assert check_plug_in(ADVANTAGE_ESTIMATORS, "dr_grpo", "outcome") == "dr_grpo"
     assert check_plug_in(ADVANTAGE_ESTIMATORS, "my_estimators.py:centred", "outcome") == "my_estimators.py:centred"
-    with pytest.raises(ValueError, match="this stage calls 'outcome' ones: dr_grpo, grpo, rloo"):
+    with pytest.raises(ValueError, match="this stage calls 'outcome' ones: dr_grpo, grpo, reinforce_pp, reinforce_pp_baseline, rloo"):
         check_plug_in(ADVANTAGE_ESTIMATORS, "gae", "outcome")
     with pytest.raises(ValueError, match="'path/to/file.py:function'"):
         check_plug_in(POLICY_LOSSES, "my_losses:clipped")
-    with pytest.raises(ValueError, match="unknown policy loss 'ppo'; valid: grpo, ppo_clip"):
+    with pytest.raises(ValueError, match="unknown policy loss 'ppo'; valid: cispo, grpo, gspo, ppo_clip"):
         check_plug_in(POLICY_LOSSES, "ppo")

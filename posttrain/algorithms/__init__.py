@@ -13,6 +13,8 @@ from posttrain.algorithms.advantages import (
     get_advantage_estimator,
     group_advantages,
     register_advantage_estimator,
+    reinforce_pp_advantages,
+    reinforce_pp_baseline_advantages,
     rloo_advantages,
 )
 from posttrain.algorithms.aggregation import AGGREGATION_MODES, aggregate_loss
@@ -21,7 +23,9 @@ from posttrain.algorithms.kl_controller import AdaptiveKLController, FixedKLCont
 from posttrain.algorithms.logprobs import entropy_from_logits, sequence_logprobs, token_logprobs
 from posttrain.algorithms.masked import masked_mean, masked_sum, masked_var, masked_whiten
 from posttrain.algorithms.policy_losses import (
+    cispo_loss,
     get_policy_loss,
+    gspo_loss,
     grpo_loss,
     policy_loss_names,
     ppo_clip_loss,
@@ -40,6 +44,7 @@ __all__ = [
     "aggregate_loss",
     "bradley_terry_loss",
     "chosen_nll_loss",
+    "cispo_loss",
     "clipped_value_loss",
     "dpo_loss",
     "dr_grpo_advantages",
@@ -48,6 +53,7 @@ __all__ = [
     "get_advantage_estimator",
     "get_policy_loss",
     "group_advantages",
+    "gspo_loss",
     "grpo_loss",
     "kl_estimate",
     "masked_mean",
@@ -58,6 +64,8 @@ __all__ = [
     "ppo_clip_loss",
     "register_advantage_estimator",
     "register_policy_loss",
+    "reinforce_pp_advantages",
+    "reinforce_pp_baseline_advantages",
     "rloo_advantages",
     "sequence_logprobs",
     "token_logprobs",

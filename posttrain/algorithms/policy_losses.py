@@ -44,26 +44,21 @@ def policy_loss_names() -> list[str]:
     return _POLICY_LOSSES.names()
 
 
-def _ppo_clip_token_losses(
-    logprobs_BT: torch.Tensor,
-    old_logprobs_BT: torch.Tensor,
+def _clipped_surrogate(
+    log_ratio_BT: torch.Tensor,
     advantages_BT: torch.Tensor,
     mask_BT: torch.Tensor,
     clip_eps: float,
     clip_eps_high: float | None,
     dual_clip: float | None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Per-token clipped surrogate loss, shape (B, T), and its token-mean diagnostics."""
+    """Per-token clipped surrogate loss of a log importance ratio (per token, or per sequence broadcast over
+    its tokens), shape (B, T), and its token-mean diagnostics."""
     if dual_clip is not None and dual_clip <= 1.0:
         raise ValueError(f"dual_clip must be > 1, got {dual_clip}")
-    # Gradients must flow through the current policy only; the rest are fixed by the rollout.
-    old_logprobs_BT = old_logprobs_BT.detach()
-    advantages_BT = advantages_BT.detach()
-    if advantages_BT.dim() == 1:
-        advantages_BT = advantages_BT.unsqueeze(-1)
+    advantages_BT = _per_token(advantages_BT)
     upper = 1.0 + (clip_eps if clip_eps_high is None else clip_eps_high)
-    log_ratio_BT = (logprobs_BT - old_logprobs_BT).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
-    ratio_BT = torch.exp(log_ratio_BT)
+    ratio_BT = torch.exp(log_ratio_BT.clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO))
 
     unclipped_BT = -advantages_BT * ratio_BT
     clipped_BT = -advantages_BT * ratio_BT.clamp(1.0 - clip_eps, upper)
@@ -78,14 +73,64 @@ def _ppo_clip_token_losses(
         dual_active_BT = (advantages_BT < 0) & (loss_BT > dual_bound_BT)
         loss_BT = torch.where(dual_active_BT, dual_bound_BT, loss_BT)
         metrics["dual_clip_fraction"] = masked_mean(dual_active_BT.to(loss_BT.dtype), mask_BT)
+    return loss_BT, {**metrics, **_ratio_metrics(ratio_BT, mask_BT)}
 
+
+def _per_token(advantages_BT: torch.Tensor) -> torch.Tensor:
+    """Advantages as constants, (B, T) or (B, 1) for one per sequence (broadcast over tokens)."""
+    advantages_BT = advantages_BT.detach()
+    return advantages_BT.unsqueeze(-1) if advantages_BT.dim() == 1 else advantages_BT
+
+
+def _ratio_metrics(ratio_BT: torch.Tensor, mask_BT: torch.Tensor) -> dict[str, torch.Tensor]:
     valid_BT = mask_BT.bool()
-    # KL(old || new) by k3 on the tokens sampled from the old policy: (ratio - 1) - log(ratio) >= 0.
-    metrics["approx_kl"] = masked_mean(kl_estimate(old_logprobs_BT, logprobs_BT, "k3"), mask_BT)
-    metrics["ratio_mean"] = masked_mean(ratio_BT, mask_BT)
     # ratio > 0, so 0 marks padding without winning the max; an all-padding batch reports 0.
-    metrics["ratio_max"] = torch.where(valid_BT, ratio_BT, torch.zeros_like(ratio_BT)).max()
-    return loss_BT, {name: value.detach() for name, value in metrics.items()}
+    return {
+        "ratio_mean": masked_mean(ratio_BT, mask_BT),
+        "ratio_max": torch.where(valid_BT, ratio_BT, torch.zeros_like(ratio_BT)).max(),
+    }
+
+
+def _detached(metrics: dict[str, torch.Tensor], logprobs_BT: torch.Tensor, old_logprobs_BT: torch.Tensor,
+              mask_BT: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``metrics`` detached, with ``approx_kl``: KL(old || new) by k3 on the tokens sampled from the old policy,
+    (ratio - 1) - log(ratio) >= 0."""
+    metrics = {**metrics, "approx_kl": masked_mean(kl_estimate(old_logprobs_BT, logprobs_BT, "k3"), mask_BT)}
+    return {name: value.detach() for name, value in metrics.items()}
+
+
+def _ppo_clip_token_losses(
+    logprobs_BT: torch.Tensor,
+    old_logprobs_BT: torch.Tensor,
+    advantages_BT: torch.Tensor,
+    mask_BT: torch.Tensor,
+    clip_eps: float,
+    clip_eps_high: float | None,
+    dual_clip: float | None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-token clipped surrogate loss, shape (B, T), and its token-mean diagnostics."""
+    # Gradients must flow through the current policy only; the rest are fixed by the rollout.
+    old_logprobs_BT = old_logprobs_BT.detach()
+    loss_BT, metrics = _clipped_surrogate(
+        logprobs_BT - old_logprobs_BT, advantages_BT, mask_BT, clip_eps, clip_eps_high, dual_clip
+    )
+    return loss_BT, _detached(metrics, logprobs_BT, old_logprobs_BT, mask_BT)
+
+
+def _with_kl_penalty(
+    loss_BT: torch.Tensor, metrics: dict[str, torch.Tensor], logprobs_BT: torch.Tensor,
+    ref_logprobs_BT: torch.Tensor | None, beta: float, kl_kind: str, mask_BT: torch.Tensor,
+) -> torch.Tensor:
+    """``loss_BT + beta * KL_kind(policy || reference)`` per token (GRPO, arXiv 2402.03300 eq. 3); the KL's
+    token mean goes into ``metrics`` whenever the reference is given."""
+    if beta > 0 and ref_logprobs_BT is None:
+        raise ValueError("a policy loss with beta > 0 needs ref_logprobs_BT")
+    if ref_logprobs_BT is not None:
+        kl_BT = kl_estimate(logprobs_BT, ref_logprobs_BT, kl_kind)
+        if beta > 0:
+            loss_BT = loss_BT + beta * kl_BT
+        metrics["kl"] = masked_mean(kl_BT, mask_BT).detach()
+    return loss_BT
 
 
 @register_policy_loss("ppo_clip")
@@ -194,9 +239,113 @@ def grpo_loss(
     loss_BT, metrics = _ppo_clip_token_losses(
         logprobs_BT, old_logprobs_BT, advantages_BT, mask_BT, clip_eps, clip_eps_high, dual_clip
     )
-    if ref_logprobs_BT is not None:
-        kl_BT = kl_estimate(logprobs_BT, ref_logprobs_BT, kl_kind)
-        if beta > 0:
-            loss_BT = loss_BT + beta * kl_BT
-        metrics["kl"] = masked_mean(kl_BT, mask_BT).detach()
+    loss_BT = _with_kl_penalty(loss_BT, metrics, logprobs_BT, ref_logprobs_BT, beta, kl_kind, mask_BT)
+    return aggregate_loss(loss_BT, mask_BT, aggregation, max_length), metrics
+
+
+@register_policy_loss("gspo")
+def gspo_loss(
+    logprobs_BT: torch.Tensor,
+    old_logprobs_BT: torch.Tensor,
+    advantages_BT: torch.Tensor,
+    mask_BT: torch.Tensor,
+    ref_logprobs_BT: torch.Tensor | None = None,
+    beta: float = 0.0,
+    kl_kind: str = "k3",
+    clip_eps: float = 3e-4,
+    clip_eps_high: float | None = 4e-4,
+    dual_clip: float | None = None,
+    aggregation: str = "seq-mean-token-mean",
+    max_length: int | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """GSPO loss: the clipped surrogate on a sequence-level, length-normalised importance ratio (Zheng et al.,
+    arXiv 2507.18071 §4.1, the objective J_GSPO and its ratio s_i).
+
+    Per completion i, ``s_i = exp(mean_t log(pi(y_t) / pi_old(y_t)))`` over its valid tokens (the geometric
+    mean of the token ratios), and ``loss_i = -min(s_i * A_i, clip(s_i, 1 - clip_eps, 1 + clip_eps_high) * A_i)``:
+    the whole completion is clipped or not. The per-completion value is written to each of its tokens, so
+    ``aggregation="seq-mean-token-mean"`` (the default, the paper's ``1/G sum_i``) gives exactly J_GSPO;
+    ``token-mean`` would weight completions by length. The ratio stays near 1 by construction, hence the
+    paper's tiny clip ranges (3e-4, 4e-4), the defaults here. ``beta > 0`` adds a per-token KL term as
+    `grpo_loss` does (the paper uses none).
+
+    Args:
+        logprobs_BT: Log-probabilities of the sampled tokens under the policy being trained, (B, T).
+        old_logprobs_BT: Same tokens under the sampling policy, (B, T); constants.
+        advantages_BT: One advantage per completion, (B,), or (B, T) (then token t's own advantage multiplies
+            the sequence ratio).
+        mask_BT: Valid-token mask, (B, T); boolean or 0/1.
+        ref_logprobs_BT, beta, kl_kind: the optional KL term, see `grpo_loss`.
+        clip_eps, clip_eps_high, dual_clip: clip ranges of ``s_i``, see `ppo_clip_loss`.
+        aggregation: Token aggregation mode, see ``aggregate_loss``.
+        max_length: Constant divisor for ``aggregation="seq-mean-token-sum-norm"``.
+
+    Returns:
+        ``(loss, metrics)`` as `grpo_loss`; ``clip_fraction``, ``ratio_mean`` and ``ratio_max`` are those of
+        the sequence ratios (token-weighted).
+    """
+    old_logprobs_BT = old_logprobs_BT.detach()
+    log_ratio_B1 = masked_mean(logprobs_BT - old_logprobs_BT, mask_BT, dim=-1).unsqueeze(-1)
+    log_ratio_BT = log_ratio_B1.expand_as(logprobs_BT)
+    loss_BT, metrics = _clipped_surrogate(log_ratio_BT, advantages_BT, mask_BT, clip_eps, clip_eps_high, dual_clip)
+    metrics = _detached(metrics, logprobs_BT, old_logprobs_BT, mask_BT)
+    loss_BT = _with_kl_penalty(loss_BT, metrics, logprobs_BT, ref_logprobs_BT, beta, kl_kind, mask_BT)
+    return aggregate_loss(loss_BT, mask_BT, aggregation, max_length), metrics
+
+
+@register_policy_loss("cispo")
+def cispo_loss(
+    logprobs_BT: torch.Tensor,
+    old_logprobs_BT: torch.Tensor,
+    advantages_BT: torch.Tensor,
+    mask_BT: torch.Tensor,
+    ref_logprobs_BT: torch.Tensor | None = None,
+    beta: float = 0.0,
+    kl_kind: str = "k3",
+    clip_eps: float = 1.0,
+    clip_eps_high: float | None = 4.0,
+    dual_clip: float | None = None,
+    aggregation: str = "token-mean",
+    max_length: int | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """CISPO loss: REINFORCE with a clipped, stop-gradient importance weight (MiniMax-M1, arXiv 2506.13585
+    §3.1, the objective J_CISPO with the clipped weight r^_{i,t}).
+
+    Per token, ``w = sg(clip(ratio, 1 - clip_eps, 1 + clip_eps_high))`` and ``loss = -w * A * log pi(y_t)``.
+    PPO's clip zeroes the gradient of a token whose ratio left the range (often the rare "reflective" tokens
+    the paper cares about); here only the weight is bounded and every token keeps its gradient
+    ``-w * A * grad log pi``. The paper leaves the lower bound off (a large eps_low): ``clip_eps`` >= 1, the
+    default, does that since ratios are positive. TRL's ``loss_type="cispo"`` caps the ratio at its
+    ``epsilon_high`` itself: TRL's 5.0 is ``clip_eps_high: 4.0`` here (the default). Token-level
+    aggregation (``token-mean``, the paper's ``1 / sum_i |o_i|``) is the default.
+
+    Args:
+        logprobs_BT: Log-probabilities of the sampled tokens under the policy being trained, (B, T).
+        old_logprobs_BT: Same tokens under the sampling policy, (B, T); constants.
+        advantages_BT: Advantages, (B, T), or (B,) broadcast over tokens.
+        mask_BT: Valid-token mask, (B, T); boolean or 0/1.
+        ref_logprobs_BT, beta, kl_kind: the optional KL term, see `grpo_loss`.
+        clip_eps: Lower clip range of the weight (``1 - clip_eps``); >= 1 means none.
+        clip_eps_high: Upper clip range of the weight (``1 + clip_eps_high``); None: ``clip_eps``.
+        dual_clip: Must be None: the weight is bounded already.
+        aggregation: Token aggregation mode, see ``aggregate_loss``.
+        max_length: Constant divisor for ``aggregation="seq-mean-token-sum-norm"``.
+
+    Returns:
+        ``(loss, metrics)``: ``clip_fraction`` (tokens whose weight was clipped; they keep their gradient),
+        ``approx_kl``, ``ratio_mean``, ``ratio_max``, and ``kl`` when ``ref_logprobs_BT`` is given.
+
+    Raises:
+        ValueError: If ``dual_clip`` is set, or as `grpo_loss` does.
+    """
+    if dual_clip is not None:
+        raise ValueError("cispo_loss takes no dual_clip: its importance weight is clipped already (clip_eps_high)")
+    old_logprobs_BT = old_logprobs_BT.detach()
+    upper = 1.0 + (clip_eps if clip_eps_high is None else clip_eps_high)
+    ratio_BT = torch.exp((logprobs_BT - old_logprobs_BT).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)).detach()
+    weight_BT = ratio_BT.clamp(1.0 - clip_eps, upper)
+    loss_BT = -weight_BT * _per_token(advantages_BT) * logprobs_BT
+    metrics = {"clip_fraction": masked_mean((weight_BT != ratio_BT).to(loss_BT.dtype), mask_BT)}
+    metrics = _detached({**metrics, **_ratio_metrics(ratio_BT, mask_BT)}, logprobs_BT, old_logprobs_BT, mask_BT)
+    loss_BT = _with_kl_penalty(loss_BT, metrics, logprobs_BT, ref_logprobs_BT, beta, kl_kind, mask_BT)
     return aggregate_loss(loss_BT, mask_BT, aggregation, max_length), metrics

@@ -15,6 +15,7 @@ def clipped_value_loss(
     mask_BT: torch.Tensor,
     clip_eps: float,
     aggregation: str = "token-mean",
+    max_length: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped value loss, as in OpenAI baselines' PPO2 (studied in Engstrom et al., "Implementation
     Matters in Deep Policy Gradients", arXiv 2005.12729 §3, "value function clipping").
@@ -32,7 +33,10 @@ def clipped_value_loss(
         returns_BT: Value targets (e.g. from ``gae_advantages``), (B, T); treated as constants.
         mask_BT: Valid-token mask, (B, T); boolean or 0/1.
         clip_eps: Maximum change of the value prediction that is rewarded.
-        aggregation: Token aggregation mode, see ``aggregate_loss``.
+        aggregation: Token aggregation mode, see ``aggregate_loss``. PPO passes its policy loss's mode, so
+            both terms weight tokens alike and micro-batch accumulation (which weights each micro-batch by
+            its share of that mode's count) gives the whole batch's value loss.
+        max_length: Constant divisor for ``aggregation="seq-mean-token-sum-norm"``.
 
     Returns:
         ``(loss, metrics)``: a 0-dim loss and detached 0-dim tensors ``value_clip_fraction`` (valid
@@ -50,4 +54,4 @@ def clipped_value_loss(
         ).detach(),
         "value_mean": masked_mean(values_BT, mask_BT).detach(),
     }
-    return aggregate_loss(loss_BT, mask_BT, aggregation), metrics
+    return aggregate_loss(loss_BT, mask_BT, aggregation, max_length), metrics

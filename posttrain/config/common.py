@@ -88,7 +88,11 @@ class LoraSpec(Strict):
 
     r: int = Field(16, gt=0, description="Adapter rank.")
     alpha: float = Field(32.0, gt=0, description="Scaling numerator: updates are scaled by alpha / r.")
-    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter input.")
+    dropout: float = Field(
+        0.0, ge=0, lt=1,
+        description="Dropout on the adapter input (SFT and reward models only: RL and DPO stages turn every dropout "
+        "off, as TRL does, so log-probabilities computed at different times agree).",
+    )
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="Module names to adapt, or `all-linear`."
     )

@@ -32,12 +32,14 @@ from posttrain.algorithms import AdaptiveKLController, FixedKLController, kl_est
 from posttrain.config.rl import RLConfig
 from posttrain.distributed import gathered_parameters, is_zero3, mean_metrics_over_processes, sum_over_processes
 from posttrain.models.checkpoint import save_checkpoint
+from posttrain.rl.dapo import DAPOShaping, Sampled
 from posttrain.rl.heldout import HeldoutEvaluation
 from posttrain.rl.objective import Experience, Objective
 from posttrain.rl.policy import ActorCritic, FrozenReference, ValueHead, score_completions
 from posttrain.rl.prompts import PromptRow, encode_prompts
 from posttrain.rl.reward import RewardScorer
 from posttrain.rl.sampler import Rollout, RolloutSampler, RowNoise, SamplingSettings, decode_completions, end_token_ids
+from posttrain.training.dropout import disable_dropout
 from posttrain.rl.update import PolicyUpdate, stream_seed
 from posttrain.training.metrics import MetricsWriter
 from posttrain.training.optimizer import OptimizerStep
@@ -83,6 +85,7 @@ class RLEngine:
                 f"({generation.max_prompt_tokens} tokens)"
             )
         self.device = accelerator.device
+        disable_dropout(policy)  # the sampler, the reference and the training forward must agree (ratio 1 at first)
         value_head = ValueHead(policy.config.hidden_size).to(self.device) if objective.uses_values else None
         self.reference = FrozenReference(policy, uses_lora=config.lora is not None)
         value_lr = getattr(config, "value_lr", None)
@@ -96,6 +99,12 @@ class RLEngine:
         self.sampler = RolloutSampler(end_token_ids(policy, tokenizer), tokenizer.pad_token_id, generation.backend)
         self.settings = SamplingSettings(generation.max_new_tokens, generation.temperature, generation.top_p, generation.top_k)
         self.update = PolicyUpdate(self.kernel, objective, config, generation.temperature, self._sum, seed)
+        self._seconds = {"generation": 0.0, "scoring": 0.0}
+        dapo = getattr(config, "dapo", None)
+        self.dapo = (
+            DAPOShaping(dapo, self.group_size, generation.max_new_tokens, tokenizer.pad_token_id, self._sum)
+            if dapo is not None else None
+        )
 
     @property
     def policy(self) -> Any:
@@ -175,24 +184,27 @@ class RLEngine:
     def step(self, step: int) -> dict[str, float]:
         """One rollout-and-update iteration; returns its metrics."""
         began = time.perf_counter()
-        # 1. rollout
-        rows, rollout = self._rollout(step)
-        generated = time.perf_counter()
-        # 2. reward
-        completions = decode_completions(self.tokenizer, rollout.completion_ids_BC, rollout.completion_mask_BC)
-        examples = [{**row.example, "truncated": cut} for row, cut in zip(rows, rollout.truncated_B.tolist())]
-        group_ids = [index // self.group_size for index in range(len(rows))]
-        scored = self.reward([row.question for row in rows], completions, examples, step, group_ids)
-        scored_at = time.perf_counter()
+        self._seconds = {"generation": 0.0, "scoring": 0.0}
+        # 1. rollout and 2. reward (with DAPO: shaped, and refilled from further prompts)
+        sampled = self._sample_and_score(step)
+        dapo_metrics: dict[str, float] = {}
+        if self.dapo is not None:
+            sampled, dapo_metrics = self.dapo.batch(sampled, lambda extra: self._sample_and_score(step, extra))
+        rollout, scored = sampled.rollout, sampled.scored
+        # generation and scoring alternate under dynamic sampling: their times are sums over rounds
+        generated = began + self._seconds["generation"]
+        scored_at = generated + self._seconds["scoring"]
         # 3. reference log-probabilities and rollout-time values
-        experience = self._experience(rollout, scored.rewards_B.to(self.device), scored.excluded_B.to(self.device))
+        experience = self._experience(
+            rollout, scored.rewards_B.to(self.device), scored.excluded_B.to(self.device), sampled.out_of_loss_B.to(self.device)
+        )
         # 4. the KL to the reference, once
         kl_BC = kl_estimate(experience.old_logprobs_BC, experience.ref_logprobs_BC, self.config.kl.estimator)
         kl_coef = self.kl_controller.kl_coef
         # 5. advantages
         advantages = self.objective.advantages(experience, kl_BC, kl_coef, self._sum)
         experience.advantages, experience.returns_BC = advantages.advantages, advantages.returns_BC
-        values: dict[str, float] = {**scored.metrics, **_floats(advantages.metrics)}
+        values: dict[str, float] = {**scored.metrics, **dapo_metrics, **_floats(advantages.metrics)}
         # 6. finite check: no update can use these rollouts if the advantages are not finite
         if self.kernel.skips(experience.advantages, lambda: self._stop_message("advantages", step)):
             self.update.nonfinite_skipped += 1
@@ -207,13 +219,17 @@ class RLEngine:
         return self._metrics(values, kl_BC, experience.completion_mask_BC, rollout, (began, generated, scored_at))
 
     def _update_kl_coef(self, kl_BC: torch.Tensor, mask_BC: torch.Tensor) -> None:
-        """Moves an adaptive beta by this batch's KL per completion (sum over tokens, mean over completions)."""
+        """Moves an adaptive beta by this batch's KL per completion (sum over tokens, mean over completions) and
+        the global batch's completions (every process's: the controller's n_steps counts samples)."""
         if not isinstance(self.kl_controller, AdaptiveKLController):
             return
         per_completion_B = masked_sum(kl_BC, mask_BC, dim=1)
         has_tokens_B = mask_BC.any(dim=1)
-        totals = self._sum(torch.stack([masked_sum(per_completion_B, has_tokens_B), has_tokens_B.sum().to(kl_BC.dtype)]))
-        self.kl_controller.update(float(totals[0] / totals[1].clamp(min=1)), n_steps=int(mask_BC.shape[0]))
+        completions = torch.tensor(float(mask_BC.shape[0]), dtype=kl_BC.dtype, device=kl_BC.device)
+        kl_total, with_tokens, rows = self._sum(
+            torch.stack([masked_sum(per_completion_B, has_tokens_B), has_tokens_B.sum().to(kl_BC.dtype), completions])
+        ).tolist()
+        self.kl_controller.update(kl_total / max(with_tokens, 1.0), n_steps=round(rows))
 
     def _metrics(
         self, values: dict[str, float], kl_BC: torch.Tensor, mask_BC: torch.Tensor, rollout: Rollout,
@@ -242,29 +258,51 @@ class RLEngine:
             self.accelerator, values, summed=("completion_tokens",), maxed=("time/", "logprob_mismatch")
         )
 
-    def _rollout(self, step: int) -> tuple[list[PromptRow], Rollout]:
+    def _sample_and_score(self, step: int, extra_round: int = 0) -> Sampled:
+        """This process's prompts of ``step`` (of an extra DAPO round if ``extra_round`` > 0), their completions
+        and rewards; a completion cut off before its end token is flagged `truncated` to the reward sources."""
+        began = time.perf_counter()
+        rows, rollout = self._rollout(step, extra_round)
+        generated = time.perf_counter()
+        completions = decode_completions(self.tokenizer, rollout.completion_ids_BC, rollout.completion_mask_BC)
+        examples = [{**row.example, "truncated": cut} for row, cut in zip(rows, rollout.truncated_B.tolist())]
+        group_ids = [index // self.group_size for index in range(len(rows))]
+        scored = self.reward([row.question for row in rows], completions, examples, step, group_ids)
+        self._seconds["generation"] += generated - began
+        self._seconds["scoring"] += time.perf_counter() - generated
+        return Sampled(rows, rollout, scored, torch.zeros(len(rows), dtype=torch.bool))
+
+    def _rollout(self, step: int, extra_round: int = 0) -> tuple[list[PromptRow], Rollout]:
         """This process's prompts of ``step``, each repeated ``group_size`` times, and their completions.
 
         Whole groups stay on one process, so group statistics (GRPO, RLOO) need no communication. Random
         draws follow each completion's place in the global batch (`RowNoise`): N processes sample what one
-        process would sample for the whole batch.
+        process would sample for the whole batch. An extra round draws other prompts and other noise.
         """
         world, rank = self.accelerator.num_processes, self.accelerator.process_index
-        indices = self._step_prompts(step)
+        indices = self._step_prompts(step, extra_round)
         repeated = [index for index in indices for _ in range(self.group_size)]
         global_rows = [(k * world + rank) * self.group_size + g for k in range(len(indices)) for g in range(self.group_size)]
-        noise = RowNoise(stream_seed(self.seed, step, 0, 0), global_rows)
+        noise = RowNoise(stream_seed(self._round_seed(extra_round), step, 0, 0), global_rows)
         with gathered_parameters(self.accelerator):
             rollout = self.sampler.sample(self.policy, [self.prompt_ids[i] for i in repeated], self.settings, noise=noise)
         return [self.rows[i] for i in repeated], rollout
 
-    def _step_prompts(self, step: int) -> list[int]:
+    def _round_seed(self, extra_round: int) -> int:
+        """The run's seed for a step's own prompts; another one per extra DAPO round (another prompt order)."""
+        return self.seed if extra_round == 0 else self.seed + 7_919 * extra_round
+
+    def _step_prompts(self, step: int, extra_round: int = 0) -> list[int]:
         world, rank = self.accelerator.num_processes, self.accelerator.process_index
-        return step_rows(len(self.rows), step, self.train_spec.prompts_per_step * world, self.seed)[rank::world]
+        global_batch = self.train_spec.prompts_per_step * world
+        return step_rows(len(self.rows), step, global_batch, self._round_seed(extra_round))[rank::world]
 
     @torch.no_grad()
-    def _experience(self, rollout: Rollout, rewards_B: torch.Tensor, excluded_B: torch.Tensor) -> Experience:
-        """Everything the update needs: reference log-probabilities, rollout-time values, loss mask."""
+    def _experience(
+        self, rollout: Rollout, rewards_B: torch.Tensor, excluded_B: torch.Tensor, out_of_loss_B: torch.Tensor
+    ) -> Experience:
+        """Everything the update needs: reference log-probabilities, rollout-time values, loss mask (without
+        excluded completions and those DAPO keeps out of the loss)."""
         temperature = self.settings.temperature
         with self.kernel.autocast():
             ref_logprobs_BC = self.reference.logprobs(self.policy, rollout, temperature)
@@ -280,7 +318,7 @@ class RLEngine:
             position_ids_BS=rollout.position_ids_BS,
             completion_ids_BC=rollout.completion_ids_BC,
             completion_mask_BC=rollout.completion_mask_BC,
-            loss_mask_BC=rollout.completion_mask_BC & ~excluded_B[:, None],
+            loss_mask_BC=rollout.completion_mask_BC & ~(excluded_B | out_of_loss_B)[:, None],
             sampler_logprobs_BC=rollout.logprobs_BC,
             old_logprobs_BC=old_logprobs_BC,
             ref_logprobs_BC=ref_logprobs_BC,

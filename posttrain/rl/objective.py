@@ -131,3 +131,12 @@ def resolve_plug_in(registry: Registry, value: str, recipe_dir: Path | None, key
             f"{', '.join(keywords)}"
         )
     return function
+
+
+def optional_keywords(function: Callable[..., Any], keywords: tuple[str, ...]) -> tuple[str, ...]:
+    """The ``keywords`` that ``function`` takes by name (all of them if it takes ``**kwargs``): a stage passes
+    these optional arguments only to a plug-in that asks for them."""
+    parameters = inspect.signature(function).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        return keywords
+    return tuple(name for name in keywords if name in parameters)

@@ -1,8 +1,9 @@
 """Direct preference optimisation (Rafailov et al., arXiv 2305.18290) of a causal LM, full or LoRA.
 
 The reference is the starting model. Its response log-probabilities are computed once before training
-(with LoRA: through the same model with its adapters disabled) and stored with the pairs, so no second
-model is kept in memory; training then runs the shared loop with `dpo_loss`.
+(with LoRA: through the same model with its adapters disabled), under the autocast training uses, and
+stored with the pairs, so no second model is kept in memory; training then runs the shared loop with
+`dpo_loss`. Dropout is off (`posttrain.training.dropout`), so `lora.dropout` does nothing here.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from posttrain.errors import CheckpointError
 from posttrain.models.checkpoint import apply_lora
 from posttrain.models.reward_head import is_reward_model_checkpoint
 from posttrain.stages.base import Stage, register_stage
+from posttrain.training.dropout import disable_dropout
 from posttrain.training.loop import train_loop
+from posttrain.training.optimizer import training_autocast
 from posttrain.training.pairs import DPOObjective, add_reference_logprobs, pair_count
 
 
@@ -36,14 +39,16 @@ class DPOStage(Stage):
         self.load_start_model()
         if self.config.lora is not None:
             self.model = apply_lora(self.model, self.config.lora)
+        disable_dropout(self.model)  # the first margin must be 0: policy and reference forwards agree
 
     def train(self) -> dict[str, Any]:
         ctx, spec = self.context, self.config.train
         data = load_preferences(self.config.data, ctx.recipe_dir, ctx.seed)
         rows = encode_pairs(self.tokenizer, data.pairs, spec.seq_len)
-        # the reference is the starting model: with LoRA, the base weights under disabled adapters
+        # the reference is the starting model: with LoRA, the base weights under disabled adapters; computed
+        # under the autocast the policy trains under, so that at step 0 policy and reference agree (loss log 2)
         reference = self.model.disable_adapter() if self.config.lora is not None else nullcontext()
-        with reference:
+        with reference, training_autocast(spec.precision, ctx.accelerator.device):
             add_reference_logprobs(self.model, rows, spec.batch_size)
         objective = DPOObjective(self.config.beta, self.config.label_smoothing, self.config.nll_weight)
         result = train_loop(

@@ -14,15 +14,19 @@ from typing import Any
 import torch
 
 from posttrain.algorithms import masked_mean
+from posttrain.algorithms.dapo import informative_groups
 from posttrain.config.grpo import GRPOConfig
 from posttrain.registry import ADVANTAGE_ESTIMATORS, POLICY_LOSSES
 from posttrain.rl.engine import RLEngine
-from posttrain.rl.objective import Advantages, Experience, Metrics, SumOverProcesses, clip_settings, resolve_plug_in
+from posttrain.rl.objective import (
+    Advantages, Experience, Metrics, SumOverProcesses, clip_settings, optional_keywords, resolve_plug_in,
+)
 from posttrain.rl.policy import CompletionScores
 from posttrain.rl.setup import build_engine, load_policy
 from posttrain.stages.base import Stage, StageContext, register_stage
 
 _ADVANTAGE_KEYWORDS = ("rewards_B", "group_size")
+_OPTIONAL_ADVANTAGE_KEYWORDS = ("valid_B", "sum_over_processes")
 _LOSS_KEYWORDS = (
     "logprobs_BT", "old_logprobs_BT", "advantages_BT", "mask_BT", "ref_logprobs_BT", "beta", "kl_kind",
     "clip_eps", "clip_eps_high", "dual_clip", "aggregation", "max_length",
@@ -33,8 +37,10 @@ class GRPOObjective:
     """GRPO's two hooks: outcome advantages within each prompt's group, and ``loss = clipped surrogate +
     beta * KL(policy || reference)`` per token (arXiv 2402.03300 eq. 3) with the recipe's `policy_loss`.
 
-    A completion excluded by an infrastructure error gets its group's mean valid reward in the group
-    statistics (so the group mean is that of the valid completions) and no loss.
+    A completion excluded by an infrastructure error stays out of its group's statistics (``valid_B``) and
+    gets advantage 0 and no loss. An estimator of the user's own that does not take ``valid_B`` sees the
+    excluded completion with its group's mean valid reward instead (so the group mean is that of the valid
+    completions); its advantage is then set to 0.
     """
 
     uses_values = False
@@ -44,18 +50,24 @@ class GRPOObjective:
         self.group_size = config.group_size
         self.estimator = resolve_plug_in(ADVANTAGE_ESTIMATORS, config.advantage, recipe_dir, _ADVANTAGE_KEYWORDS)
         self.policy_loss = resolve_plug_in(POLICY_LOSSES, config.policy_loss, recipe_dir, _LOSS_KEYWORDS)
+        self.optional = optional_keywords(self.estimator, _OPTIONAL_ADVANTAGE_KEYWORDS)
 
     def advantages(
         self, experience: Experience, kl_BC: torch.Tensor, kl_coef: float, sum_over_processes: SumOverProcesses
     ) -> Advantages:
-        """Groups never span processes, so neither the KL nor a collective enters the advantage."""
+        """Groups never span processes; an estimator with global-batch statistics (REINFORCE++) takes the
+        collective."""
         rewards_GS = experience.rewards_B.view(-1, self.group_size)
         valid_GS = ~experience.excluded_B.view(-1, self.group_size)
-        group_mean_G1 = masked_mean(rewards_GS, valid_GS, dim=1)[:, None]
-        imputed_GS = torch.where(valid_GS, rewards_GS, group_mean_G1)
-        advantages_B = self.estimator(rewards_B=imputed_GS.reshape(-1), group_size=self.group_size)
-        spread_G = imputed_GS.max(dim=1).values - imputed_GS.min(dim=1).values
-        return Advantages(advantages_B, metrics={"zero_variance_groups": float((spread_G < 1e-6).float().mean())})
+        given = {"valid_B": valid_GS.reshape(-1), "sum_over_processes": sum_over_processes}
+        keywords = {name: given[name] for name in self.optional}
+        if "valid_B" not in keywords:  # a user's estimator: the excluded completion takes its group's mean
+            group_mean_G1 = masked_mean(rewards_GS, valid_GS, dim=1)[:, None]
+            rewards_GS = torch.where(valid_GS, rewards_GS, group_mean_G1)
+        advantages_B = self.estimator(rewards_B=rewards_GS.reshape(-1), group_size=self.group_size, **keywords)
+        advantages_B = torch.where(valid_GS.reshape(-1), advantages_B, torch.zeros_like(advantages_B))
+        zero_variance_G = ~informative_groups(experience.rewards_B, valid_GS.reshape(-1), self.group_size)
+        return Advantages(advantages_B, metrics={"zero_variance_groups": float(zero_variance_G.float().mean())})
 
     def loss(self, batch: Experience, scores: CompletionScores, kl_coef: float) -> tuple[torch.Tensor, Metrics]:
         return self.policy_loss(

@@ -85,8 +85,10 @@ class PPOObjective:
             mask_BT=batch.loss_mask_BC,
             **clip_settings(self.config),
         )
+        # aggregated as the policy loss is: the engine weights each micro-batch by that aggregation's count
         value_loss, value_metrics = clipped_value_loss(
-            scores.values_BC, batch.old_values_BC, batch.returns_BC, batch.loss_mask_BC, self.config.value_clip
+            scores.values_BC, batch.old_values_BC, batch.returns_BC, batch.loss_mask_BC, self.config.value_clip,
+            self.config.loss_aggregation, self.config.generation.max_new_tokens,
         )
         metrics = {**metrics, **value_metrics, "policy_loss": policy_loss.detach(), "value_loss": value_loss.detach()}
         return policy_loss + self.config.value_coef * value_loss, metrics

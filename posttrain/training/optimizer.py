@@ -54,6 +54,12 @@ def uses_bf16(precision: str, device: torch.device) -> bool:
     return precision == "bf16" or (precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
 
 
+def training_autocast(precision: str, device: torch.device) -> ContextManager[Any]:
+    """The autocast a stage trains under (bf16 where `uses_bf16`); anything compared with the trained model's
+    numbers (DPO's reference log-probabilities) is computed under it too."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(precision, device))
+
+
 class OptimizerStep:
     """The model and optimizer prepared by Accelerate, and the parts of one optimizer step.
 
@@ -84,7 +90,7 @@ class OptimizerStep:
         return self.optimizer.param_groups[0]["lr"]
 
     def autocast(self) -> ContextManager[Any]:
-        return torch.autocast(self.accelerator.device.type, dtype=torch.bfloat16, enabled=self.use_bf16)
+        return training_autocast(self.spec.precision, self.accelerator.device)
 
     def micro_batch(self, index: int, count: int) -> ContextManager[Any]:
         """The forward of micro-batch ``index`` of ``count``: autocast, and no gradient synchronisation before

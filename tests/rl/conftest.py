@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+import torch
 
 from posttrain.config.common import ModelSpec
 from posttrain.config.stages import stage_config_class
@@ -56,3 +58,26 @@ def make_stage(tmp_path: Path, accelerator) -> Callable[..., Any]:
         return stage
 
     return build
+
+
+def vary_lengths(engine) -> None:
+    """Makes ``engine``'s rollouts end after 1, 2, ..., C tokens (row i keeps ``i % C + 1``), as if each
+    had sampled its end token there (the rows that keep all C tokens count as truncated). The random micro model almost never samples an end token, so every
+    completion would otherwise run to ``max_new_tokens``, and whatever depends on lengths (token vs
+    sequence weighting) would go untested."""
+    sample = engine.sampler.sample
+
+    def shortened(*args, **kwargs):
+        rollout = sample(*args, **kwargs)
+        rows, width = rollout.completion_mask_BC.shape
+        keep_B = torch.arange(rows, device=rollout.completion_mask_BC.device) % width + 1
+        keep_BC = torch.arange(width, device=keep_B.device)[None, :] < keep_B[:, None]
+        mask_BC = rollout.completion_mask_BC & keep_BC
+        pad = engine.tokenizer.pad_token_id
+        return replace(
+            rollout, completion_mask_BC=mask_BC, truncated_B=rollout.truncated_B & (keep_B == width),
+            completion_ids_BC=torch.where(mask_BC, rollout.completion_ids_BC, torch.full_like(rollout.completion_ids_BC, pad)),
+            logprobs_BC=torch.where(mask_BC, rollout.logprobs_BC, torch.zeros_like(rollout.logprobs_BC)),
+        )
+
+    engine.sampler.sample = shortened

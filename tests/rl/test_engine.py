@@ -14,7 +14,7 @@ from posttrain.errors import NonFiniteLossError
 from posttrain.rewards import RewardResult, RewardSource, register_reward_source
 from posttrain.rl.reward import RewardSourceError
 from posttrain.rl.sampler import Rollout
-from tests.rl.conftest import rl_config
+from tests.rl.conftest import rl_config, vary_lengths
 
 STEP_METRICS = {
     "reward/total/mean", "reward/total/std", "reward/length_penalty/mean", "reward/length_penalty/std", "kl",
@@ -111,6 +111,23 @@ def test_ppo_reference_stays_frozen(make_stage, lora: bool) -> None:
         assert not changed(parameters(start), reference.model)
 
 
+@pytest.mark.parametrize("kind", ["ppo", "grpo"])
+def test_dropout_is_off_so_the_first_ratio_is_one(make_stage, kind) -> None:
+    """Issue 22, defect 5: with dropout in the model (attention dropout 0.5 here) or its LoRA adapters (0.5,
+    which acts once the adapters are no longer 0, from the second step), the training-mode forward of a step's
+    first update disagreed with the sampler: ratio != 1, the clip acting on noise. Dropout is now off in RL,
+    as TRL does by default."""
+    stage = make_stage(rl_config(kind, lora={"r": 4, "alpha": 8, "dropout": 0.5}, train={"steps": 2}))
+    for module in stage.model.modules():
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.5
+    engine = stage.build_engine()
+    for step in range(2):
+        row = engine.step(step)
+        assert row["logprob_mismatch"] < 1e-5, step
+        assert row["ratio_mean"] == pytest.approx(1.0, abs=1e-6) and row["ratio_max"] == pytest.approx(1.0, abs=1e-5)
+
+
 def test_grpo_raises_a_simple_reward(make_stage) -> None:
     # shorter completions score higher; 12 steps of GRPO must make answers measurably shorter
     stage = make_stage(rl_config("grpo", group_size=8, generation={"max_new_tokens": 8}, train={"steps": 12}))
@@ -120,20 +137,36 @@ def test_grpo_raises_a_simple_reward(make_stage) -> None:
     assert last > first + 0.1, rewards
 
 
-def test_micro_batches_accumulate_to_the_same_update(make_stage) -> None:
-    # the same rollouts (same seed) as one pass or as micro-batches of 3 and 3 + 2 completions... must give the
-    # same loss and gradient norm, for a token-weighted and a sequence-weighted aggregation
-    for aggregation in ("token-mean", "seq-mean-token-mean"):
-        rows = []
-        for micro in (None, 3):
-            config = rl_config("grpo", loss_aggregation=aggregation, train={"micro_batch_size": micro})
-            stage = make_stage(config)
-            stage.train()
-            rows.append(stage.metrics.rows[0])
-        whole, split = rows
-        assert whole["completion_tokens"] == split["completion_tokens"]
-        assert split["loss"] == pytest.approx(whole["loss"], rel=1e-5, abs=1e-7)
-        assert split["grad_norm"] == pytest.approx(whole["grad_norm"], rel=1e-5)
+AGGREGATIONS = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+OBJECTIVES = [
+    *[("ppo", {}, aggregation) for aggregation in AGGREGATIONS],
+    *[("grpo", {"kl": {"coef": 0.1, "estimator": "k3"}}, aggregation) for aggregation in AGGREGATIONS],
+    ("grpo", {"policy_loss": "gspo", "clip_eps": 3e-4, "clip_eps_high": 4e-4}, "seq-mean-token-mean"),
+    ("grpo", {"policy_loss": "cispo", "clip_eps": 1.0, "clip_eps_high": 4.0}, "token-mean"),
+    ("grpo", {"advantage": "reinforce_pp_baseline"}, "token-mean"),
+    ("grpo", {"advantage": "dr_grpo"}, "seq-mean-token-sum-norm"),
+]
+
+
+@pytest.mark.parametrize("kind, fields, aggregation", OBJECTIVES, ids=lambda value: str(value))
+def test_micro_batches_accumulate_to_the_same_update(make_stage, kind, fields, aggregation) -> None:
+    """The same rollouts (same seed) as one pass or as micro-batches of 3 and 3 + 2 completions... give the same
+    loss, gradient norm and (PPO) value loss, for every objective and aggregation. Issue 22, defect 2: PPO's
+    value loss was token-averaged while the engine weighted micro-batches by their share of sequences, so with
+    a sequence-mean aggregation value_loss was 0.0801 whole and 0.1140 with micro_batch_size 3."""
+    rows = []
+    for micro in (None, 3):
+        stage = make_stage(rl_config(kind, loss_aggregation=aggregation, train={"micro_batch_size": micro}, **fields))
+        engine = stage.build_engine()
+        vary_lengths(engine)  # lengths 1..6: micro-batches of unequal token counts
+        rows.append(engine.step(0))
+    whole, split = rows
+    assert whole["completion_tokens"] == split["completion_tokens"] and whole["response_length"] < 6
+    assert split["loss"] == pytest.approx(whole["loss"], rel=1e-5, abs=1e-7)
+    assert split["grad_norm"] == pytest.approx(whole["grad_norm"], rel=1e-5)
+    if kind == "ppo":
+        assert split["value_loss"] == pytest.approx(whole["value_loss"], rel=1e-5, abs=1e-7)
+        assert split["policy_loss"] == pytest.approx(whole["policy_loss"], rel=1e-5, abs=1e-7)
 
 
 def test_adaptive_kl_controller_moves_beta(make_stage) -> None:
@@ -143,6 +176,19 @@ def test_adaptive_kl_controller_moves_beta(make_stage) -> None:
     coefs = [row["kl_coef"] for row in stage.metrics.rows]
     # the KL is far below target: beta shrinks by the clipped 20% * n/horizon each step
     assert coefs[0] == pytest.approx(0.1) and coefs[1] < coefs[0] and coefs[2] < coefs[1]
+
+
+def test_adaptive_kl_counts_the_global_batch(make_stage) -> None:
+    """Issue 22, defect 4: with N processes the controller's n_steps is the global batch, not the local one.
+    Two processes holding the same rows (the collective doubles every sum): KL per completion 2 nats against
+    target 1 -> error clipped to 0.2; 2 x 4 completions over horizon 10: beta 0.1 * (1 + 0.2 * 8 / 10)."""
+    kl = {"coef": 0.1, "estimator": "k1", "controller": "adaptive", "target": 1.0, "horizon": 10}
+    engine = make_stage(rl_config("ppo", kl=kl)).build_engine()
+    engine._sum = lambda values: 2 * values
+    kl_BC = torch.tensor([[1.0, 1.0, 5.0]] * 4)
+    mask_BC = torch.tensor([[True, True, False]] * 4)
+    engine._update_kl_coef(kl_BC, mask_BC)
+    assert engine.kl_controller.kl_coef == pytest.approx(0.1 * (1 + 0.2 * 8 / 10))
 
 
 def test_a_raising_reward_source_names_itself_and_the_completion(make_stage) -> None:

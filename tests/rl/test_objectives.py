@@ -82,27 +82,35 @@ def test_ppo_normalises_rewards_with_the_first_batchs_constants() -> None:
     assert torch.allclose(prepare(resumed, later).returns_BC, torch.tensor([[2.0, 2.0]]))
 
 
-@pytest.mark.parametrize("advantage", ["grpo", "dr_grpo", "rloo"])
+@pytest.mark.parametrize("advantage", ["grpo", "dr_grpo", "rloo", "reinforce_pp_baseline"])
 def test_grpo_excluded_completion_is_left_out_of_its_group(advantage: str) -> None:
-    objective = GRPOObjective(rl_config("grpo", group_size=3, advantage=advantage))
-    # group 0: rewards 1, 0 and an excluded one (its 0.0 is not a real score); group 1: all equal
-    batch = experience(rewards=[1.0, 0.0, 0.0, 0.5, 0.5, 0.5], excluded=[False, False, True, False, False, False],
-                       mask=[[1, 1]] * 6)
+    """Issue 22, defect 3: an excluded completion (its 9.0 is not a real score) takes no part in its group's
+    statistics, gets advantage 0 and no loss."""
+    objective = GRPOObjective(rl_config("grpo", group_size=4, advantage=advantage))
+    batch = experience(rewards=[1.0, 0.0, 0.0, 9.0, 0.5, 0.5, 0.5, 0.5], excluded=[False, False, False, True] + [False] * 4,
+                       mask=[[1, 1]] * 8)
     result = prepare(objective, batch)
     metrics, advantages = result.metrics, result.advantages.tolist()
-    # the excluded row takes the valid rows' mean (0.5), so the group is centred on 0.5, not on 1/3
-    centred = [0.5, -0.5, 0.0]
-    if advantage == "grpo":
-        std = math.sqrt((0.25 + 0.25 + 0.0) / 2)
-        expected = [c / (std + 1e-6) for c in centred]
-    elif advantage == "dr_grpo":
-        expected = centred
-    else:  # leave-one-out: r_i - mean of the other two
-        expected = [1.0 - 0.25, 0.0 - 0.75, 0.5 - 0.5]
-    assert advantages[:3] == pytest.approx(expected, abs=1e-5)
-    assert advantages[3:] == pytest.approx([0.0, 0.0, 0.0])
+    # valid (1, 0, 0): mean 1/3, unbiased std sqrt(1/3) -- not the imputed (1, 0, 0, 1/3)'s (1.414, -0.707, ...)
+    expected = {
+        "grpo": [1.154700, -0.577350, -0.577350, 0.0],
+        "dr_grpo": [2 / 3, -1 / 3, -1 / 3, 0.0],
+        "rloo": [1.0, -0.5, -0.5, 0.0],  # r_i - mean of the other valid two
+        "reinforce_pp_baseline": [2.0, -1.0, -1.0, 0.0],  # centred / batch std over the 7 valid rows (1/3)
+    }[advantage]
+    assert advantages[:4] == pytest.approx(expected, abs=1e-5)
+    # float32: the valid centred rewards (2/3, -1/3, -1/3) sum to ~2e-8, not 0, in the batch mean
+    assert advantages[4:] == pytest.approx([0.0] * 4, abs=1e-7)
     assert metrics["zero_variance_groups"] == 0.5
-    assert not batch.loss_mask_BC[2].any()
+    assert not batch.loss_mask_BC[3].any()
+
+
+def test_a_users_estimator_without_valid_b_sees_the_group_mean_and_its_excluded_row_gets_zero(tmp_path) -> None:
+    (tmp_path / "mine.py").write_text("def centred(rewards_B, group_size):\n"
+                                      "    return rewards_B - rewards_B.view(-1, group_size).mean(1).repeat_interleave(group_size)\n")
+    objective = GRPOObjective(rl_config("grpo", group_size=3, advantage="mine.py:centred"), recipe_dir=tmp_path)
+    batch = experience(rewards=[1.0, 0.0, 9.0], excluded=[False, False, True], mask=[[1]] * 3)
+    assert prepare(objective, batch).advantages.tolist() == [0.5, -0.5, 0.0]
 
 
 def test_a_recipe_names_its_own_advantage_and_loss_from_files(tmp_path) -> None:
@@ -132,9 +140,9 @@ def test_a_file_function_without_the_stages_keywords_is_refused_before_training(
 
 
 @pytest.mark.parametrize("kind, field, value, message", [
-    ("grpo", "advantage", "gae", "calls 'outcome' ones: dr_grpo, grpo, rloo"),
+    ("grpo", "advantage", "gae", "calls 'outcome' ones: dr_grpo, grpo, reinforce_pp, reinforce_pp_baseline, rloo"),
     ("ppo", "advantage", "rloo", "calls 'token' ones: gae"),
-    ("ppo", "policy_loss", "clipped", "unknown policy loss 'clipped'; valid: grpo, ppo_clip"),
+    ("ppo", "policy_loss", "clipped", "unknown policy loss 'clipped'; valid: cispo, grpo, gspo, ppo_clip"),
 ])
 def test_the_schema_checks_names_against_the_registries(kind: str, field: str, value: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):

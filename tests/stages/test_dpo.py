@@ -154,3 +154,45 @@ def test_dpo_refuses_to_start_from_a_reward_model(tmp_path: Path, run) -> None:
     bad = Pipeline(load_recipe(recipe, [f"output_dir={pipeline.run_dir}"]), log=lambda _: None)
     with pytest.raises(CheckpointError, match="reward model"):
         bad.run()
+
+
+def _dpo_stage(tmp_path: Path, accelerator, precision: str, attention_dropout: float = 0.0):
+    import io
+
+    from posttrain.config.common import ModelSpec
+    from posttrain.config.stages import stage_config_class
+    from posttrain.stages import StageContext, stage_class
+    from posttrain.training.metrics import MetricsWriter
+
+    config = stage_config_class("dpo").model_validate({
+        "name": "dpo", "kind": "dpo", "data": {"source": "builtin:preferences", "count": 32, "levels": [1]},
+        "train": {"steps": 1, "batch_size": 8, "seq_len": 48, "lr": 1e-3, "precision": precision},
+    })
+    model, tokenizer = build_tiny_model("micro", seed=0)
+    model.config.attention_dropout = attention_dropout  # what a checkpoint trained with dropout carries
+    model.save_pretrained(tmp_path / "start")
+    tokenizer.save_pretrained(tmp_path / "start")
+    writer = MetricsWriter(None, "dpo", stream=io.StringIO())
+    context = StageContext(config=config, model_spec=ModelSpec(name_or_path="builtin:micro"), input_checkpoint=tmp_path / "start",
+                           stage_dir=tmp_path / "dpo", recipe_dir=tmp_path, seed=0, accelerator=accelerator, metrics=writer)
+    return stage_class("dpo")(context), writer
+
+
+def test_step_zero_loss_is_log_2_under_bf16_autocast(tmp_path: Path, accelerator) -> None:
+    """Issue 22, defect 5: the reference log-probabilities were computed in fp32 while the policy trained under
+    bf16 autocast, so the step-0 loss was 0.69356, not log 2; both now run under the same autocast."""
+    stage, writer = _dpo_stage(tmp_path, accelerator, "bf16")
+    stage.train()
+    [row] = [row for row in writer.rows if "loss" in row]
+    assert row["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert row["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_dropout_is_off_so_the_first_margin_is_zero(tmp_path: Path, accelerator) -> None:
+    """Issue 22, defect 5: attention dropout 0.5 made the step-0 policy differ from the reference (computed in
+    eval mode); dropout is now off in DPO, as TRL does by default."""
+    stage, writer = _dpo_stage(tmp_path, accelerator, "fp32", attention_dropout=0.5)
+    stage.train()
+    [row] = [row for row in writer.rows if "loss" in row]
+    assert row["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
+    assert row["loss"] == pytest.approx(math.log(2), abs=1e-6)
