@@ -30,15 +30,27 @@ def handle_errors(action: Callable[[], int], debug: bool) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     from posttrain.data_file_checks import check_data_files
-    from posttrain.errors import RecipeError
+    from posttrain.errors import PosttrainError, RecipeError
+    from posttrain.model_checks import check_lora_modules
     from posttrain.recipe import load_recipe
 
-    for path in args.recipes:
-        loaded = load_recipe(path, args.overrides)
-        if problems := check_data_files(loaded):
-            raise RecipeError(f"{path}: {len(problems)} data problem(s):\n" + "\n".join(f"  - {p}" for p in problems))
+    failed = []
+    for path in args.recipes:  # every file is checked, and every broken one reported
+        try:
+            loaded = load_recipe(path, args.overrides)
+            problems = check_data_files(loaded) + check_lora_modules(loaded)
+            if problems:
+                raise RecipeError(f"{path}: {len(problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in problems))
+        except (PosttrainError, FileNotFoundError, PermissionError) as err:
+            if len(args.recipes) == 1:
+                raise
+            failed.append(path)
+            print(f"error: {err}", file=sys.stderr)
+            continue
         stages = ", ".join(f"{s.name} ({s.kind})" for s in loaded.recipe.stages)
         print(f"{path}: ok — {len(loaded.recipe.stages)} stages: {stages}")
+    if failed:
+        raise RecipeError(f"{len(failed)} of {len(args.recipes)} recipes failed: {', '.join(failed)}")
     return 0
 
 
@@ -120,10 +132,12 @@ def _export(args: argparse.Namespace) -> int:
     from posttrain.run import quiet_libraries
 
     quiet_libraries()
-    from posttrain.models.export import export_checkpoint, push_to_hub
+    from posttrain.models.export import export_checkpoint, prepare_for_generation, push_to_hub
 
     destination, how = export_checkpoint(args.checkpoint, args.destination, base=args.base, force=args.force)
     print(f"{how} {args.checkpoint} -> {destination}")
+    for change in prepare_for_generation(destination):
+        print(f"  {change}")
     if args.push:
         push_to_hub(destination, args.push, private=args.private)
         print(f"pushed {destination} to the hub repository {args.push}")

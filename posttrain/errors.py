@@ -30,3 +30,8 @@ class NonFiniteLossError(PosttrainError, RuntimeError):
 
 class HubError(PosttrainError, RuntimeError):
     """The model hub could not be reached, or refused a request (no token, no permission)."""
+
+
+class StageError(PosttrainError, RuntimeError):
+    """A stage ran but produced nothing a later stage could use (e.g. no usable revision); the message says
+    where to look."""

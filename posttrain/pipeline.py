@@ -36,6 +36,7 @@ from posttrain.config.stages import StageConfig
 from posttrain.data.stage_outputs import bind_stage_outputs
 from posttrain.errors import GateFailed
 from posttrain.files import json_hash, read_json, write_json_atomic, write_text_atomic
+from posttrain.report.collect import FAILED
 from posttrain.fingerprints import (
     MANIFEST, base_model_fingerprint, config_dump, fingerprint_config, input_hash, is_complete,
     stage_data_fingerprints, stage_fingerprints,
@@ -134,13 +135,25 @@ class Pipeline:
             self._evaluate("base", None, json_hash(["base", base_model_fingerprint(self.loaded)]))
         for index, (stage, fingerprint) in enumerate(zip(self.recipe.stages, fingerprints)):
             parent = self.recipe.parent_of(index)
-            record = self._run_stage(index, fingerprint, self.records[parent].checkpoint if parent else None)
-            self.records[stage.name] = record
-            if stage.evaluate and self.recipe.evaluations:
-                manifest = read_json(self.stage_dir(stage.name) / MANIFEST)
-                record.metrics = self._evaluate(stage.name, record.checkpoint, manifest["checkpoint_hash"])
-                self._check_gates(stage.name, self.recipe.evaluated_ancestor(index), record.metrics)
+            try:
+                record = self._run_stage(index, fingerprint, self.records[parent].checkpoint if parent else None)
+                self.records[stage.name] = record
+                if stage.evaluate and self.recipe.evaluations:
+                    manifest = read_json(self.stage_dir(stage.name) / MANIFEST)
+                    record.metrics = self._evaluate(stage.name, record.checkpoint, manifest["checkpoint_hash"])
+                    self._check_gates(stage.name, self.recipe.evaluated_ancestor(index), record.metrics)
+            except Exception as err:
+                self._mark_failed(stage.name, err)
+                raise
+            if self.is_main:
+                (self.stage_dir(stage.name) / FAILED).unlink(missing_ok=True)
         return self.table
+
+    def _mark_failed(self, name: str, err: Exception) -> None:
+        """Records why stage ``name`` (or its evaluation or gate) failed, for the run report."""
+        if self.is_main:
+            self.stage_dir(name).mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.stage_dir(name) / FAILED, {"error": f"{type(err).__name__}: {err}"[:4000]})
 
     def _run_stage(self, index: int, fingerprint: str, input_checkpoint: Path | None) -> StageRecord:
         stage = self.recipe.stages[index]

@@ -37,6 +37,11 @@ class Recipe(Strict):
     evaluations: list[EvalConfig] = Field(default_factory=list, description="Evaluators run after every stage.")
     gates: list[GateConfig] = Field(default_factory=list, description="Conditions that stop the pipeline.")
     evaluate_base: bool = Field(True, description="Also evaluate the starting model, as the table's first row.")
+    threads: int | None = Field(
+        None, gt=0,
+        description="torch intra-op threads per process; default: OMP_NUM_THREADS if set, else one per process "
+        "under a multi-process launch or on a busy machine, else torch's default (posttrain.training.threads).",
+    )
     logging: LoggingConfig = Field(
         default_factory=LoggingConfig, description="Trackers, progress display, samples and the run report."
     )
@@ -233,8 +238,41 @@ def _identity(raw_stage: dict[str, Any], index: int) -> dict[str, Any]:
     }
 
 
+# TRL / transformers TrainingArguments names a TRL user writes first, and where the setting lives here
+TRL_NAMES = {
+    "learning_rate": "`lr`",
+    "max_length": "`seq_len` (train), or `max_new_tokens` / `max_prompt_tokens` (generation)",
+    "max_seq_length": "`seq_len`",
+    "bf16": "`precision: bf16`",
+    "fp16": "`precision` (fp16 is not offered: see TrainSpec.precision)",
+    "per_device_train_batch_size": "`batch_size` (SFT/DPO/RM) or `micro_batch_size` (RL)",
+    "gradient_accumulation_steps": "`grad_accum`",
+    "num_train_epochs": "`epochs`",
+    "max_steps": "`steps`",
+    "lr_scheduler_type": "`schedule`",
+    "logging_steps": "`log_every`",
+    "save_steps": "`save_every`",
+    "save_total_limit": "`keep_last`",
+    "gradient_checkpointing_kwargs": "`gradient_checkpointing`",
+    "num_generations": "`group_size`",
+    "max_completion_length": "`generation.max_new_tokens`",
+    "max_prompt_length": "`generation.max_prompt_tokens`",
+    "dataset_text_field": "`data.format: text`",
+    "packing": "`train.packing`",
+    "lora_r": "`lora.r`",
+    "lora_alpha": "`lora.alpha`",
+    "lora_dropout": "`lora.dropout`",
+    "lora_target_modules": "`lora.target_modules`",
+    "loss_type": "`policy_loss` (RL) or the DPO stage's `beta`/`label_smoothing`",
+    "seed": "the recipe's top-level `seed`",
+}
+
+
 def _message(error: dict[str, Any]) -> str:
     if error["type"] == "extra_forbidden":
+        key = error["loc"][-1] if error["loc"] else None
+        if isinstance(key, str) and key in TRL_NAMES:
+            return f"unknown key (a TRL name); did you mean {TRL_NAMES[key]}?"
         return "unknown key"
     if error["type"] == "missing":
         return "required key missing"

@@ -70,6 +70,9 @@ def run(args: argparse.Namespace) -> int:
 
     check_trackers(loaded.recipe.logging)
     quiet_libraries()
+    from posttrain.training.threads import configure_threads
+
+    configure_threads(loaded.recipe.threads)
     from posttrain.distributed import shutdown
     from posttrain.pipeline import Pipeline
     from posttrain.report.table import format_table

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from posttrain.rewards.base import Example, RewardResult, RewardSource
 from posttrain.rewards.registry import register_reward_source
-from posttrain.verifiers.math_answer import DEFAULT_EXTRACTORS, MAX_ANSWER_CHARS, MathVerifier
+from posttrain.verifiers.math_answer import ANSWER_POLICIES, MAX_ANSWER_CHARS, MathVerifier
 
 
 @register_reward_source("math")
@@ -24,7 +24,11 @@ class MathReward(RewardSource):
 
     Args:
         answer_field: Example field holding the gold answer.
-        extractors: Final-answer extractors, in order (see `posttrain.verifiers.math_answer.EXTRACTORS`).
+        match: The answer-extraction policy (`posttrain.verifiers.math_answer.ANSWER_POLICIES`), the same
+            names as the `exact_match` evaluator's `match:`; default `final_answer`: a marked answer, else
+            the last number.
+        extractors: Final-answer extractors, in order (see `posttrain.verifiers.math_answer.EXTRACTORS`);
+            replaces the policy's list when given.
         timeout_s: Wall-clock limit per verification.
         max_answer_chars: Longer answers score 0 without being parsed.
         workers: Verifier worker processes.
@@ -34,11 +38,15 @@ class MathReward(RewardSource):
         self,
         *,
         answer_field: str = "answer",
-        extractors: Sequence[str] = DEFAULT_EXTRACTORS,
+        match: str = "final_answer",
+        extractors: Sequence[str] | None = None,
         timeout_s: float = 2.0,
         max_answer_chars: int = MAX_ANSWER_CHARS,
         workers: int = 2,
     ) -> None:
+        if match not in ANSWER_POLICIES:
+            raise ValueError(f"unknown answer policy match={match!r}; policies: {', '.join(ANSWER_POLICIES)}")
+        extractors = ANSWER_POLICIES[match] if extractors is None else extractors
         self.answer_field = answer_field
         self.required_fields = (answer_field,)
         self.verifier = MathVerifier(

@@ -69,6 +69,27 @@ def test_bad_recipe_exits_2_with_short_message(bad_recipe: Path) -> None:
     assert done.stdout == ""
 
 
+def test_validate_reports_every_broken_file(bad_recipe: Path, tmp_path: Path, capsys) -> None:
+    missing = tmp_path / "none.yaml"
+    assert main(["validate", str(bad_recipe), str(QUICKSTART), str(missing)]) == 2
+    captured = capsys.readouterr()
+    assert f"{QUICKSTART}: ok" in captured.out
+    err = captured.err
+    assert f"error: {bad_recipe}: 1 problem(s)" in err and f"recipe file not found: {missing}" in err
+    assert err.strip().splitlines()[-1] == f"error: 2 of 3 recipes failed: {bad_recipe}, {missing}"
+
+
+def test_trl_names_get_a_hint(tmp_path: Path, write_recipe, micro_recipe, capsys) -> None:
+    text = micro_recipe.format(output_dir=tmp_path / "run")
+    for trl, ours in [("lr: 1.0e-3", "learning_rate: 1.0e-3"), ("batch_size:", "per_device_train_batch_size:")]:
+        text = text.replace(trl, ours, 1)
+    recipe = write_recipe(tmp_path, text)
+    assert main(["validate", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert "learning_rate" in err and "did you mean `lr`?" in err
+    assert "per_device_train_batch_size" in err and "`batch_size` (SFT/DPO/RM) or `micro_batch_size` (RL)" in err
+
+
 def test_debug_shows_traceback(bad_recipe: Path) -> None:
     done = cli("--debug", "validate", str(bad_recipe))
     assert done.returncode == 2
@@ -138,7 +159,10 @@ def test_run_with_a_misspelt_key_names_it_and_its_line(capsys, tmp_path: Path, w
     line = next(i for i, l in enumerate(text.splitlines(), start=1) if "learning_rate" in l)
     assert main(["run", str(recipe)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"error: {recipe}: 1 problem(s):", f"  - stages[0] (pretrain).train.learning_rate (line {line}): unknown key"]
+    assert err == [
+        f"error: {recipe}: 1 problem(s):",
+        f"  - stages[0] (pretrain).train.learning_rate (line {line}): unknown key (a TRL name); did you mean `lr`?",
+    ]
     assert not (tmp_path / "run").exists()
 
 

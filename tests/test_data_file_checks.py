@@ -53,8 +53,12 @@ def test_good_files_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     ("file", "rows", "message"),
     [
         ("sft.jsonl", ['{"prompt": "1+1=", "completion": "2"}', "{not json"], r"\(sft\)\.data: .*sft.jsonl:2: not valid JSON"),
-        ("sft.jsonl", [{"prompt": "1+1="}], r"\(sft\)\.data: .*sft.jsonl:1: cannot tell the row layout"),
-        ("sft.jsonl", [{"prompt": "1+1=", "completion": "2"}, {"text": "x"}], r"sft.jsonl:2: needs a non-empty string `prompt`"),
+        ("sft.jsonl", [{"prompt": "1+1="}], r"\(sft\)\.data: .*sft.jsonl:1: needs a non-empty string `completion`"),
+        ("sft.jsonl", [{"reply": "2"}], r"\(sft\)\.data: .*sft.jsonl:1: cannot tell the row layout"),
+        (
+            "sft.jsonl", [{"prompt": "1+1=", "completion": "2"}, {"text": "x"}],
+            r"rows mix chat and plain-text layouts \(1 `prompt_completion`, 1 `text`; .*first text row .*sft.jsonl:2\)",
+        ),
         ("pairs.jsonl", [{"prompt": "1+1=", "chosen": "2"}], r"\(dpo\)\.data: .*pairs.jsonl:1: .*rejected"),
         ("prompts.jsonl", [{"answer": "2"}], r"\(grpo\)\.data: .*prompts.jsonl:1"),
         (

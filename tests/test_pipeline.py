@@ -395,3 +395,72 @@ def test_builtin_data_fingerprint_follows_the_generator_code_and_the_constitutio
     # a hub dataset is named, not generated: the generators' code does not enter its fingerprint
     hub = DataSpec(source="hf:org/data")
     assert fingerprints.data_fingerprint(hub, tmp_path, 0) == json_hash([hub.model_dump(mode="json", by_alias=True), 0])
+
+
+def test_sft_counts_truncated_and_emptied_examples(tmp_path: Path, micro_recipe, accelerator, caplog) -> None:
+    """Rows longer than seq_len are counted, and those left without an assistant token dropped (issue 19:
+    at `seq_len: 32` an example kept zero loss tokens and still took a row)."""
+    run = Run(tmp_path, micro_recipe, accelerator)
+    # level-4/5 questions are longer than 16 tokens of the micro tokenizer: their answers start past the cut
+    with caplog.at_level("WARNING", logger="posttrain.stages.sft"):
+        run(["stages.sft.train.seq_len=16", "stages.sft.data.levels=[1,5]", "stages.pretrain.train.steps=1"])
+    summary = run.manifest("sft")["summary"]
+    assert summary["truncated_examples"] > 0 and 0 < summary["emptied_examples"] <= summary["truncated_examples"]
+    assert any("were cut" in r.getMessage() and "dropped" in r.getMessage() for r in caplog.records)
+
+
+def test_sft_render_raw_concatenates_prompt_and_completion(tmp_path: Path, micro_recipe, accelerator, monkeypatch) -> None:
+    """`render: raw` rows reach SFT as TRL's plain prompt + completion (+ eos), not through the chat template."""
+    import posttrain.stages.sft as sft_module
+
+    rows = [{"prompt": f"What is {i} + 1? ", "completion": str(i + 1)} for i in range(8)]
+    (tmp_path / "pc.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    seen: list = []
+    original = sft_module.encode_raw_pairs
+    monkeypatch.setattr(sft_module, "encode_raw_pairs", lambda tok, pairs: seen.extend(pairs) or original(tok, pairs))
+    run = Run(tmp_path, micro_recipe, accelerator)
+    run(["stages.pretrain.train.steps=1", f"stages.sft.data={{source: {tmp_path / 'pc.jsonl'}, render: raw}}"])
+    assert sorted(seen) == sorted((row["prompt"], row["completion"]) for row in rows)
+    assert run.manifest("sft")["summary"]["steps"] == 3
+
+
+def test_sft_best_fit_packing_makes_fewer_rows(tmp_path: Path, micro_recipe, accelerator) -> None:
+    rows = {}
+    for strategy in ("in_order", "best_fit"):
+        run = Run(tmp_path / strategy, micro_recipe, accelerator)
+        run(["stages.pretrain.train.steps=1", "stages.sft.train.steps=1", "stages.sft.data.levels=[1,5]",
+             f"stages.sft.train.packing_strategy={strategy}"])
+        rows[strategy] = run.manifest("sft")["summary"]["packed_rows"]
+    assert rows["best_fit"] < rows["in_order"]
+
+
+def test_a_stage_fingerprint_follows_its_data_file_not_only_its_config(tmp_path: Path, write_recipe) -> None:
+    """Editing a data file (the recipe unchanged) changes the fingerprint of the stage that reads it and of
+    the stages after it: a fingerprint that hashed the config alone would reuse a stage trained on other data."""
+    from posttrain.fingerprints import stage_fingerprints
+
+    data = tmp_path / "sft.jsonl"
+    data.write_text('{"prompt": "What is 1 + 1?", "completion": "2"}\n')
+    recipe = write_recipe(tmp_path, f"""\
+        name: data-fingerprint
+        seed: 0
+        output_dir: {tmp_path / "run"}
+        model: {{name_or_path: "builtin:micro"}}
+        stages:
+          - name: pretrain
+            kind: pretrain
+            data: {{source: "builtin:corpus", count: 16}}
+            train: {{steps: 1, batch_size: 4, seq_len: 32}}
+          - name: sft
+            kind: sft
+            data: {{source: "{data}"}}
+            train: {{steps: 1, batch_size: 4, seq_len: 32}}
+          - name: sft2
+            kind: sft
+            data: {{source: "builtin:arithmetic", count: 8, levels: [1]}}
+            train: {{steps: 1, batch_size: 4, seq_len: 32}}
+        """)
+    before = stage_fingerprints(load_recipe(recipe))
+    data.write_text('{"prompt": "What is 1 + 1?", "completion": "3"}\n')
+    after = stage_fingerprints(load_recipe(recipe))
+    assert after[0] == before[0] and after[1] != before[1] and after[2] != before[2]

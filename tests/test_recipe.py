@@ -369,3 +369,16 @@ def test_carry_slip_only_on_builtin_arithmetic(tmp_path: Path) -> None:
     assert "carry_slip: only `builtin:arithmetic` takes `carry_slip`" in recipe_error(tmp_path, text)
     out_of_range = edited("      source: builtin:arithmetic\n      count: 8\n    train:", "      source: builtin:arithmetic\n      count: 8\n      carry_slip: 1.5\n    train:")
     assert "carry_slip" in recipe_error(tmp_path, out_of_range)
+
+
+@pytest.mark.parametrize("stage", ["sft", "grpo"])
+def test_fp16_is_refused_with_the_reason(stage: str) -> None:
+    from pydantic import ValidationError
+
+    from posttrain.config.common import TrainSpec
+    from posttrain.config.rl import RLTrainSpec
+
+    spec = TrainSpec if stage == "sft" else RLTrainSpec
+    with pytest.raises(ValidationError, match="fp16 training is not offered: it needs a loss scaler"):
+        spec(precision="fp16", steps=1)
+    assert spec(precision="bf16", steps=1).precision == "bf16"

@@ -40,7 +40,17 @@ EXTRACTORS: tuple[str, ...] = ("boxed", "gsm8k", "answer_is", "answer_colon", "b
 """Known extractors: `boxed` (`\\boxed{..}`/`\\fbox{..}`), `gsm8k` (`#### N`), `answer_is` ("The answer
 is N"), `answer_colon` ("Answer: N"), `bare` (the whole text, if it is one short line of math rather than prose),
 `last_number`."""
-DEFAULT_EXTRACTORS: tuple[str, ...] = ("boxed", "gsm8k", "answer_is", "answer_colon", "bare")
+DEFAULT_EXTRACTORS: tuple[str, ...] = ("boxed", "gsm8k", "answer_is", "answer_colon", "bare", "last_number")
+"""The `final_answer` policy: a marked answer when there is one, else the last number of the prose (as the
+`exact_match` evaluator reads answers), so "So 3 + 4 = 7 and then 7 * 2 = 14." answers 14."""
+ANSWER_POLICIES: dict[str, tuple[str, ...]] = {
+    "final_answer": DEFAULT_EXTRACTORS,
+    "last_number": ("last_number",),
+    "marked": ("boxed", "gsm8k", "answer_is", "answer_colon"),
+}
+"""Named answer-extraction policies, shared by the math reward (`match:`) and the `exact_match` evaluator
+(`match:`): `final_answer` (the default extractors), `last_number` (only the last number), `marked` (only an
+explicitly marked answer: boxed, `####`, "the answer is", "Answer:")."""
 MAX_ANSWER_CHARS = 1000
 # Extraction keeps at most this much of one candidate, and gives up on a text with more candidates than
 # _MAX_CANDIDATES (hedging anyway): both keep it linear in the text's length.
@@ -217,6 +227,39 @@ def compare_fast(pred: str, gold: str) -> VerificationResult | None:
     if abs(pred_value - gold_value) > Fraction(1, 1000) * max(1, abs(pred_value), abs(gold_value)):
         return wrong(f"not equal: {pred!r} vs gold {gold!r}")
     return None
+
+
+def answers_match(completion: str, gold: str, policy: str) -> bool:
+    """Whether ``completion``'s answer under ``policy`` (a name in `ANSWER_POLICIES`) equals the gold answer.
+
+    In-process and exact: simple numbers compare as numbers (`1,000` = `1000`, `0.5` = `1/2`; against a
+    numeric gold, an answer with words around its number, `x = 3`, gives its last number), anything else as
+    text with whitespace removed. The math reward decides the rest (`x=3` vs `3`, LaTeX) with
+    math-verify in worker processes; an evaluator over many rows uses this cheaper rule.
+
+    >>> answers_match("So 3 + 4 = 7 and then 7 * 2 = 14.", "14", "final_answer")
+    True
+    >>> answers_match("The answer is 4. No, the answer is 5.", "5", "final_answer")
+    False
+    """
+    if policy not in ANSWER_POLICIES:
+        raise ValueError(f"unknown answer policy {policy!r}; policies: {', '.join(ANSWER_POLICIES)}")
+    found = extract_final_answer(completion, ANSWER_POLICIES[policy]).answer
+    gold_text = gold_answer(gold)
+    if simple_number(gold_text) is None:  # a gold written as prose ("The answer is 5") is read the same way
+        gold_text = extract_final_answer(gold, ANSWER_POLICIES[policy]).answer or gold_text
+    if found is None or not gold_text:
+        return False
+    if simple_number(gold_text) is not None and simple_number(found) is None:
+        # a numeric gold against an answer with words around it (`x = 3`, a short bare "So it is 3"): its last number
+        numbers = _NUMBER.findall(found)
+        found = numbers[-1] if numbers else found
+    fast = compare_fast(found, gold_text)
+    if fast is not None and fast.score == 1.0:
+        return True
+    if simple_number(found) is not None and simple_number(gold_text) is not None:
+        return False
+    return re.sub(r"\s+", "", found) == re.sub(r"\s+", "", gold_text)
 
 
 class MathVerifier:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Strict(BaseModel):
@@ -48,8 +48,14 @@ class DataSpec(Strict):
     )
     format: Literal["auto", "messages", "prompt_completion", "text"] = Field(
         "auto",
-        description="Row layout: chat `messages`, `prompt`/`completion` strings, or plain `text`; "
-        "`auto` picks by the keys of the first row.",
+        description="Row layout: chat `messages`, `prompt`/`completion` (strings or message lists), or plain "
+        "`text`; `auto` picks by each row's keys.",
+    )
+    render: Literal["auto", "chat_template", "raw"] = Field(
+        "auto",
+        description="How string `prompt`/`completion` rows become tokens: `chat_template` (a user and an assistant "
+        "turn; `auto`, logged) or `raw` (the prompt text then the completion text and eos, as TRL concatenates "
+        "them; loss on the completion). Message rows always use the chat template.",
     )
     subset: str | None = Field(None, description="`datasets` configuration name (hf: sources only).")
     levels: list[int] | None = Field(
@@ -103,6 +109,21 @@ class LoraSpec(Strict):
     )
 
 
+def refuse_fp16(value: object) -> object:
+    """`precision: fp16` is refused with the reason, rather than as one more value not in the list.
+
+    fp16 training needs a dynamic loss scaler (gradients under ~6e-8 underflow to zero in fp16), which the
+    optimizer step does not implement; bf16 has fp32's exponent range and needs none. On a GPU without bf16
+    (before Ampere) train in fp32.
+    """
+    if value in ("fp16", "float16", "half"):
+        raise ValueError(
+            "fp16 training is not offered: it needs a loss scaler the optimizer step does not implement; use "
+            "`bf16` (GPUs from Ampere on, recent CPUs) or `fp32` (older GPUs)"
+        )
+    return value
+
+
 class TrainSpec(Strict):
     """Optimisation settings shared by the training stages."""
 
@@ -114,6 +135,12 @@ class TrainSpec(Strict):
     packing: bool = Field(
         True, description="Pack several examples into each sequence (attention kept within each example)."
     )
+    packing_strategy: Literal["in_order", "best_fit"] = Field(
+        "in_order",
+        description="SFT packing: `in_order` fills rows in data order (an example that does not fit starts a new "
+        "row); `best_fit` packs best-fit decreasing, as TRL's `bfd` (quickstart SFT data, seq_len 128: 6.5% -> "
+        "4.2% padding, 5,727 -> 5,587 rows).",
+    )
     lr: float = Field(1e-4, gt=0, description="Peak learning rate (AdamW).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas.")
@@ -124,7 +151,8 @@ class TrainSpec(Strict):
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping norm; null disables.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="`auto`: bf16 autocast on a GPU that supports it, fp32 on CPU."
+        "auto", description="`auto`: bf16 autocast on a GPU that supports it, fp32 on CPU. fp16 is refused: "
+        "it needs a loss scaler (see refuse_fp16)."
     )
     log_every: int = Field(10, gt=0, description="Log metrics every N optimizer steps.")
     on_nan: Literal["stop", "skip"] = Field(
@@ -138,6 +166,8 @@ class TrainSpec(Strict):
         "null: none.",
     )
     keep_last: int = Field(2, gt=0, description="Resumable training states kept per stage; older ones are deleted.")
+
+    _no_fp16 = field_validator("precision", mode="before")(refuse_fp16)
 
     @model_validator(mode="after")
     def _steps_or_epochs(self) -> "TrainSpec":

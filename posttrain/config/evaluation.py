@@ -82,8 +82,12 @@ class EvalConfig(Strict):
     data: DataSpec | None = Field(None, description="Held-out data (every kind but `lm_eval`, whose tasks name theirs).")
     max_new_tokens: int = Field(16, gt=0, description="exact_match: generation budget per answer.")
     batch_size: int = Field(64, gt=0, description="Examples per forward pass.")
-    match: Literal["last_number", "full_text"] = Field(
-        "last_number", description="exact_match: compare the last number in the answer, or the stripped text."
+    match: Literal["last_number", "final_answer", "marked", "full_text"] = Field(
+        "last_number",
+        description="exact_match: how the answer is read, the answer policies the math reward's `match:` names "
+        "(posttrain.verifiers.math_answer.ANSWER_POLICIES): `last_number`, `final_answer` (a marked answer "
+        "- boxed, `####`, 'the answer is', 'Answer:' - else the last number; conflicting answers score 0), "
+        "`marked`; or `full_text` (the stripped text).",
     )
     seq_len: int = Field(256, gt=0, description="perplexity: tokens per window; preference evaluators: tokens per text.")
     tasks: list[str] = Field(

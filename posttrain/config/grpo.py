@@ -69,6 +69,8 @@ class GRPOConfig(RLConfig):
     def _fixed_kl_only(self) -> "GRPOConfig":
         if self.kl.controller != "fixed":
             raise ValueError("GRPO puts the KL in the loss with a fixed coefficient; `kl.controller: adaptive` is for PPO")
+        if self.policy_loss == "cispo" and self.dual_clip is not None:
+            raise ValueError("dual_clip does not apply to policy_loss cispo: its importance weight is clipped already (clip_eps_high)")
         if self.dapo is not None and self.dapo.overlong_buffer > self.generation.max_new_tokens:
             raise ValueError(
                 f"dapo.overlong_buffer ({self.dapo.overlong_buffer}) is longer than generation.max_new_tokens "

@@ -23,3 +23,9 @@ class PretrainConfig(StageConfig):
     data: DataSpec = Field(description="Corpus with a `text` column (or built-in `builtin:corpus`).")
     replay: ReplaySpec | None = Field(None, description="Optional replay mix of an earlier corpus.")
     train: TrainSpec = Field(description="Optimisation settings.")
+    document_separator: str | None = Field(
+        None,
+        description="Token put after every document (e.g. `<|endoftext|>`, `</s>`). Default: `<|endoftext|>` if "
+        "the vocabulary has it, else eos unless the chat template ends turns with it, else bos. Not the chat "
+        "end-of-turn token: continued pre-training would teach that a turn ends after every document.",
+    )

@@ -25,7 +25,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from posttrain.config.common import DataSpec, LoraSpec, Strict
+from posttrain.config.common import DataSpec, LoraSpec, Strict, refuse_fp16
 from posttrain.config.stages import StageConfig
 from posttrain.registry import POLICY_LOSSES, check_plug_in
 from posttrain.rewards.config import RewardEntry, check_reward_entries
@@ -100,6 +100,7 @@ class RLTrainSpec(Strict):
         "auto", description="`auto`: bf16 autocast on a GPU that supports it, fp32 on CPU."
     )
     log_every: int = Field(1, gt=0, description="Write metrics every N steps.")
+    _no_fp16 = field_validator("precision", mode="before")(refuse_fp16)
     on_nan: Literal["stop", "skip"] = Field(
         "stop",
         description="A NaN/inf advantage, loss or gradient norm stops the stage, or skips that update (counted in "

@@ -96,10 +96,57 @@ def encode_chats(
     return encoded
 
 
+def encode_raw_pairs(tokenizer: Any, pairs: Sequence[tuple[str, str]]) -> list[Encoded]:
+    """Tokenises (prompt, completion) texts concatenated as they are, as TRL does for a non-conversational
+    prompt-completion dataset: the prompt (with the tokenizer's own special tokens, e.g. bos), the completion,
+    then eos; the loss mask covers the completion and eos.
+    """
+    if tokenizer.eos_token_id is None:
+        raise ValueError("`render: raw` ends each completion with eos, and the tokenizer has none")
+    prompts = tokenizer([p for p, _ in pairs])["input_ids"]
+    completions = tokenizer([c for _, c in pairs], add_special_tokens=False)["input_ids"]
+    return [
+        Encoded(list(p) + list(c) + [tokenizer.eos_token_id], [False] * len(p) + [True] * (len(c) + 1))
+        for p, c in zip(prompts, completions)
+    ]
+
+
 def encode_texts(tokenizer: Any, rows: Sequence[dict[str, Any]], eos_token_id: int) -> list[Encoded]:
     """Tokenises plain-text rows, each ending with an end-of-document token; every token carries loss."""
     batch = tokenizer([row["text"] for row in rows], add_special_tokens=False)
     return [Encoded(list(ids) + [eos_token_id], [True] * (len(ids) + 1)) for ids in batch["input_ids"]]
+
+
+@dataclass
+class Fitted:
+    """Examples cut to the sequence length, and how many were cut or left without loss tokens."""
+
+    examples: list[Encoded]
+    truncated: int
+    emptied: int
+
+
+def fit_to_length(examples: Sequence[Encoded], seq_len: int) -> Fitted:
+    """Cuts examples longer than ``seq_len`` (counted as truncated) and drops those left with no token to
+    learn from (counted as emptied): an example whose assistant turn starts after ``seq_len`` tokens would
+    otherwise take a row and train on nothing.
+
+    The first token of an example never carries loss (nothing before it predicts it), so it does not count.
+
+    >>> fitted = fit_to_length([Encoded([1, 2, 3], [False, True, True]), Encoded([1, 2, 3], [False, False, True])], 2)
+    >>> len(fitted.examples), fitted.truncated, fitted.emptied
+    (1, 2, 1)
+    """
+    kept, truncated, emptied = [], 0, 0
+    for example in examples:
+        if len(example.input_ids) > seq_len:
+            truncated += 1
+            example = Encoded(example.input_ids[:seq_len], example.loss_mask[:seq_len])
+        if not any(example.loss_mask[1:]):
+            emptied += 1
+            continue
+        kept.append(example)
+    return Fitted(kept, truncated, emptied)
 
 
 def pack(
@@ -159,6 +206,42 @@ def pack(
     return rows
 
 
+def best_fit_bins(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Best-fit decreasing bin packing (Johnson 1973; TRL's `pack_dataset(strategy="bfd")` packs the same
+    way): indices of ``lengths`` grouped into bins of at most ``capacity``, the longest item first, each
+    into the fullest bin that still has room. Items longer than ``capacity`` must be cut first.
+
+    >>> best_fit_bins([5, 3, 4, 2, 6], 8)
+    [[4, 3], [0, 1], [2]]
+    """
+    import bisect
+
+    bins: list[list[int]] = []
+    rooms: list[tuple[int, int]] = []  # (room left, bin index), sorted
+    for index in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        length = lengths[index]
+        if length > capacity:
+            raise ValueError(f"item {index} has length {length} > capacity {capacity}")
+        at = bisect.bisect_left(rooms, (length, -1))
+        if at < len(rooms):
+            room, target = rooms.pop(at)
+            bins[target].append(index)
+            bisect.insort(rooms, (room - length, target))
+        else:
+            bins.append([index])
+            bisect.insort(rooms, (capacity - length, len(bins) - 1))
+    return bins
+
+
+def pack_best_fit(examples: Sequence[Encoded], seq_len: int, pad_token_id: int) -> list[dict[str, list[int]]]:
+    """Packs whole examples (cut to ``seq_len`` first, `fit_to_length`) into rows by best-fit decreasing:
+    fewer rows and less padding than packing in order; the rows come out in bin order (the training loop
+    draws rows in a seeded random order)."""
+    examples = [Encoded(e.input_ids[:seq_len], e.loss_mask[:seq_len]) for e in examples]
+    bins = best_fit_bins([len(e.input_ids) for e in examples], seq_len)
+    return [row for members in bins for row in pack([examples[i] for i in members], seq_len, pad_token_id, False)]
+
+
 def pad_rows(
     examples: Sequence[Encoded], seq_len: int, pad_token_id: int
 ) -> list[dict[str, list[int]]]:
@@ -177,6 +260,21 @@ def pad_rows(
             }
         )
     return rows
+
+
+def unpadded_length(row: dict[str, list[int]], pad_token_id: int) -> int:
+    """Positions of a packed or padded row before the padding that fills its end (`pack`, `pad_rows`):
+    trailing pad tokens without a label. A trailing pad-id token that carries loss (a document separator
+    that is also the pad token) is real.
+
+    >>> unpadded_length({"input_ids": [5, 6, 0, 0], "labels": [-100, 6, -100, -100]}, 0)
+    2
+    """
+    ids, labels = row["input_ids"], row["labels"]
+    end = len(ids)
+    while end > 0 and ids[end - 1] == pad_token_id and labels[end - 1] == IGNORE_INDEX:
+        end -= 1
+    return end
 
 
 def shuffled(items: Sequence[Any], seed: int) -> list[Any]:

@@ -7,7 +7,9 @@ chat messages (the layout TRL calls "conversational")::
     {"prompt": [{"role": "user", "content": "What is 2 + 3?"}],
      "chosen": [{"role": "assistant", "content": "5"}], "rejected": [{"role": "assistant", "content": "6"}]}
 
-A text prompt becomes one user message and a text response one assistant message. A row may also carry a
+A text prompt becomes one user message and a text response one assistant message. Without a `prompt`,
+`chosen` and `rejected` may be whole conversations sharing their opening turns (TRL's implicit prompt,
+UltraFeedback's layout): the shared turns become the prompt. A row may also carry a
 numeric `margin` (the reward gap a reward model is asked for) and any other fields, which are kept.
 
 A row with a missing field, an empty response, or identical chosen and rejected responses is an error
@@ -134,6 +136,28 @@ def builtin_preference_rows(
 # ---------------------------------------------------------------- checking rows
 
 
+def split_implicit_prompt(chosen: Messages, rejected: Messages, where: str) -> tuple[Messages, Messages, Messages]:
+    """``(prompt, chosen, rejected)`` of two whole conversations that share their beginning (TRL's
+    "implicit prompt" preference rows, UltraFeedback's layout): the prompt is the longest shared run of
+    messages that does not end with an assistant turn.
+
+    >>> user = {"role": "user", "content": "2 + 3?"}
+    >>> split_implicit_prompt([user, {"role": "assistant", "content": "5"}], [user, {"role": "assistant", "content": "6"}], "x")[0]
+    [{'role': 'user', 'content': '2 + 3?'}]
+    """
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+        shared += 1
+    while shared > 0 and chosen[shared - 1]["role"] == "assistant":
+        shared -= 1
+    if shared == 0:
+        raise DataError(
+            f"{where}: no `prompt`, and `chosen` and `rejected` share no opening user turn to take it from; "
+            "give a `prompt` field"
+        )
+    return chosen[:shared], chosen[shared:], rejected[shared:]
+
+
 def check_pair(row: Any, where: str) -> PreferencePair:
     """Checks one raw row and returns it as a `PreferencePair`; raises `DataError` naming ``where``.
 
@@ -144,18 +168,26 @@ def check_pair(row: Any, where: str) -> PreferencePair:
     """
     if not isinstance(row, dict):
         raise DataError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
-    missing = [name for name in FIELDS if row.get(name) is None]
+    implicit = row.get("prompt") is None and isinstance(row.get("chosen"), list) and isinstance(row.get("rejected"), list)
+    missing = [name for name in FIELDS if row.get(name) is None and not (implicit and name == "prompt")]
     if missing:
         raise DataError(
             f"{where}: missing field(s) {', '.join(f'`{m}`' for m in missing)}; a preference row needs "
             f"`prompt`, `chosen` and `rejected` (found keys {sorted(row)})"
         )
-    prompt = as_messages(row["prompt"], "prompt", "user", where)
+    if implicit:
+        prompt, *sides = split_implicit_prompt(
+            as_messages(row["chosen"], "chosen", "assistant", where),
+            as_messages(row["rejected"], "rejected", "assistant", where), where,
+        )
+    else:
+        prompt = as_messages(row["prompt"], "prompt", "user", where)
+        sides = [as_messages(row[name], name, "assistant", where) for name in ("chosen", "rejected")]
     if not any(m["content"].strip() for m in prompt):
         raise DataError(f"{where}: `prompt` is empty")
     responses = {}
-    for name in ("chosen", "rejected"):
-        responses[name] = as_messages(row[name], name, "assistant", where)
+    for name, side in zip(("chosen", "rejected"), sides):
+        responses[name] = side
         if not any(m["content"].strip() for m in responses[name]):
             raise DataError(f"{where}: `{name}` is an empty response")
     if responses["chosen"] == responses["rejected"]:

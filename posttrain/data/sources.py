@@ -25,8 +25,10 @@ from typing import Any
 from posttrain.config.common import DataSpec
 from posttrain.errors import DataError
 
-ROLES = ("system", "user", "assistant")
-Messages = list[dict[str, str]]
+ROLES = ("system", "user", "assistant", "tool")
+# message keys kept besides role and content, by role: OpenAI / TRL tool calling (chat templates render them)
+MESSAGE_EXTRAS = {"assistant": ("tool_calls",), "tool": ("tool_call_id", "name")}
+Messages = list[dict[str, Any]]
 # one record of a source: where it is (file:line or "origin row N") and the parsed row, or the DataError
 # that parsing it raised (reported, or skipped, by `check_rows` like any other bad row)
 Record = tuple[str, Any]
@@ -134,17 +136,30 @@ def check_rows(
     return checked
 
 
-def check_messages(messages: list[Any], name: str, where: str) -> None:
-    """Checks that every item of ``messages`` has a known `role` and a string `content`."""
+def check_messages(messages: list[Any], name: str, where: str) -> Messages:
+    """Checks every item of ``messages`` and returns them normalised: role, string content, and the tool
+    keys (`tool_calls` of an assistant turn, `tool_call_id` / `name` of a tool turn) when present.
+
+    An assistant message that only calls tools may have no content (`null`): it becomes ``""``.
+    """
+    out = []
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or message.get("role") not in ROLES:
             raise DataError(f"{where}: {name}[{i}] needs a `role` in {ROLES}")
-        if not isinstance(message.get("content"), str):
+        content, calls = message.get("content"), message.get("tool_calls")
+        if calls is not None and (message["role"] != "assistant" or not isinstance(calls, list)):
+            raise DataError(f"{where}: {name}[{i}] `tool_calls` must be a list, on an assistant message")
+        if content is None and calls:
+            content = ""
+        if not isinstance(content, str):
             raise DataError(f"{where}: {name}[{i}] needs a string `content`")
+        kept = {key: message[key] for key in MESSAGE_EXTRAS.get(message["role"], ()) if message.get(key) is not None}
+        out.append({"role": message["role"], "content": content, **kept})
+    return out
 
 
 def as_messages(value: Any, name: str, role: str, where: str) -> Messages:
-    """A text field as one message of ``role``, or a checked list of messages (role and content only).
+    """A text field as one message of ``role``, or a checked list of messages (`check_messages`).
 
     >>> as_messages("What is 2 + 3?", "prompt", "user", "x")
     [{'role': 'user', 'content': 'What is 2 + 3?'}]
@@ -153,5 +168,4 @@ def as_messages(value: Any, name: str, role: str, where: str) -> Messages:
         return [{"role": role, "content": value}]
     if not isinstance(value, list) or not value:
         raise DataError(f"{where}: `{name}` must be a string or a non-empty list of messages")
-    check_messages(value, name, where)
-    return [{"role": m["role"], "content": m["content"]} for m in value]
+    return check_messages(value, name, where)

@@ -12,9 +12,11 @@ from typing import Any, Callable
 import torch
 
 from posttrain.config.evaluation import EvalConfig
+from posttrain.data.loading import RAW_TEXT
 from posttrain.data.packing import IGNORE_INDEX, ChatRenderer, encode_texts, pack, render_prompt
-from posttrain.data.world import last_number
+from posttrain.models.special_tokens import document_separator_id, stop_token_ids
 from posttrain.registry import EVALUATORS
+from posttrain.verifiers.math_answer import answers_match
 
 Evaluator = Callable[[Any, Any, list[dict[str, Any]], EvalConfig], dict[str, float]]
 # the built-in kinds are listed in `posttrain.registry.EVALUATORS` too, so recipes are checked without torch
@@ -24,9 +26,11 @@ evaluator = EVALUATORS.get
 
 @torch.no_grad()
 def greedy_generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
-    """Greedy completions of ``prompts`` (left-padded batches, stopping at the model's end tokens)."""
+    """Greedy completions of ``prompts`` (left-padded batches, stopping at the model's end tokens and the
+    chat template's end of turn)."""
     model.eval()
     device = next(model.parameters()).device
+    stop_ids = stop_token_ids(model, tokenizer)
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     outputs: list[str] = []
@@ -36,6 +40,7 @@ def greedy_generate(model: Any, tokenizer: Any, prompts: list[str], max_new_toke
             enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             generated = model.generate(
                 **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=stop_ids,
             )
             new = generated[:, enc["input_ids"].shape[1] :]
             outputs += tokenizer.batch_decode(new, skip_special_tokens=True)
@@ -46,20 +51,24 @@ def greedy_generate(model: Any, tokenizer: Any, prompts: list[str], max_new_toke
 
 @register_evaluator("exact_match")
 def exact_match(model: Any, tokenizer: Any, rows: list[dict[str, Any]], config: EvalConfig) -> dict[str, float]:
-    """Share of rows whose greedy answer matches the row's ``answer`` (last number, or whole text)."""
+    """Share of rows whose greedy answer matches the row's ``answer`` under the ``match`` policy (the math
+    reward's answer extraction, `posttrain.verifiers.math_answer.answers_match`), or as whole text."""
     missing = [i for i, row in enumerate(rows) if "answer" not in row]
     if missing:
         raise ValueError(f"evaluation {config.name!r}: rows {missing[:5]} have no `answer` field")
     renderer = ChatRenderer(tokenizer)
-    prompts = [render_prompt(tokenizer, row["messages"], renderer) for row in rows]
+    # `render: raw` rows are asked their prompt text as it is (TRL's plain prompt-completion)
+    prompts = [
+        row[RAW_TEXT]["prompt"] if RAW_TEXT in row else render_prompt(tokenizer, row["messages"], renderer) for row in rows
+    ]
     completions = greedy_generate(model, tokenizer, prompts, config.max_new_tokens, config.batch_size)
     correct = 0
     for row, completion in zip(rows, completions):
         gold = str(row["answer"]).strip()
-        if config.match == "last_number":
-            correct += last_number(completion) == (last_number(gold) or gold)
-        else:
+        if config.match == "full_text":
             correct += completion.strip() == gold
+        else:
+            correct += answers_match(completion, gold, config.match)
     return {"accuracy": correct / len(rows), "n": float(len(rows))}
 
 
@@ -71,8 +80,8 @@ def perplexity(model: Any, tokenizer: Any, rows: list[dict[str, Any]], config: E
     device = next(model.parameters()).device
     renderer = ChatRenderer(tokenizer)
     texts = [row if "text" in row else {"text": renderer(row["messages"])} for row in rows]
-    eos = tokenizer.eos_token_id
-    packed = pack(encode_texts(tokenizer, texts, eos), config.seq_len, tokenizer.pad_token_id, split_examples=True)
+    separator = document_separator_id(tokenizer)
+    packed = pack(encode_texts(tokenizer, texts, separator), config.seq_len, tokenizer.pad_token_id, split_examples=True)
     total, count = 0.0, 0
     for start in range(0, len(packed), config.batch_size):
         chunk = packed[start : start + config.batch_size]

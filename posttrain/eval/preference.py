@@ -42,7 +42,7 @@ def evaluation_rows(config: EvalConfig, recipe_dir: Path, seed: int) -> list[Any
         return load_preferences(config.data, recipe_dir, seed).pairs
     from posttrain.data.loading import load_dataset
 
-    return load_dataset(config.data, recipe_dir, seed).rows
+    return load_dataset(config.data, recipe_dir, seed, purpose="evaluate").rows
 
 
 def _accuracies(pairs: list[PreferencePair], chosen: list[float], rejected: list[float]) -> dict[str, float]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from posttrain.config.common import LoraSpec, ModelSpec
-from posttrain.errors import CheckpointError
+from posttrain.errors import CheckpointError, RecipeError
 from posttrain.files import fsync_tree, update_digest
 
 WEIGHT_SUFFIX = ".safetensors"
@@ -103,6 +103,9 @@ def apply_lora(model: Any, spec: LoraSpec, task_type: str = "CAUSAL_LM"):
     """
     from peft import LoraConfig, get_peft_model
 
+    from posttrain.models.lora_targets import check_lora_targets
+
+    check_lora_targets(model, spec.target_modules)
     config = LoraConfig(
         r=spec.r,
         lora_alpha=spec.alpha,
@@ -110,7 +113,10 @@ def apply_lora(model: Any, spec: LoraSpec, task_type: str = "CAUSAL_LM"):
         target_modules=spec.target_modules,
         task_type=task_type,
     )
-    return get_peft_model(model, config)
+    try:
+        return get_peft_model(model, config)
+    except ValueError as err:  # peft's own refusals (e.g. a module type it cannot adapt): one line, no traceback
+        raise RecipeError(f"lora: peft refused these settings: {str(err).splitlines()[0]}") from None
 
 
 def check_safetensors(path: Path) -> None:

@@ -104,6 +104,45 @@ def merge_adapter(checkpoint: Path, destination: Path, base: str | None = None) 
     save_checkpoint(model.merge_and_unload(), tokenizer, destination, lora_merge=True)
 
 
+def prepare_for_generation(folder: Path) -> list[str]:
+    """Sets what batched generation with the exported folder needs; returns one line per change.
+
+    - the tokenizer pads on the left (a decoder-only model continues the last token of each row; with the
+      training side, right, a batched `generate` continues padding);
+    - `generation_config.json` stops at the chat template's end-of-turn token as well as at eos
+      (`posttrain.models.special_tokens`), so a model SFT-ed on a base tokenizer stops after its answer.
+    """
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from posttrain.models.special_tokens import end_of_turn_token_id
+
+    changes = []
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    config_file = folder / "tokenizer_config.json"
+    if tokenizer.padding_side != "left" and config_file.is_file():
+        # written into the config directly: `save_pretrained` does not store padding_side (transformers 5)
+        settings = json.loads(config_file.read_text())
+        settings["padding_side"] = "left"
+        config_file.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n")
+        changes.append("tokenizer padding_side: left (for batched generation)")
+    turn = end_of_turn_token_id(tokenizer)
+    if turn is not None:
+        try:
+            generation = GenerationConfig.from_pretrained(str(folder))
+        except OSError:
+            generation = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        eos = generation.eos_token_id
+        ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+        if turn not in ids:
+            generation.eos_token_id = ids + [turn]
+            generation.save_pretrained(str(folder))
+            changes.append(
+                f"generation_config eos_token_id: {generation.eos_token_id} (adds the chat template's end of turn "
+                f"{tokenizer.convert_ids_to_tokens(turn)!r})"
+            )
+    return changes
+
+
 def export_checkpoint(source: str | Path, destination: str | Path, base: str | None = None, force: bool = False) -> tuple[Path, str]:
     """Writes ``source`` as a plain HF-format model folder at ``destination``.
 

@@ -15,6 +15,8 @@ import yaml
 
 from posttrain.report.samples import read_samples
 
+FAILED = "failed.json"  # in a stage folder: why the stage (or its evaluation or gate) failed, {"error": ...}
+
 
 @dataclass
 class StageRecord:
@@ -26,6 +28,7 @@ class StageRecord:
     metrics: list[dict[str, Any]] = field(default_factory=list)
     evaluation: dict[str, Any] | None = None
     samples: dict[str, Any] | None = None  # samples.json: {"key", "samples": [...], "seconds"}
+    failure: str | None = None  # the error text of a failed stage (failed.json)
 
     @property
     def trained(self) -> bool:
@@ -92,6 +95,7 @@ def collect(run_dir: str | Path) -> RunRecord:
                 metrics=read_metrics(folder / "metrics.jsonl"),
                 evaluation=_json(folder / "eval.json"),
                 samples=read_samples(folder),
+                failure=(_json(folder / FAILED) or {}).get("error"),
             )
         )
     return RunRecord(

@@ -25,9 +25,10 @@ th { background: #e4e4e4; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 figure { display: inline-block; margin: 8px 16px 16px 0; }
 figure img { max-width: 100%; border: 1px solid #ddd; }
-pre { margin: 0; white-space: pre-wrap; font-size: 12.5px; }
+pre { margin: 0; white-space: pre-wrap; overflow-wrap: anywhere; font-size: 12.5px; }
 pre.recipe { background: #f6f6f6; padding: 10px; border: 1px solid #ddd; }
-table.samples td { min-width: 160px; max-width: 420px; }
+table.samples td { min-width: 160px; max-width: 420px; overflow-wrap: anywhere; }
+table.failed td { color: #a00000; }
 """
 
 
@@ -40,10 +41,15 @@ def timing_rows(run: RunRecord) -> list[list[str]]:
         loop_seconds, tokens = summary.get("seconds"), summary.get("tokens")
         rate = round(tokens / loop_seconds) if tokens and loop_seconds else None
         rows.append([
-            stage.name, stage.kind, cell(summary.get("steps")), cell(tokens), cell(rate),
+            stage.name, stage.kind, "failed" if stage.failure else cell(summary.get("steps")), cell(tokens), cell(rate),
             *(cell(round(seconds[part], 1)) if part in seconds else "-" for part in ("train", "evaluate", "samples")),
         ])
     return rows
+
+
+def failure_rows(run: RunRecord) -> list[tuple[str, str]]:
+    """(stage, error text) of each stage that failed."""
+    return [(stage.name, stage.failure) for stage in run.stages if stage.failure]
 
 
 def curation_rows(run: RunRecord) -> list[list[str]]:
@@ -135,6 +141,10 @@ def render_html(run: RunRecord, plots: list[Plot]) -> str:
         parts.append('<h2>Curation</h2><table class="curation"><tr>' + "".join(f"<th>{h}</th>" for h in CURATION_HEADER) + "</tr>")
         parts += ["<tr>" + "".join(f"<td><pre>{esc(v)}</pre></td>" for v in values) + "</tr>" for values in curation]
         parts.append("</table>")
+    if failed := failure_rows(run):
+        parts.append('<h2>Failed</h2><table class="failed"><tr><th>stage</th><th>error</th></tr>')
+        parts += [f"<tr><td>{esc(name)}</td><td><pre>{esc(error)}</pre></td></tr>" for name, error in failed]
+        parts.append("</table>")
     parts.append("<h2>Timings</h2>")
     parts.append('<table class="timings"><tr>' + "".join(f"<th>{h}</th>" for h in TIMING_HEADER) + "</tr>")
     for values in timing_rows(run):
@@ -177,6 +187,8 @@ def render_markdown(run: RunRecord, plot_files: dict[str, str], plots: list[Plot
         lines += _md_table(header, rows) + [""]
     if curation := curation_rows(run):
         lines += ["## Curation", ""] + _md_table(CURATION_HEADER, curation) + [""]
+    if failed := failure_rows(run):
+        lines += ["## Failed", ""] + _md_table(["stage", "error"], [list(row) for row in failed]) + [""]
     lines += ["## Timings", ""] + _md_table(TIMING_HEADER, timing_rows(run))
     lines += ["", "## Recipe", "", "```yaml", run.recipe_text.rstrip(), "```", ""]
     return "\n".join(lines)

@@ -51,7 +51,7 @@ class SamplePlan:
         from posttrain.data.loading import load_dataset
 
         evaluation = self._evaluation()
-        rows = load_dataset(evaluation.data, self.recipe_dir, self.recipe.seed).rows[: settings.samples]
+        rows = load_dataset(evaluation.data, self.recipe_dir, self.recipe.seed, purpose="evaluate").rows[: settings.samples]
         out = []
         for row in rows:
             messages = row["messages"]

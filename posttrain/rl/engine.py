@@ -4,7 +4,8 @@
    with the policy's key/value cache; token ids, the sampler's log-probabilities and masks come back.
 2. **Reward** (`posttrain.rl.reward`): the stage's reward entries score the decoded completions; a
    completion cut off before its end token is flagged `truncated` (no positive reward by default), and
-   one a verifier could not judge (infrastructure error) is excluded from the loss.
+   one a verifier could not judge (infrastructure error) is excluded from the loss. With a `dapo:` section
+   (`posttrain.rl.dapo`) the rewards are shaped and groups without signal replaced from further prompts.
 3. **Reference and values**: the frozen reference's log-probabilities and, when the objective learns
    values, the value head's estimates at rollout time.
 4. **KL** to the reference, once per token: the objective's shaped reward, the KL controller and the log

@@ -278,16 +278,11 @@ class RolloutSampler:
 
 
 def end_token_ids(model: Any, tokenizer: Any) -> list[int]:
-    """The tokens that end a completion: the model's generation config's, else the tokenizer's EOS."""
-    from posttrain.rl.decoders import causal_lm_of
+    """The tokens that end a completion: the model's generation config's (else the tokenizer's EOS) and the
+    chat template's end-of-turn token (`posttrain.models.special_tokens`), which an SFT-ed model stops at."""
+    from posttrain.models.special_tokens import stop_token_ids
 
-    config = getattr(causal_lm_of(model), "generation_config", None)
-    ids = getattr(config, "eos_token_id", None) if config is not None else None
-    if ids is None:
-        ids = tokenizer.eos_token_id
-    if ids is None:
-        raise ValueError("neither the model's generation config nor the tokenizer names an end-of-sequence token")
-    return [ids] if isinstance(ids, int) else list(ids)
+    return stop_token_ids(model, tokenizer)
 
 
 def decode_completions(tokenizer: Any, completion_ids_BC: torch.Tensor, completion_mask_BC: torch.Tensor) -> list[str]:

@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from posttrain.config.constitutional import ConstitutionalConfig
+from posttrain.errors import StageError
 from posttrain.rlaif.critique import critique_and_revise, violation_rates
 from posttrain.rlaif.runtime import generator_for, sampling_settings, stage_inputs, write_output
 from posttrain.stages.base import Stage, register_stage
@@ -61,7 +62,7 @@ class ConstitutionalStage(Stage):
         metrics["seconds"] = time.time() - started
         ctx.metrics.log(1, metrics, total=1)
         if not revised:
-            raise ValueError(
+            raise StageError(
                 f"stage {config.name!r}: no usable revision among {len(result.items)} prompts "
                 f"(dropped: {result.dropped}); see {ctx.stage_dir / 'data' / 'trace.jsonl'}"
             )

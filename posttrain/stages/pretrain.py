@@ -7,7 +7,8 @@ from typing import Any
 
 from posttrain.config.pretrain import PretrainConfig
 from posttrain.data.loading import load_dataset
-from posttrain.data.packing import encode_texts, pack, shuffled
+from posttrain.data.packing import encode_texts, pack, shuffled, unpadded_length
+from posttrain.models.special_tokens import document_separator_id
 from posttrain.stages.base import Stage, register_stage
 from posttrain.training.loop import train_loop
 
@@ -38,14 +39,13 @@ class PretrainStage(Stage):
 
     def train(self) -> dict[str, Any]:
         documents, skipped = self._documents()
-        eos = self.tokenizer.convert_tokens_to_ids("<|endoftext|>")
-        if not isinstance(eos, int) or eos == self.tokenizer.unk_token_id:
-            eos = self.tokenizer.eos_token_id
-        encoded = encode_texts(self.tokenizer, documents, eos)
+        separator = document_separator_id(self.tokenizer, self.config.document_separator)
+        encoded = encode_texts(self.tokenizer, documents, separator)
         spec = self.config.train
         rows = pack(encoded, spec.seq_len, self.tokenizer.pad_token_id, split_examples=True)
         result = train_loop(
             self.model, rows, spec, seed=self.context.seed, accelerator=self.context.accelerator,
             metrics=self.context.metrics, checkpoints=self.context.checkpoints,
+            real_tokens=lambda row: unpadded_length(row, self.tokenizer.pad_token_id),
         )
         return result.summary(packed_rows=len(rows), skipped_data_rows=skipped)

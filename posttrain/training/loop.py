@@ -83,6 +83,7 @@ def train_loop(
     count_fn: Callable[[dict[str, torch.Tensor]], int] = labelled_token_count,
     step_metrics: Callable[[], dict[str, float]] | None = None,
     checkpoints: TrainCheckpoints | None = None,
+    real_tokens: Callable[[dict[str, list[int]]], int] | None = None,
 ) -> LoopResult:
     """Trains ``model`` on packed ``rows`` for the configured number of optimizer steps.
 
@@ -90,7 +91,8 @@ def train_loop(
     its summed loss divided by the count (``count_fn``: labelled tokens by default, pairs for preference
     stages) of the whole step across processes. ``step_metrics``, if given, is called once per optimizer
     step and its values are logged with the loop's own. ``checkpoints``, if given, restores a saved training
-    state before the first step and saves one every ``save_every`` steps.
+    state before the first step and saves one every ``save_every`` steps. ``real_tokens(row)``, if given,
+    counts a row's positions that are not padding, for ``tokens_per_s`` and the summary's ``tokens``.
     """
     steps = total_steps(spec, len(rows), accelerator.num_processes)
     if spec.gradient_checkpointing:
@@ -98,7 +100,7 @@ def train_loop(
     kernel = OptimizerStep(model, spec, accelerator)
     # positions per row: every `*input_ids` list (pair rows hold a chosen and a rejected sequence)
     row_tokens = sum(len(value) for key, value in rows[0].items() if key.endswith("input_ids"))
-    state = _LoopState(started=time.perf_counter())
+    state = _LoopState(started=time.perf_counter(), knows_padding=real_tokens is not None)
     state.window_start = state.started
     first_step = 0
     restored = kernel.restore(checkpoints)
@@ -106,6 +108,7 @@ def train_loop(
         first_step, state.tokens_seen, state.skipped, state.last = (
             restored["step"], restored["tokens_seen"], restored["skipped"], restored["last"]
         )
+        state.real_tokens_seen = restored.get("real_tokens_seen", 0)
     for step in range(first_step, steps):
         indices = step_rows(len(rows), step, spec.batch_size * spec.grad_accum * kernel.world, seed)
         kernel.set_lr(lr_at(step, spec, steps))
@@ -118,42 +121,62 @@ def train_loop(
             metrics.log(step + 1, {"loss": loss_value, "grad_norm": grad_norm, "nonfinite_skipped": state.skipped})
         else:
             kernel.step()
-            state.record(len(indices) * row_tokens, {
+            real = sum(real_tokens(rows[i]) for i in indices) if real_tokens is not None else len(indices) * row_tokens
+            state.record(len(indices) * row_tokens, real, {
                 "loss": loss_value, "grad_norm": grad_norm, "lr": kernel.lr, "loss_tokens": step_tokens, **extra,
             })
             if (step + 1) % spec.log_every == 0 or step + 1 == steps:
                 metrics.log(step + 1, state.throughput(), total=steps)
         kernel.save_if_due(checkpoints, step + 1, steps, state.saved())
-    return LoopResult(steps, state.tokens_seen, time.perf_counter() - state.started, state.skipped, state.last)
+    return LoopResult(steps, state.real_tokens_seen or state.tokens_seen, time.perf_counter() - state.started,
+                      state.skipped, state.last)
 
 
 @dataclass
 class _LoopState:
-    """What the loop carries from step to step (and saves in a resumable training state)."""
+    """What the loop carries from step to step (and saves in a resumable training state).
+
+    Logged values are those of the last step, except ``loss``: the mean of the steps' losses since the
+    previous log line (as TRL and transformers' Trainer log it), so a log line every N steps is not one
+    noisy step. ``tokens_per_s`` counts real tokens, not the padding that fills a row's end (when the
+    stage says which tokens are padding), and ``padding_share`` is the share of positions that were padding.
+    """
 
     started: float
     tokens_seen: int = 0
+    real_tokens_seen: int = 0
     skipped: int = 0
     last: dict[str, float] = field(default_factory=dict)
     window_start: float = 0.0
     window_tokens: int = 0
+    window_real: int = 0
+    window_losses: list[float] = field(default_factory=list)
+    knows_padding: bool = False  # whether the stage said which positions are padding
 
-    def record(self, processed: int, values: dict[str, float]) -> None:
-        """An applied step; throughput counts every position processed (padding included), like other
-        trainers report it."""
+    def record(self, processed: int, real: int, values: dict[str, float]) -> None:
+        """An applied step: ``processed`` positions of which ``real`` were not padding."""
         self.tokens_seen += processed
+        self.real_tokens_seen += real
         self.window_tokens += processed
+        self.window_real += real
+        self.window_losses.append(values["loss"])
         self.last = values
 
     def throughput(self) -> dict[str, float]:
-        """The last step's values with the tokens per second since the previous log line."""
+        """The values to log: the last step's, the window's mean loss, real tokens per second since the
+        previous log line and the share of padding."""
         now = time.perf_counter()
-        self.last["tokens_per_s"] = self.window_tokens / max(now - self.window_start, 1e-9)
-        self.window_start, self.window_tokens = now, 0
+        if self.window_losses:
+            self.last["loss"] = sum(self.window_losses) / len(self.window_losses)
+        self.last["tokens_per_s"] = self.window_real / max(now - self.window_start, 1e-9)
+        if self.knows_padding:
+            self.last["padding_share"] = 1 - self.window_real / max(self.window_tokens, 1)
+        self.window_start, self.window_tokens, self.window_real, self.window_losses = now, 0, 0, []
         return self.last
 
     def saved(self) -> dict[str, Any]:
-        return {"tokens_seen": self.tokens_seen, "skipped": self.skipped, "last": self.last}
+        return {"tokens_seen": self.tokens_seen, "real_tokens_seen": self.real_tokens_seen, "skipped": self.skipped,
+                "last": self.last}
 
 
 def _accumulate(

@@ -142,3 +142,72 @@ def test_rlaif_demonstrations_from_the_spec(tmp_path: Path) -> None:
     assert {row["kind"] for row in load_dataset(spec, tmp_path, seed=0).rows} == {"critique", "judge"}
     with pytest.raises(ValueError, match="answer"):
         DataSpec(source="builtin:rlaif", demonstrations=["answers"])
+
+
+def test_conversational_prompt_completion_rows(tmp_path: Path) -> None:
+    """TRL's conversational prompt-completion: `prompt` and `completion` are message lists."""
+    row = {
+        "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}],
+        "completion": [{"role": "assistant", "content": "4"}],
+        "answer": "4",
+    }
+    data = load(write_lines(tmp_path / "conv.jsonl", [row, PAIR]))
+    assert data.rows[0] == {"messages": row["prompt"] + row["completion"], "answer": "4"}
+    assert data.rows[1]["messages"][1] == {"role": "assistant", "content": "6"}
+
+
+def test_tool_turns_and_tool_calls_are_kept(tmp_path: Path) -> None:
+    call = [{"type": "function", "function": {"name": "add", "arguments": {"a": 2, "b": 2}}}]
+    row = {"messages": [
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": None, "tool_calls": call},
+        {"role": "tool", "content": "4", "name": "add"},
+        {"role": "assistant", "content": "4"},
+    ]}
+    data = load(write_lines(tmp_path / "tools.jsonl", [row]))
+    assert data.rows[0]["messages"][1] == {"role": "assistant", "content": "", "tool_calls": call}
+    assert data.rows[0]["messages"][2] == {"role": "tool", "content": "4", "name": "add"}
+    # a turn that only calls a tool is something to learn from
+    only_call = {"messages": row["messages"][:2]}
+    assert load(write_lines(tmp_path / "call.jsonl", [only_call])).rows[0]["messages"][1]["tool_calls"] == call
+    bad = {"messages": [{"role": "user", "content": "x", "tool_calls": call}, {"role": "assistant", "content": "y"}]}
+    with pytest.raises(DataError, match=r"bad.jsonl:1: messages\[0\] `tool_calls` must be a list, on an assistant"):
+        load(write_lines(tmp_path / "bad.jsonl", [bad]))
+
+
+def test_each_row_decides_its_layout_and_chat_and_text_do_not_mix(tmp_path: Path) -> None:
+    # a file whose first row is prompt/completion and later rows are messages is one chat dataset
+    data = load(write_lines(tmp_path / "both.jsonl", [PAIR, CHAT, CHAT]))
+    assert [len(row["messages"]) for row in data.rows] == [2, 2, 2]
+    path = write_lines(tmp_path / "mixed.jsonl", [CHAT, CHAT, TEXT])
+    with pytest.raises(DataError, match=rf"rows mix chat and plain-text layouts \(2 `messages`, 1 `text`; first chat "
+                                        rf"row {path}:1, first text row {path}:3\)"):
+        load(path)
+
+
+def test_an_evaluation_set_takes_prompts_without_answers_to_learn_from(tmp_path: Path) -> None:
+    """A {question, answer} file (an RL prompt file) works as an exact_match evaluation set; so do chat
+    rows without an assistant turn. For training both stay errors."""
+    question = {"question": "What is 2 + 3?", "answer": "5"}
+    ask = {"messages": [{"role": "user", "content": "2+2?"}], "answer": "4"}
+    path = write_lines(tmp_path / "qa.jsonl", [question, ask, {"prompt": "1+1?", "answer": "2"}])
+    rows = load_dataset(DataSpec(source=path.name), tmp_path, seed=0, purpose="evaluate").rows
+    assert rows == [
+        {"messages": [{"role": "user", "content": "What is 2 + 3?"}], "answer": "5"},
+        ask,
+        {"messages": [{"role": "user", "content": "1+1?"}], "answer": "2"},
+    ]
+    with pytest.raises(DataError, match=r"qa.jsonl:1: cannot tell the row layout"):
+        load(path)
+
+
+def test_render_raw_keeps_the_texts_and_auto_says_what_it_does(tmp_path: Path, caplog) -> None:
+    path = write_lines(tmp_path / "pc.jsonl", [PAIR])
+    with caplog.at_level("INFO", logger="posttrain.data.loading"):
+        assert "raw_text" not in load(path).rows[0]
+    assert any("`render: raw`" in r.getMessage() for r in caplog.records)
+    raw = load(path, render="raw").rows[0]
+    assert raw["raw_text"] == {"prompt": "3+3?", "completion": "6"} and raw["answer"] == "6"
+    conversational = {"prompt": [{"role": "user", "content": "q"}], "completion": [{"role": "assistant", "content": "a"}]}
+    with pytest.raises(DataError, match="`render: raw` concatenates string prompts"):
+        load(write_lines(tmp_path / "conv.jsonl", [conversational]), render="raw")

@@ -10,6 +10,7 @@ from posttrain.data.packing import (
     Encoded,
     encode_chats,
     encode_texts,
+    fit_to_length,
     pack,
     pad_rows,
     render_prompt,
@@ -149,3 +150,67 @@ def test_packed_example_gives_the_same_logits_as_alone(micro) -> None:
     # the check can fail: without restarting positions the second example sees the first
     leaky = model(input_ids=torch.tensor([row["input_ids"]]), use_cache=False).logits[0]
     assert (leaky[first : first + second] - alone).abs().max() > 1e-3
+
+
+def test_fit_to_length_counts_cut_examples_and_drops_those_left_without_loss(micro) -> None:
+    _, tokenizer = micro
+    question = "Ann has 12 cups and gets 5 more. How many cups does Ann have now?"
+    rows = [
+        {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]},
+        {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": "17"}]},
+        {"messages": [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "2 " * 40}]},
+    ]
+    encoded = encode_chats(tokenizer, rows)
+    seq_len = len(encoded[0].input_ids) + 2
+    assert len(encoded[1].input_ids) > seq_len and encoded[1].loss_mask.index(True) >= seq_len  # the answer is cut off
+    fitted = fit_to_length(encoded, seq_len)
+    assert (fitted.truncated, fitted.emptied) == (2, 1)
+    assert [e.input_ids for e in fitted.examples] == [encoded[0].input_ids, encoded[2].input_ids[:seq_len]]
+    assert all(any(e.loss_mask[1:]) for e in fitted.examples)
+
+
+def test_encode_raw_pairs_concatenates_like_trl(micro) -> None:
+    from posttrain.data.packing import encode_raw_pairs
+
+    _, tokenizer = micro
+    (example,) = encode_raw_pairs(tokenizer, [("What is 2 + 3?", " 5")])
+    prompt = tokenizer("What is 2 + 3?")["input_ids"]
+    completion = tokenizer(" 5", add_special_tokens=False)["input_ids"]
+    assert example.input_ids == prompt + completion + [tokenizer.eos_token_id]
+    assert example.loss_mask == [False] * len(prompt) + [True] * (len(completion) + 1)
+
+
+def test_best_fit_packs_tighter_than_in_order_and_keeps_every_example() -> None:
+    from posttrain.data.packing import best_fit_bins, pack_best_fit, unpadded_length
+
+    lengths = [5, 5, 3, 3, 6, 2, 6, 2]  # in order: 5 | 5 3 | 3 | 6 2 | 6 2; best fit: 6 2 | 6 2 | 5 3 | 5 3
+    examples = [example(100 * i, n) for i, n in enumerate(lengths)]
+    in_order = pack(examples, seq_len=8, pad_token_id=0, split_examples=False)
+    best = pack_best_fit(examples, seq_len=8, pad_token_id=0)
+    assert (len(in_order), len(best)) == (5, 4)  # 32 tokens: 4 rows is the least
+    bins = best_fit_bins(lengths, 8)
+    assert sorted(i for members in bins for i in members) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in members) <= 8 for members in bins)
+    assert sum(unpadded_length(r, 0) for r in best) == sum(lengths)
+    # every example's tokens are in some row, contiguous, with positions restarting at 0
+    flat = [tuple(r["input_ids"]) for r in best]
+    for e in examples:
+        assert any(tuple(e.input_ids) == row[k : k + len(e.input_ids)] for row in flat for k in range(8))
+
+
+def test_the_training_loss_of_a_packed_row_is_its_examples_losses_alone(micro) -> None:
+    """What SFT trains on (`causal_lm_loss_sum`, not only the model's forward): a packed row's summed loss is
+    the sum of its examples' losses each in a row of its own, so packed examples do not see each other."""
+    from posttrain.training.loop import causal_lm_loss_sum
+
+    model, tokenizer = micro
+    examples = encode_chats(tokenizer, arithmetic_rows("train", 3, 0))
+    seq_len = sum(len(e.input_ids) for e in examples) + 5
+    (row,) = pack(examples, seq_len, tokenizer.pad_token_id, split_examples=False)
+    as_batch = lambda packed_row: {key: torch.tensor([value]) for key, value in packed_row.items()}  # noqa: E731
+    with torch.no_grad():
+        packed_sum, packed_count = causal_lm_loss_sum(model, as_batch(row))
+        alone = [causal_lm_loss_sum(model, as_batch(pack([e], len(e.input_ids), tokenizer.pad_token_id, split_examples=False)[0])) for e in examples]
+    assert packed_count == sum(count for _, count in alone) > 0
+    torch.testing.assert_close(packed_sum, sum(loss for loss, _ in alone), rtol=1e-5, atol=1e-5)
+

@@ -172,3 +172,25 @@ def test_negatives_reach_the_builtin_source_and_only_it(tmp_path: Path, write_re
     """)
     with pytest.raises(RecipeError, match=r"data.negatives: only `builtin:preferences`"):
         load_recipe(recipe)
+
+
+def test_implicit_prompt_rows_take_the_shared_turns_as_prompt() -> None:
+    """TRL's implicit-prompt preference rows (UltraFeedback's layout): whole conversations, no `prompt`."""
+    system = {"role": "system", "content": "Be brief."}
+    user = {"role": "user", "content": "What is 2 + 3?"}
+    follow = [{"role": "assistant", "content": "5"}, {"role": "user", "content": "And 2 + 4?"}]
+    row = {
+        "chosen": [system, user, *follow, {"role": "assistant", "content": "6"}],
+        "rejected": [system, user, *follow, {"role": "assistant", "content": "7"}],
+        "source": "uf",
+    }
+    pair = check_pair(row, "f.jsonl:1")
+    assert pair.prompt == [system, user, *follow]
+    assert pair.chosen == [{"role": "assistant", "content": "6"}] and pair.rejected == [{"role": "assistant", "content": "7"}]
+    assert pair.extra == {"source": "uf"}
+    # conversations differing from their first answer on: the prompt stops before the assistant turns
+    early = check_pair({"chosen": [user, *follow, {"role": "assistant", "content": "6"}],
+                        "rejected": [user, {"role": "assistant", "content": "4"}]}, "f.jsonl:2")
+    assert early.prompt == [user] and len(early.chosen) == 3 and early.rejected == [{"role": "assistant", "content": "4"}]
+    with pytest.raises(DataError, match="f.jsonl:3: no `prompt`, and `chosen` and `rejected` share no opening user turn"):
+        check_pair({"chosen": [{"role": "user", "content": "a"}], "rejected": [{"role": "user", "content": "b"}]}, "f.jsonl:3")

@@ -13,7 +13,8 @@ from posttrain.config.common import DataSpec
 from posttrain.config.evaluation import EvalConfig
 from posttrain.data.world import arithmetic_rows
 from posttrain.eval import evaluator
-from posttrain.eval.evaluators import exact_match, greedy_generate, last_number, perplexity
+from posttrain.data.world import last_number
+from posttrain.eval.evaluators import exact_match, greedy_generate, perplexity
 
 
 @pytest.mark.parametrize(
@@ -108,7 +109,8 @@ def test_perplexity_equals_exp_mean_nll_by_hand(micro) -> None:
     model, tokenizer = micro
     text = "Bob has 3 pens and gets 4 more. Now Bob has 7 pens."
     result = perplexity(model, tokenizer, [{"text": text}], config(kind="perplexity", seq_len=64))
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    # each text ends with the document separator pre-training uses (<|endoftext|>), not the chat end of turn
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.convert_tokens_to_ids("<|endoftext|>")]
     logits = model(input_ids=torch.tensor([ids])).logits[0, :-1]
     nll = torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:]), reduction="mean")
     assert result["perplexity"] == pytest.approx(math.exp(float(nll)), rel=1e-5)
@@ -132,3 +134,26 @@ def test_recipe_evaluator_kinds_are_checked_against_the_registry() -> None:
     with pytest.raises(ValueError, match="unknown evaluator 'bleu'; valid: exact_match, .*principle_violations"):
         config(kind="bleu")
     assert config(kind="principle_violations").kind == "principle_violations"
+
+
+def test_exact_match_on_a_question_answer_file(micro, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An RL prompt file ({question, answer}) is an exact_match evaluation set: no dummy assistant answer."""
+    import json
+
+    from posttrain.config.common import DataSpec
+    from posttrain.eval.preference import evaluation_rows
+
+    model, tokenizer = micro
+    (tmp_path / "qa.jsonl").write_text("".join(json.dumps({"question": f"What is {i} + 1?", "answer": str(i + 1)}) + "\n" for i in range(3)))
+    evaluation = config(data=DataSpec(source="qa.jsonl"), match="final_answer")
+    rows = evaluation_rows(evaluation, tmp_path, seed=0)
+    seen = {}
+
+    def fake_generate(model, tokenizer, prompts, max_new_tokens, batch_size):
+        seen["prompts"] = prompts
+        return ["So it is 1.", "The answer is 3.", "The answer is 2. No, the answer is 3."]
+
+    monkeypatch.setattr(evaluators, "greedy_generate", fake_generate)
+    # golds 1, 2, 3: right (a short bare answer's number), wrong, conflicting answers (0 under final_answer)
+    assert exact_match(model, tokenizer, rows, evaluation)["accuracy"] == pytest.approx(1 / 3)
+    assert seen["prompts"][0] == "<|user|>What is 0 + 1?<|end|><|assistant|>"

@@ -27,10 +27,12 @@ def test_export_copies_a_stage_checkpoint(cli_micro_run, tmp_path: Path, capsys)
     stage = cli_micro_run.run_dir / "stages" / "sft"
     destination = tmp_path / "exported"
     assert main(["export", str(stage), str(destination)]) == 0
-    assert capsys.readouterr().out.strip() == f"copied {stage} -> {destination}"
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out == [f"copied {stage} -> {destination}", "  tokenizer padding_side: left (for batched generation)"]
     assert weights_hash(destination) == weights_hash(stage / "checkpoint")
     model = AutoModelForCausalLM.from_pretrained(destination)
-    assert model.config.vocab_size == len(AutoTokenizer.from_pretrained(destination))
+    tokenizer = AutoTokenizer.from_pretrained(destination)
+    assert model.config.vocab_size == len(tokenizer) and tokenizer.padding_side == "left"
     assert not [p for p in destination.parent.iterdir() if ".tmp-" in p.name]
 
 

@@ -177,3 +177,17 @@ def test_report_renders_in_headless_chromium(cli_micro_run, tmp_path: Path) -> N
     blue = np.all(np.abs(pixels - PLOT_BLUE) <= 12, axis=-1)
     assert blue.sum() > 2000, "no plot drawn"
     assert np.nonzero(blue)[0].min() > bottom + rules[-1]
+
+
+def test_a_failed_stage_is_marked_with_its_error_and_long_tokens_wrap(tmp_path: Path) -> None:
+    (tmp_path / "recipe.yaml").write_text("name: broken\nstages:\n  - {name: sft, kind: sft}\n  - {name: dpo, kind: dpo}\n")
+    for name in ("sft", "dpo"):
+        (tmp_path / "stages" / name).mkdir(parents=True)
+    (tmp_path / "stages" / "dpo" / "failed.json").write_text(json.dumps({"error": "DataError: pairs.jsonl:3: `chosen` is empty"}))
+    html_path, md_path = write_report(tmp_path)
+    page, markdown = html_path.read_text(), md_path.read_text()
+    assert "<tr><td>dpo</td><td><pre>DataError: pairs.jsonl:3: `chosen` is empty</pre></td></tr>" in page
+    assert "| dpo | DataError: pairs.jsonl:3: `chosen` is empty |" in markdown
+    assert "<tr><td>dpo</td><td>dpo</td><td>failed</td>" in page and "<tr><td>sft</td><td>sft</td><td>-</td>" in page
+    # a sample cell breaks a long unbroken token instead of overflowing into the next column
+    assert re.search(r"table\.samples td \{[^}]*overflow-wrap: anywhere", page)

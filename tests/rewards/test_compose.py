@@ -66,6 +66,22 @@ def test_errors_are_excluded_from_statistics_and_flagged() -> None:
     assert combined.totals == [0.5, -1.0, 0.0]
 
 
+def test_errors_are_excluded_from_group_zscore_statistics() -> None:
+    # group A: valid (1, 0, 0) and an error: mean 1/3, population std sqrt(2/9), so (1.414, -0.707, -0.707) and
+    # 0 for the error; counting the error's 0 would give mean 1/4, std sqrt(3/16): (1.732, -0.577, -0.577, -0.577)
+    combined = combine_rewards(
+        {"math": [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]},
+        {"math": ["ok", "wrong", "wrong", "error", "ok", "wrong"]},
+        weights={"math": 1.0},
+        normalize={"math": "group_zscore"},
+        group_ids=["A", "A", "A", "A", "B", "B"],
+    )
+    third = 1 / 3
+    std = math.sqrt(2 / 9)
+    assert combined.contributions["math"] == pytest.approx([(1 - third) / std, -third / std, -third / std, 0.0, 1.0, -1.0])
+    assert combined.excluded == [False, False, False, True, False, False]
+
+
 def test_truncated_completions_keep_penalties_but_lose_credit() -> None:
     combined = combine_rewards(
         {"math": [1.0, 1.0], "length": [-1.0, -1.0], "lenient": [1.0, 1.0]},

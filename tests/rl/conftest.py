@@ -81,3 +81,20 @@ def vary_lengths(engine) -> None:
         )
 
     engine.sampler.sample = shortened
+
+
+@pytest.fixture
+def updates(monkeypatch) -> list:
+    """The experience (rollouts, rewards, masks, advantages) each update of the RL engine receives."""
+    from posttrain.rl.update import PolicyUpdate
+
+    seen = []
+    original = PolicyUpdate.__call__
+
+    def recording(self, experience, *args, **kwargs):
+        seen.append(experience)
+        return original(self, experience, *args, **kwargs)
+
+    monkeypatch.setattr(PolicyUpdate, "__call__", recording)
+    return seen
+

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from posttrain.rewards import RewardResult, RewardSource, register_reward_source
-from posttrain.rl.update import PolicyUpdate
 from tests.rl.conftest import rl_config, vary_lengths
 
 
@@ -30,20 +29,6 @@ class HalfConstant(RewardSource):
 class Zero(RewardSource):
     def score(self, prompts, completions, examples, step):
         return [RewardResult(0.0, "ok", "") for _ in completions]
-
-
-@pytest.fixture
-def updates(monkeypatch) -> list:
-    """The experience each update receives."""
-    seen = []
-    original = PolicyUpdate.__call__
-
-    def recording(self, experience, *args, **kwargs):
-        seen.append(experience)
-        return original(self, experience, *args, **kwargs)
-
-    monkeypatch.setattr(PolicyUpdate, "__call__", recording)
-    return seen
 
 
 def test_dynamic_sampling_refills_the_batch_with_informative_groups(make_stage, updates) -> None:

@@ -33,6 +33,17 @@ class RaisesOnSeven(RewardSource):
         return [RewardResult(0.0, "ok", "") for _ in completions]
 
 
+@register_reward_source("test_error_on_every_fourth")
+class ErrorOnEveryFourth(RewardSource):
+    """An infrastructure error on completions 3, 7, 11, ... of each batch; otherwise the length modulo 3."""
+
+    def score(self, prompts, completions, examples, step):
+        return [
+            RewardResult(0.0, "error", "verifier unreachable") if index % 4 == 3 else RewardResult(float(len(c) % 3), "ok", "")
+            for index, c in enumerate(completions)
+        ]
+
+
 @register_reward_source("test_not_a_number")
 class NotANumber(RewardSource):
     def score(self, prompts, completions, examples, step):
@@ -167,6 +178,45 @@ def test_micro_batches_accumulate_to_the_same_update(make_stage, kind, fields, a
     if kind == "ppo":
         assert split["value_loss"] == pytest.approx(whole["value_loss"], rel=1e-5, abs=1e-7)
         assert split["policy_loss"] == pytest.approx(whole["policy_loss"], rel=1e-5, abs=1e-7)
+
+
+def test_grpo_kl_coefficient_enters_the_loss(make_stage) -> None:
+    """beta > 0 is run, not only configured. Step 1: the policy is the reference, the k3 KL and its gradient
+    are 0, so both runs make the same update; step 2 samples the same completions (same weights, same noise)
+    and, with token-mean aggregation, the loss differs by exactly beta * (token-mean KL)."""
+    rows = {}
+    for beta in (0.0, 0.5):
+        stage = make_stage(rl_config("grpo", kl={"coef": beta, "estimator": "k3"}, train={"steps": 2}))
+        stage.train()
+        rows[beta] = stage.metrics.rows
+    assert rows[0.5][0]["loss"] == pytest.approx(rows[0.0][0]["loss"], abs=1e-6)
+    without, with_kl = rows[0.0][1], rows[0.5][1]
+    assert with_kl["response_length"] == without["response_length"] and with_kl["kl"] > 1e-4
+    assert with_kl["loss"] - without["loss"] == pytest.approx(0.5 * with_kl["kl"], rel=1e-3)
+    assert with_kl["kl_coef"] == 0.5
+
+
+def test_reference_logprobs_are_those_of_the_sampling_temperature(make_stage, updates) -> None:
+    """At step 1 the reference is the policy that sampled: at temperature 0.5 its log-probabilities are the
+    sampler's (those of logits / 0.5), not those at temperature 1."""
+    make_stage(rl_config("grpo", generation={"temperature": 0.5})).build_engine().step(0)
+    [batch] = updates
+    gap_BC = (batch.ref_logprobs_BC - batch.sampler_logprobs_BC).abs()
+    assert float(gap_BC[batch.completion_mask_BC].max()) < 1e-4
+
+
+def test_completions_with_a_reward_error_are_out_of_the_loss_and_their_group(make_stage, updates) -> None:
+    """A reward source's infrastructure error on a completion (here every fourth) excludes it, through the
+    engine: no loss on its tokens, advantage 0, and its group's statistics come from the other three."""
+    stage = make_stage(rl_config("grpo", reward=[{"source": "test_error_on_every_fourth", "allow_truncated": True}]))
+    row = stage.build_engine().step(0)
+    [batch] = updates
+    expected = torch.tensor([index % 4 == 3 for index in range(16)])
+    assert torch.equal(batch.excluded_B.cpu(), expected)
+    assert not batch.loss_mask_BC[expected].any()
+    assert torch.equal(batch.loss_mask_BC[~expected], batch.completion_mask_BC[~expected])
+    assert batch.advantages[expected].abs().max() == 0
+    assert row["updates"] == 1
 
 
 def test_adaptive_kl_controller_moves_beta(make_stage) -> None:

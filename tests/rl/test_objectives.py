@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -56,6 +57,33 @@ def test_ppo_advantages_are_gae_of_the_shaped_reward() -> None:
     # gamma = lam = 1: A_t = (sum of rewards from t) - V_t = 1 - V_t; returns = 1 everywhere
     assert torch.allclose(result.advantages, torch.tensor([[0.5, 0.75, 0.25]]))
     assert torch.allclose(result.returns_BC, torch.ones(1, 3))
+
+
+def test_ppo_whitens_the_advantages_by_hand() -> None:
+    """GAE gives (0.5, 0.75, 0.25) here (see above): mean 0.5, unbiased std 0.25, so whitened (0, 1, -1);
+    neither the raw values nor twice the whitened ones pass."""
+    config = rl_config("ppo", kl={"coef": 0.0, "estimator": "k1"}, gamma=1.0, lam=1.0, normalize_reward=False)
+    batch = experience(rewards=[1.0], excluded=[False], mask=[[1, 1, 1]])
+    batch.old_values_BC = torch.tensor([[0.5, 0.25, 0.75]])
+    result = prepare(PPOObjective(config), batch)
+    assert result.advantages.tolist()[0] == pytest.approx([0.0, 1.0, -1.0], abs=1e-6)
+    assert torch.allclose(result.returns_BC, torch.ones(1, 3))  # returns are not whitened
+
+
+@pytest.mark.parametrize("value_coef", [0.1, 0.7])
+def test_ppo_loss_is_policy_loss_plus_value_coef_times_value_loss(value_coef: float) -> None:
+    """Ratio 1 and advantages (2, -1): policy loss (-2 + 1) / 2 = -0.5 (token-mean); values (1, 2) against
+    returns (0, 0), equal to their rollout-time values (no clipping): value loss 0.5 * (1 + 4) / 2 = 1.25."""
+    config = rl_config("ppo", value_coef=value_coef)
+    batch = experience(rewards=[0.0], excluded=[False], mask=[[1, 1]], old=[[-1.0, -2.0]])
+    batch.advantages = torch.tensor([[2.0, -1.0]])
+    batch.old_values_BC = torch.tensor([[1.0, 2.0]])
+    batch.returns_BC = torch.zeros(1, 2)
+    scores = SimpleNamespace(logprobs_BC=torch.tensor([[-1.0, -2.0]]), values_BC=torch.tensor([[1.0, 2.0]]))
+    loss, metrics = PPOObjective(config).loss(batch, scores, kl_coef=0.0)
+    assert float(metrics["policy_loss"]) == pytest.approx(-0.5)
+    assert float(metrics["value_loss"]) == pytest.approx(1.25)
+    assert float(loss) == pytest.approx(-0.5 + value_coef * 1.25)
 
 
 def test_normalize_reward_by_hand() -> None:
@@ -147,3 +175,13 @@ def test_a_file_function_without_the_stages_keywords_is_refused_before_training(
 def test_the_schema_checks_names_against_the_registries(kind: str, field: str, value: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         rl_config(kind, **{field: value})
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"policy_loss": "cispo", "dual_clip": 3.0}, "dual_clip does not apply to policy_loss cispo"),
+    ({"dapo": {"overlong_buffer": 7}}, r"dapo.overlong_buffer \(7\) is longer than generation.max_new_tokens \(6\)"),
+])
+def test_the_schema_refuses_settings_an_objective_cannot_use(fields, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        rl_config("grpo", **fields)
+

@@ -87,21 +87,29 @@ def test_cached_and_transformers_decoders_agree_greedily(micro) -> None:
 
 
 def test_sampler_stops_at_eos_and_respects_max_new_tokens(micro) -> None:
+    """Sampled with per-row noise (the same draws whatever other rows do), so rows do not all repeat one
+    token: greedy decoding of the random micro model repeats token 5, which made every row stop at its first
+    token and the mask checks check nothing (issue 22's mutation testing)."""
     model, tokenizer = micro
     prompts = prompt_ids(tokenizer)
-    greedy = SamplingSettings(max_new_tokens=8, temperature=0.0)
-    free = RolloutSampler([10**6], tokenizer.pad_token_id).sample(model, prompts, greedy)
+    settings = SamplingSettings(max_new_tokens=8)
+    free = RolloutSampler([10**6], tokenizer.pad_token_id).sample(model, prompts, settings, noise=RowNoise(5, list(range(4))))
     assert free.completion_ids_BC.shape == (4, 8) and free.truncated_B.all()
-    # declare the third greedy token of row 0 an end token: greedy decoding must stop right after it
-    stop = int(free.completion_ids_BC[0, 2])
-    stopped = RolloutSampler([stop], tokenizer.pad_token_id).sample(model, prompts, greedy)
+    # declare the third token of row 0 and the last of row 2 end tokens: each row must stop right after the
+    # first of them it samples
+    stops = {int(free.completion_ids_BC[0, 2]), int(free.completion_ids_BC[2, 7])}
+    stopped = RolloutSampler(sorted(stops), tokenizer.pad_token_id).sample(model, prompts, settings, noise=RowNoise(5, list(range(4))))
+    lengths = []
     for row in range(4):
         tokens = free.completion_ids_BC[row].tolist()
-        length = tokens.index(stop) + 1 if stop in tokens else 8
+        length = min([tokens.index(stop) + 1 for stop in stops if stop in tokens], default=8)
+        lengths.append(length)
         assert stopped.completion_mask_BC[row].sum() == length
         assert stopped.completion_ids_BC[row, :length].tolist() == tokens[:length]
         assert (stopped.completion_ids_BC[row, length:] == tokenizer.pad_token_id).all()
-        assert bool(stopped.truncated_B[row]) == (stop not in tokens)
+        assert not stopped.completion_mask_BC[row, length:].any()
+        assert bool(stopped.truncated_B[row]) == (not stops & set(tokens))
+    assert lengths[0] == 3 and len(set(lengths)) >= 2 and max(lengths) > 1  # the rows stop at different places
     assert not stopped.truncated_B[0]
     # when every row has stopped the loop ends early: no column is all padding
     assert stopped.completion_mask_BC[:, -1].any()

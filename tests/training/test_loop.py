@@ -222,3 +222,24 @@ def test_accumulation_left_in_accelerates_shared_state_is_ignored(packed_rows, a
     assert [m["grad_norm"] for m in metrics] == pytest.approx([m["grad_norm"] for m in reference_metrics], rel=1e-5)
     for name, value in reference_weights.items():
         torch.testing.assert_close(weights[name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_logged_loss_is_the_window_mean_and_throughput_counts_real_tokens(packed_rows, accelerator) -> None:
+    """Logging every 2 steps logs the mean of the 2 steps' losses (as TRL does), not the second step's; with
+    `real_tokens` the summary's tokens and tokens/s leave out the padding at the rows' ends."""
+    from posttrain.data.packing import unpadded_length
+
+    _, tokenizer = build_tiny_model("micro")
+    every_step, every_two = quiet(), quiet()
+    train_loop(fresh_model(), packed_rows, spec(steps=4, batch_size=4), seed=0, accelerator=accelerator, metrics=every_step)
+    result = train_loop(
+        fresh_model(), packed_rows, spec(steps=4, batch_size=4, log_every=2), seed=0, accelerator=accelerator,
+        metrics=every_two, real_tokens=lambda row: unpadded_length(row, tokenizer.pad_token_id),
+    )
+    losses = [row["loss"] for row in every_step.rows]
+    assert [row["loss"] for row in every_two.rows] == pytest.approx([sum(losses[:2]) / 2, sum(losses[2:]) / 2], rel=1e-6)
+    used = [i for step in range(4) for i in step_rows(len(packed_rows), step, 4, 0)]
+    real = sum(unpadded_length(packed_rows[i], tokenizer.pad_token_id) for i in used)
+    assert result.tokens == real < 4 * 4 * 32  # the packed rows end in padding
+    share = [row["padding_share"] for row in every_two.rows]
+    assert all(0 < s < 1 for s in share)

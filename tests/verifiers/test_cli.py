@@ -34,6 +34,13 @@ def test_math_single() -> None:
     assert wrong.returncode == 1 and records(wrong.stdout)[0]["status"] == "wrong"
 
 
+def test_math_reads_the_last_number_of_prose_like_the_evaluator() -> None:
+    # issue 19: the math verifier found "no final answer" here while `exact_match` took the last number
+    done = run_cli("math", "--pred", "So 3 + 4 = 7 and then 7 * 2 = 14.", "--gold", "14")
+    assert done.returncode == 0, done.stderr
+    assert records(done.stdout)[0]["score"] == 1.0
+
+
 def test_math_batch(tmp_path: Path) -> None:
     lines = [
         {"id": "a", "pred": "1,000", "gold": "1000"},

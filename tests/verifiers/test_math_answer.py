@@ -7,7 +7,9 @@ from fractions import Fraction
 import pytest
 
 from posttrain.verifiers.math_answer import (
+    ANSWER_POLICIES,
     MathVerifier,
+    answers_match,
     compare_fast,
     extract_final_answer,
     gold_answer,
@@ -31,7 +33,8 @@ from posttrain.verifiers.math_answer import (
         ("**Answer**: $-4$", None, "-4"),
         ("The answer is **12**.", None, "12"),
         ("0.5", None, "0.5"),  # a bare one-line answer
-        ("we get 3 apples then 5 more", None, None),
+        ("we get 3 apples then 5 more", None, "5"),  # no marked answer: the last number of the prose
+        ("we get 3 apples then 5 more", ("boxed", "gsm8k", "answer_is", "answer_colon"), None),
         ("we get 3 apples then 5 more", ("last_number",), "5"),
         ("The answer is 4. Wait, the answer is 5.", None, None),  # conflicting
         ("\\boxed{3} or maybe \\boxed{4}", None, None),  # conflicting boxed answers
@@ -91,7 +94,11 @@ EQUIVALENT = [
     ("\\{1, 2\\}", "\\{2, 1\\}"),
     ("0.333333", "\\frac{1}{3}"),
 ]
-NOT_EQUIVALENT = [("1/3", "0.33"), ("2", "3"), ("x=3", "4"), ("\\sqrt{2}", "1.41"), ("(1,2)", "(2,1)")]
+NOT_EQUIVALENT = [
+    ("1/3", "0.33"), ("2", "3"), ("x=3", "4"), ("\\sqrt{2}", "1.41"), ("(1,2)", "(2,1)"),
+    # the same first character (and the same prefix): answers are compared whole
+    ("12", "15"), ("100", "1000"), ("-4", "-5"), ("3.5", "3.25"), ("\\frac{1}{2}", "\\frac{1}{3}"), ("x=3", "x=5"),
+]
 
 
 @pytest.mark.parametrize(("pred", "gold"), EQUIVALENT)
@@ -137,3 +144,40 @@ def test_verify_many_keeps_order() -> None:
 def test_bad_configuration_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown extractor"):
         MathVerifier(extractors=["boxed", "boxxed"])
+
+
+@pytest.mark.parametrize(
+    ("completion", "gold", "policy", "matched"),
+    [
+        ("So 3 + 4 = 7 and then 7 * 2 = 14.", "14", "final_answer", True),
+        ("So 3 + 4 = 7 and then 7 * 2 = 14.", "14", "last_number", True),
+        ("So 3 + 4 = 7 and then 7 * 2 = 14.", "14", "marked", False),  # no marked answer
+        ("The answer is 4. No, the answer is 5.", "5", "final_answer", False),  # conflicting answers
+        ("The answer is 4. No, the answer is 5.", "5", "last_number", True),
+        ("\\boxed{14} though 15 looks close", "14", "final_answer", True),  # a marked answer wins
+        ("\\boxed{14} though 15 looks close", "14", "last_number", False),
+        ("It is 1,000.", "1000", "last_number", True),
+        ("That gives 0.5", "1/2", "final_answer", True),
+        ("It is 12", "The answer is 12.", "last_number", True),  # a gold written as prose
+        ("Answer: x + 1", "x+1", "final_answer", True),  # not a number: compared as text
+        ("nothing", "3", "final_answer", False),
+        ("So it is 1.", "1", "final_answer", True),  # a short bare answer with words: its number
+        ("x = 3", "3", "marked", False),  # nothing marked
+        ("Answer: x = 3", "3", "marked", True),
+    ],
+)
+def test_answers_match_by_policy(completion: str, gold: str, policy: str, matched: bool) -> None:
+    assert answers_match(completion, gold, policy) is matched
+
+
+def test_the_math_reward_and_exact_match_share_the_policy() -> None:
+    from posttrain.rewards.math_reward import MathReward
+
+    completions = ["So 3 + 4 = 7 and then 7 * 2 = 14.", "The answer is 4. No, the answer is 5.", "\\boxed{14}"]
+    golds = ["14", "5", "14"]
+    for policy in ANSWER_POLICIES:
+        reward = MathReward(match=policy, workers=1)
+        scores = [r.score for r in reward(["q"] * 3, completions, examples=[{"answer": g} for g in golds])]
+        assert scores == [float(answers_match(c, g, policy)) for c, g in zip(completions, golds)], policy
+    with pytest.raises(ValueError, match="unknown answer policy.*final_answer"):
+        MathReward(match="last_word")
