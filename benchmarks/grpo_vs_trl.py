@@ -2,7 +2,10 @@
 batch, completion length and reward function, in one run.
 
     python benchmarks/grpo_vs_trl.py [--steps 10] [--warmup 1] [--rounds 2] [--prompts 8] [--group-size 4]
-                                     [--new-tokens 32] [--size tiny] [--json PATH]
+                                     [--new-tokens 32] [--size tiny] [--vllm] [--json PATH]
+
+``--vllm`` (in the vLLM environment, `.ci/vllm_tests`) also times ours with ``generation.backend: vllm``:
+its engine is built in the warm-up step (not timed) and its weights synced before every rollout (timed).
 
 Shape (defaults): the built-in ~0.85M-parameter Qwen2-shaped model, 8 prompts x G=4 = 32 completions per
 step, at most 32 new tokens, temperature 1, one optimizer step per generation, beta = 0, fp32 on CPU. The
@@ -50,7 +53,7 @@ def digit_share_reward(prompt: str, completion: str, example: dict) -> float:
     return digit_share(completion)
 
 
-def ours(args, workdir: Path) -> tuple[float, float]:
+def ours(args, workdir: Path, backend: str = "native") -> tuple[float, float]:
     from accelerate import Accelerator
 
     from posttrain.config.common import ModelSpec
@@ -63,7 +66,7 @@ def ours(args, workdir: Path) -> tuple[float, float]:
         "data": {"source": "builtin:arithmetic", "count": args.prompts * (args.steps + args.warmup)},
         "reward": [{"source": "python", "args": {"function": f"{Path(__file__).resolve()}:digit_share_reward"}}],
         "group_size": args.group_size,
-        "generation": {"max_new_tokens": args.new_tokens, "temperature": 1.0},
+        "generation": {"max_new_tokens": args.new_tokens, "temperature": 1.0, "backend": backend},
         "train": {"steps": args.steps + args.warmup, "prompts_per_step": args.prompts, "lr": 1e-5},
     })
     stamps: list[float] = []
@@ -76,7 +79,7 @@ def ours(args, workdir: Path) -> tuple[float, float]:
 
     context = StageContext(
         config=config, model_spec=ModelSpec(name_or_path=f"builtin:{args.size}"), input_checkpoint=None,
-        stage_dir=workdir / "ours", recipe_dir=workdir, seed=0, accelerator=Accelerator(cpu=True),
+        stage_dir=workdir / f"ours_{backend}", recipe_dir=workdir, seed=0, accelerator=Accelerator(cpu=True),
         metrics=Stamps(None, "ours", stream=io.StringIO()),
     )
     stage_class("grpo")(context).train()
@@ -161,13 +164,19 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--size", default="tiny")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument(
+        "--vllm", action="store_true", help="also time ours with generation.backend: vllm (run in the vLLM environment)"
+    )
     args = parser.parse_args()
-    runs: dict[str, list[tuple[float, float]]] = {"ours": [], "trl": []}
+    runs: dict[str, list[tuple[float, float]]] = {"ours": [], "trl": [], **({"ours_vllm": []} if args.vllm else {})}
     floors: list[float] = []
     for round_index in range(args.rounds):
         with tempfile.TemporaryDirectory() as folder:
             runs["ours"].append(ours(args, Path(folder)))
             runs["trl"].append(trl(args, Path(folder)))
+            if args.vllm:
+                runs["ours_vllm"].append(ours(args, Path(folder), "vllm"))
+                print(f"round {round_index + 1}: ours with vLLM {runs['ours_vllm'][-1][0]:.3f} s/step", flush=True)
         floors.append(compute_floor(args))
         (ours_s, _), (trl_s, _) = runs["ours"][-1], runs["trl"][-1]
         print(f"round {round_index + 1}: ours {ours_s:.3f} s/step, TRL {trl_s:.3f} s/step, floor {floors[-1]:.3f} s, "
@@ -179,6 +188,9 @@ def main() -> None:
     floor = statistics.median(floors)
     print(f"ours: {ours_seconds:.3f} s/step, {ours_tokens:.0f} completion tokens/s")
     print(f"TRL:  {trl_seconds:.3f} s/step, {trl_tokens:.0f} completion tokens/s")
+    if args.vllm:
+        vllm_seconds, vllm_tokens = (statistics.median(v) for v in zip(*runs["ours_vllm"]))
+        print(f"ours with vLLM: {vllm_seconds:.3f} s/step, {vllm_tokens:.0f} completion tokens/s")
     print(f"compute floor (one no-grad forward + one forward/backward over the step's rows): {floor:.3f} s")
     print(f"speed-up: {statistics.median(per_round):.2f}x per step, {tokens_ratio:.2f}x tokens/s "
           f"(per round: {', '.join(f'{r:.2f}' for r in per_round)}); TRL / floor = {trl_seconds / floor:.2f}x")
@@ -186,7 +198,8 @@ def main() -> None:
         info = {"device": platform.processor() or "cpu", "threads": torch.get_num_threads(), **vars(args),
                 "ours_s_per_step": ours_seconds, "ours_tokens_per_s": ours_tokens,
                 "trl_s_per_step": trl_seconds, "trl_tokens_per_s": trl_tokens, "floor_s": floor,
-                "ratio_per_round": per_round}
+                "ratio_per_round": per_round,
+                **({"ours_vllm_s_per_step": vllm_seconds, "ours_vllm_tokens_per_s": vllm_tokens} if args.vllm else {})}
         with open(args.json, "w") as handle:
             json.dump(info, handle, indent=2)
 

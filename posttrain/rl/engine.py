@@ -2,6 +2,8 @@
 
 1. **Rollout** (`posttrain.rl.sampler`): ``prompts_per_step`` prompts, each ``group_size`` times, sampled
    with the policy's key/value cache; token ids, the sampler's log-probabilities and masks come back.
+   With an ``environment:`` each is a whole multi-turn episode (`posttrain.rl.episodes`): the environment's
+   tokens sit in the sequence, and only the model's sampled tokens are trained on (loss, KL, log-probs).
 2. **Reward** (`posttrain.rl.reward`): the stage's reward entries score the decoded completions; a
    completion cut off before its end token is flagged `truncated` (no positive reward by default), and
    one a verifier could not judge (infrastructure error) is excluded from the loss. With a `dapo:` section
@@ -30,16 +32,19 @@ from typing import Any
 import torch
 
 from posttrain.algorithms import AdaptiveKLController, FixedKLController, kl_estimate, masked_sum
+from posttrain.algorithms.off_policy import sampler_trainer_mismatch, truncated_importance_weights, weight_advantages
 from posttrain.config.rl import RLConfig
 from posttrain.distributed import gathered_parameters, is_zero3, mean_metrics_over_processes, sum_over_processes
 from posttrain.models.checkpoint import save_checkpoint
 from posttrain.rl.dapo import DAPOShaping, Sampled
 from posttrain.rl.heldout import HeldoutEvaluation
 from posttrain.rl.objective import Experience, Objective
-from posttrain.rl.policy import ActorCritic, FrozenReference, ValueHead, score_completions
+from posttrain.rl.episodes import EpisodeRollout, EpisodeRunner, write_episode_samples
+from posttrain.rl.policy import ActorCritic, FrozenReference, ValueHead, sampled_mask, score_completions
 from posttrain.rl.prompts import PromptRow, encode_prompts
 from posttrain.rl.reward import RewardScorer
-from posttrain.rl.sampler import Rollout, RolloutSampler, RowNoise, SamplingSettings, decode_completions, end_token_ids
+from posttrain.rl.rollout_backend import make_rollout_sampler
+from posttrain.rl.sampler import Rollout, RowNoise, SamplingSettings, decode_completions
 from posttrain.training.dropout import disable_dropout
 from posttrain.rl.update import PolicyUpdate, stream_seed
 from posttrain.training.metrics import MetricsWriter
@@ -65,12 +70,14 @@ class RLEngine:
         heldout: held-out evaluation, or None.
         checkpoints: resumable training state (restored before the first step, saved every ``save_every``
             steps, between steps so no rollouts are in flight), or None.
+        rollout_backend: ``native`` or ``vllm`` (`posttrain.rl.rollout_backend.resolve_backend`).
     """
 
     def __init__(
         self, *, config: RLConfig, policy: Any, tokenizer: Any, objective: Objective, reward: RewardScorer,
         prompts: list[PromptRow], accelerator: Any, metrics: MetricsWriter, seed: int, stage_dir: Path,
         heldout: HeldoutEvaluation | None = None, checkpoints: TrainCheckpoints | None = None,
+        rollout_backend: str = "native",
     ):
         self.config, self.train_spec = config, config.train
         self.tokenizer, self.objective, self.reward = tokenizer, objective, reward
@@ -97,8 +104,12 @@ class RLEngine:
         self.kl_controller = (
             AdaptiveKLController(kl.coef, kl.target, kl.horizon) if kl.controller == "adaptive" else FixedKLController(kl.coef)
         )
-        self.sampler = RolloutSampler(end_token_ids(policy, tokenizer), tokenizer.pad_token_id, generation.backend)
+        self.sampler = make_rollout_sampler(
+            rollout_backend, generation, policy, tokenizer, seed=seed, precision=self.train_spec.precision,
+            max_model_len=generation.max_prompt_tokens + generation.max_new_tokens,
+        )
         self.settings = SamplingSettings(generation.max_new_tokens, generation.temperature, generation.top_p, generation.top_k)
+        self.episodes: EpisodeRunner | None = None  # multi-turn episodes (`environment:`): set by the stage
         self.update = PolicyUpdate(self.kernel, objective, config, generation.temperature, self._sum, seed)
         self._seconds = {"generation": 0.0, "scoring": 0.0}
         dapo = getattr(config, "dapo", None)
@@ -134,6 +145,7 @@ class RLEngine:
                 with gathered_parameters(self.accelerator):
                     initial = self.heldout.evaluate_initial(self.policy, self.tokenizer)
                 self.metrics.log(0, initial, total=steps)
+                self._record_episodes("before training")
             for step in range(first_step, steps):
                 values = self.step(step)
                 completion_tokens += int(values["completion_tokens"])
@@ -143,13 +155,15 @@ class RLEngine:
                     with gathered_parameters(self.accelerator):
                         values.update(self.heldout.evaluate(self.policy, self.tokenizer, step, training_reward))
                     since_heldout = []
+                    self._record_episodes(f"after step {step + 1}")
                 last = values
                 if (step + 1) % self.train_spec.log_every == 0 or step + 1 == steps:
                     self.metrics.log(step + 1, values, total=steps)
                 counters = {"completion_tokens": completion_tokens, "since_heldout": since_heldout, "last": last}
                 self.kernel.save_if_due(self.checkpoints, step + 1, steps, {**counters, **self._counters()})
-        finally:  # reward sources may hold worker processes or models
+        finally:  # reward sources may hold worker processes or models; a vLLM engine holds memory
             self.reward.close()
+            self.sampler.close()
             if self.heldout is not None and self.heldout.scorer is not self.reward:
                 self.heldout.scorer.close()
         return {
@@ -161,6 +175,11 @@ class RLEngine:
             **{f"initial_{k}": v for k, v in initial.items()},
             **{f"final_{k}": v for k, v in last.items() if k.startswith(("reward/total", "heldout/", "kl"))},
         }
+
+    def _record_episodes(self, label: str) -> None:
+        """The held-out evaluation's first episodes, for the report (stages with an environment)."""
+        if self.heldout is not None and self.heldout.last_episodes and self.accelerator.is_main_process:
+            write_episode_samples(self.stage_dir, label, self.heldout.last_episodes)
 
     def _counters(self) -> dict[str, Any]:
         """What the engine carries from step to step, besides weights and optimizer (JSON)."""
@@ -205,7 +224,9 @@ class RLEngine:
         # 5. advantages
         advantages = self.objective.advantages(experience, kl_BC, kl_coef, self._sum)
         experience.advantages, experience.returns_BC = advantages.advantages, advantages.returns_BC
-        values: dict[str, float] = {**scored.metrics, **dapo_metrics, **_floats(advantages.metrics)}
+        values: dict[str, float] = {
+            **scored.metrics, **dapo_metrics, **_floats(advantages.metrics), **self._off_policy(experience)
+        }
         # 6. finite check: no update can use these rollouts if the advantages are not finite
         if self.kernel.skips(experience.advantages, lambda: self._stop_message("advantages", step)):
             self.update.nonfinite_skipped += 1
@@ -215,9 +236,10 @@ class RLEngine:
             values["kl_coef"] = kl_coef
             self._update_kl_coef(kl_BC, experience.loss_mask_BC)
             values.update(self.update(experience, step, kl_coef, lambda what: self._stop_message(what, step)))
+            self.sampler.weights_changed()  # a vLLM engine loads the new weights before its next rollout
         # 9. metrics
         values["nonfinite_skipped"] = self.update.nonfinite_skipped
-        return self._metrics(values, kl_BC, experience.completion_mask_BC, rollout, (began, generated, scored_at))
+        return self._metrics(values, kl_BC, sampled_mask(experience), rollout, (began, generated, scored_at))
 
     def _update_kl_coef(self, kl_BC: torch.Tensor, mask_BC: torch.Tensor) -> None:
         """Moves an adaptive beta by this batch's KL per completion (sum over tokens, mean over completions) and
@@ -240,7 +262,7 @@ class RLEngine:
         timings; every process holds as many completions, so the mean over processes is the global mean."""
         began, generated, scored_at = times
         finished = time.perf_counter()
-        tokens = int(rollout.completion_mask_BC.sum())
+        tokens = int(sampled_mask(rollout).sum())
         kl_total, kl_tokens = self._sum(torch.stack([masked_sum(kl_BC, mask_BC).double(), mask_BC.sum().double()])).tolist()
         values.update(
             {
@@ -256,7 +278,7 @@ class RLEngine:
             }
         )
         return mean_metrics_over_processes(
-            self.accelerator, values, summed=("completion_tokens",), maxed=("time/", "logprob_mismatch")
+            self.accelerator, values, summed=("completion_tokens",), maxed=("time/", "logprob_mismatch", "rollout/logprob_diff_max")
         )
 
     def _sample_and_score(self, step: int, extra_round: int = 0) -> Sampled:
@@ -267,8 +289,13 @@ class RLEngine:
         generated = time.perf_counter()
         completions = decode_completions(self.tokenizer, rollout.completion_ids_BC, rollout.completion_mask_BC)
         examples = [{**row.example, "truncated": cut} for row, cut in zip(rows, rollout.truncated_B.tolist())]
+        if isinstance(rollout, EpisodeRollout):  # the final answers are scored; a failed episode is excluded
+            completions, examples = rollout.reward_inputs(examples)
         group_ids = [index // self.group_size for index in range(len(rows))]
         scored = self.reward([row.question for row in rows], completions, examples, step, group_ids)
+        if isinstance(rollout, EpisodeRollout):
+            scored.excluded_B = scored.excluded_B | rollout.failed_B.to(scored.excluded_B.device)
+            scored.metrics.update(rollout.metrics())
         self._seconds["generation"] += generated - began
         self._seconds["scoring"] += time.perf_counter() - generated
         return Sampled(rows, rollout, scored, torch.zeros(len(rows), dtype=torch.bool))
@@ -286,7 +313,10 @@ class RLEngine:
         global_rows = [(k * world + rank) * self.group_size + g for k in range(len(indices)) for g in range(self.group_size)]
         noise = RowNoise(stream_seed(self._round_seed(extra_round), step, 0, 0), global_rows)
         with gathered_parameters(self.accelerator):
-            rollout = self.sampler.sample(self.policy, [self.prompt_ids[i] for i in repeated], self.settings, noise=noise)
+            if self.episodes is not None:
+                rollout = self.episodes.run(self.policy, [self.rows[i] for i in repeated], self.settings, noise=noise)
+            else:
+                rollout = self.sampler.sample(self.policy, [self.prompt_ids[i] for i in repeated], self.settings, noise=noise)
         return [self.rows[i] for i in repeated], rollout
 
     def _round_seed(self, extra_round: int) -> int:
@@ -308,10 +338,11 @@ class RLEngine:
         with self.kernel.autocast():
             ref_logprobs_BC = self.reference.logprobs(self.policy, rollout, temperature)
             old_logprobs_BC, old_values_BC = rollout.logprobs_BC, None
-            if self.objective.uses_values or self.train_spec.old_logprobs == "recompute":
+            recompute = self._recomputes_old_logprobs()
+            if self.objective.uses_values or recompute:
                 scores = score_completions(self.module, rollout, temperature)
                 old_values_BC = scores.values_BC
-                if self.train_spec.old_logprobs == "recompute":
+                if recompute:
                     old_logprobs_BC = scores.logprobs_BC
         return Experience(
             sequences_BS=rollout.sequences_BS,
@@ -319,7 +350,8 @@ class RLEngine:
             position_ids_BS=rollout.position_ids_BS,
             completion_ids_BC=rollout.completion_ids_BC,
             completion_mask_BC=rollout.completion_mask_BC,
-            loss_mask_BC=rollout.completion_mask_BC & ~(excluded_B | out_of_loss_B)[:, None],
+            loss_mask_BC=sampled_mask(rollout) & ~(excluded_B | out_of_loss_B)[:, None],
+            sampled_mask_BC=getattr(rollout, "sampled_mask_BC", None),
             sampler_logprobs_BC=rollout.logprobs_BC,
             old_logprobs_BC=old_logprobs_BC,
             ref_logprobs_BC=ref_logprobs_BC,
@@ -327,6 +359,25 @@ class RLEngine:
             excluded_B=excluded_B,
             old_values_BC=old_values_BC,
         )
+
+    def _recomputes_old_logprobs(self) -> bool:
+        """The PPO ratio's old log-probs come from the trainer, not the sampler: when asked, when the sampler's
+        are another engine's (vLLM), and for truncated importance sampling, which compares the two."""
+        spec = self.train_spec
+        return spec.old_logprobs == "recompute" or not self.sampler.exact_logprobs or spec.tis_cap is not None
+
+    def _off_policy(self, experience: Experience) -> dict[str, float]:
+        """The sampler/trainer log-prob gap and, with ``train.tis_cap``, the truncated importance weights
+        applied to the advantages (`posttrain.algorithms.off_policy`); nothing when the two are one."""
+        if not self._recomputes_old_logprobs():
+            return {}
+        trainer_BC, sampler_BC, mask_BC = experience.old_logprobs_BC, experience.sampler_logprobs_BC, experience.loss_mask_BC
+        metrics = sampler_trainer_mismatch(trainer_BC, sampler_BC, mask_BC)
+        if self.train_spec.tis_cap is not None:
+            weights_BC, tis_metrics = truncated_importance_weights(trainer_BC, sampler_BC, mask_BC, self.train_spec.tis_cap)
+            experience.advantages = weight_advantages(experience.advantages, weights_BC)
+            metrics.update(tis_metrics)
+        return _floats(metrics)
 
     def _stop_message(self, what: str, step: int) -> str:
         """The error of a non-finite value under ``on_nan: stop``, after saving the policy as it was before

@@ -12,10 +12,12 @@ from posttrain.errors import CheckpointError
 from posttrain.models.checkpoint import apply_lora, load_model_and_tokenizer
 from posttrain.models.reward_head import is_reward_model_checkpoint
 from posttrain.rl.engine import RLEngine
+from posttrain.rl.episodes import EpisodeRunner
 from posttrain.rl.heldout import HeldoutEvaluation
 from posttrain.rl.objective import Objective
 from posttrain.rl.prompts import encode_prompts, load_prompts
 from posttrain.rl.reward import RewardScorer
+from posttrain.rl.rollout_backend import checkpoint_architectures, resolve_backend
 
 
 def load_policy(context: Any) -> tuple[Any, Any]:
@@ -27,6 +29,7 @@ def load_policy(context: Any) -> tuple[Any, Any]:
         CheckpointError: if the input is a reward model; RL trains a language model.
     """
     config = context.config
+    rollout_backend(context)  # a backend that cannot run fails here, before the model loads
     if is_reward_model_checkpoint(context.input_checkpoint):
         raise CheckpointError(
             f"stage {config.name!r} starts from a reward model ({context.input_checkpoint}); RL trains a "
@@ -39,6 +42,13 @@ def load_policy(context: Any) -> tuple[Any, Any]:
     if config.lora is not None:
         model = apply_lora(model, config.lora)
     return model, tokenizer
+
+
+def rollout_backend(context: Any) -> str:
+    """The stage's resolved ``generation.backend`` (`posttrain.rl.rollout_backend.resolve_backend`)."""
+    where = f"stage {context.config.name!r}: generation.backend"
+    architectures = checkpoint_architectures(context.input_checkpoint or context.model_spec.name_or_path)
+    return resolve_backend(context.config.generation.backend, where, architectures)
 
 
 def build_engine(context: Any, policy: Any, tokenizer: Any, objective: Objective) -> RLEngine:
@@ -54,9 +64,13 @@ def build_engine(context: Any, policy: Any, tokenizer: Any, objective: Objective
     engine = RLEngine(
         config=config, policy=policy, tokenizer=tokenizer, objective=objective, reward=reward, prompts=prompts.rows,
         accelerator=context.accelerator, metrics=context.metrics, seed=context.seed, stage_dir=context.stage_dir,
-        checkpoints=context.checkpoints,
+        checkpoints=context.checkpoints, rollout_backend=rollout_backend(context),
     )
     engine.skipped_data_rows = prompts.skipped
+    if config.environment is not None:
+        engine.episodes = EpisodeRunner(
+            config.environment, tokenizer, engine.sampler, config.generation.max_prompt_tokens, context.recipe_dir
+        )
     if config.heldout is not None:
         spec = config.heldout
         rows = load_prompts(spec.data, context.recipe_dir, context.seed).rows
@@ -68,5 +82,6 @@ def build_engine(context: Any, policy: Any, tokenizer: Any, objective: Objective
             spec.batch_size, spec.every, train_reward=reward if gold is not reward else None,
             samples=spec.samples, sampling=replace(engine.settings, max_new_tokens=budget),
             seed=(context.seed * 1_000_003) ^ 0x2545F491,  # a stream the training rollouts do not use
+            episodes=engine.episodes,
         )
     return engine

@@ -57,6 +57,7 @@ class RoleModel:
         self.batch_size, self.max_prompt_tokens = batch_size, max_prompt_tokens
         self.renderer = ChatRenderer(tokenizer)
         self.sampler = RolloutSampler(end_token_ids(model, tokenizer), tokenizer.pad_token_id)
+        self.samplers: dict[str, Any] = {"native": self.sampler}  # one per backend (`generation.backend`)
         self.cut_prompts = 0
         self._label_ids: list[int] | None = None
 
@@ -71,21 +72,38 @@ class RoleModel:
             out.append(ids)
         return out
 
+    def sampler_for(self, backend: str) -> Any:
+        """The sampler of a resolved ``generation.backend`` (a vLLM engine is built once, at its first use;
+        a role model does not train, so its weights never need syncing)."""
+        if backend not in self.samplers:
+            from posttrain.config.rl import GenerationSpec
+            from posttrain.rl.rollout_backend import make_rollout_sampler
+
+            # room for the longest role prompt and a long answer (the engine caps it at the model's positions)
+            self.samplers[backend] = make_rollout_sampler(
+                backend, GenerationSpec(), self.model, self.tokenizer, max_model_len=self.max_prompt_tokens + 1024, seed=0
+            )
+        return self.samplers[backend]
+
     def generate(
-        self, conversations: Sequence[list[dict[str, str]]], settings: SamplingSettings, generator: torch.Generator | None
+        self, conversations: Sequence[list[dict[str, str]]], settings: SamplingSettings, generator: torch.Generator | None,
+        backend: str = "native",
     ) -> list[tuple[str, bool]]:
-        """One completion per conversation: (text, cut off by ``max_new_tokens``)."""
+        """One completion per conversation: (text, cut off by ``max_new_tokens``), from the ``backend`` sampler."""
         ids = self.encode(conversations)
+        sampler = self.sampler_for(backend)
         out: list[tuple[str, bool]] = []
         for start in range(0, len(ids), self.batch_size):
-            rollout = self.sampler.sample(self.model, ids[start : start + self.batch_size], settings, generator)
+            rollout = sampler.sample(self.model, ids[start : start + self.batch_size], settings, generator)
             texts = decode_completions(self.tokenizer, rollout.completion_ids_BC, rollout.completion_mask_BC)
             out += list(zip(texts, rollout.truncated_B.tolist()))
         return out
 
-    def answer(self, user_texts: Sequence[str], settings: SamplingSettings, generator: torch.Generator | None) -> list[tuple[str, bool]]:
+    def answer(
+        self, user_texts: Sequence[str], settings: SamplingSettings, generator: torch.Generator | None, backend: str = "native"
+    ) -> list[tuple[str, bool]]:
         """Completions of single user messages (the critic's and the reviser's prompts)."""
-        return self.generate([[{"role": "user", "content": text}] for text in user_texts], settings, generator)
+        return self.generate([[{"role": "user", "content": text}] for text in user_texts], settings, generator, backend)
 
     def label_ids(self) -> list[int]:
         """The first token of each judge label as the assistant's first token."""

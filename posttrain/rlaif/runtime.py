@@ -22,6 +22,18 @@ def sampling_settings(spec: GenerationSpec) -> SamplingSettings:
     return SamplingSettings(spec.max_new_tokens, spec.temperature, spec.top_p, spec.top_k)
 
 
+def role_backends(context: Any, **specs: GenerationSpec) -> dict[str, str]:
+    """Each generation role's resolved ``backend`` (`posttrain.rl.rollout_backend.resolve_backend`), by the
+    role's recipe key; called before any model loads, so a backend that cannot run fails first."""
+    from posttrain.rl.rollout_backend import checkpoint_architectures, resolve_backend
+
+    architectures = checkpoint_architectures(context.input_checkpoint or context.model_spec.name_or_path)
+    return {
+        key: resolve_backend(spec.backend, f"stage {context.config.name!r}: {key}.backend", architectures)
+        for key, spec in specs.items()
+    }
+
+
 def stage_constitution(name: str, recipe_dir: Path) -> Constitution:
     """The stage's constitution file, resolved like a data file (recipe folder first, then working dir)."""
     return load_constitution(resolve_data_path(name, recipe_dir) or Path(name))

@@ -16,7 +16,7 @@ from typing import Any
 
 from posttrain.config.ai_judge import AIJudgeConfig
 from posttrain.rlaif.judge import AgreementCounter, ground_truth, judge_pairs
-from posttrain.rlaif.runtime import generator_for, sampling_settings, stage_inputs, write_output
+from posttrain.rlaif.runtime import generator_for, role_backends, sampling_settings, stage_inputs, write_output
 from posttrain.stages.base import Stage, register_stage
 
 
@@ -28,6 +28,7 @@ class AIJudgeStage(Stage):
 
     def __init__(self, context):
         super().__init__(context)
+        self.backends = role_backends(context, generation=self.config.generation)
         self.load_start_model()
 
     def train(self) -> dict[str, Any]:
@@ -37,7 +38,7 @@ class AIJudgeStage(Stage):
         rows = prompts.rows
         count = config.candidates
         answers = policy.generate([r.messages for r in rows for _ in range(count)], sampling_settings(config.generation),
-                                  generator_for(ctx))
+                                  generator_for(ctx), self.backends["generation"])
         rng = random.Random(f"ai_judge/{ctx.seed}")
         candidates, same = [], 0
         for index, row in enumerate(rows):

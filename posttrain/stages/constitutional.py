@@ -19,7 +19,7 @@ from typing import Any
 from posttrain.config.constitutional import ConstitutionalConfig
 from posttrain.errors import StageError
 from posttrain.rlaif.critique import critique_and_revise, violation_rates
-from posttrain.rlaif.runtime import generator_for, sampling_settings, stage_inputs, write_output
+from posttrain.rlaif.runtime import generator_for, role_backends, sampling_settings, stage_inputs, write_output
 from posttrain.stages.base import Stage, register_stage
 
 
@@ -31,6 +31,7 @@ class ConstitutionalStage(Stage):
 
     def __init__(self, context):
         super().__init__(context)
+        self.backends = role_backends(context, response=self.config.response, revise=self.config.revise)
         self.load_start_model()
 
     def train(self) -> dict[str, Any]:
@@ -38,11 +39,13 @@ class ConstitutionalStage(Stage):
         started = time.time()
         constitution, prompts, policy, critic = stage_inputs(self, config.constitution, config.critic)
         generator = generator_for(ctx)
-        answers = policy.generate([row.messages for row in prompts.rows], sampling_settings(config.response), generator)
+        answers = policy.generate(
+            [row.messages for row in prompts.rows], sampling_settings(config.response), generator, self.backends["response"]
+        )
         revise_settings = sampling_settings(config.revise)
         result = critique_and_revise(
             constitution, [row.question for row in prompts.rows], [text.strip() for text, _ in answers],
-            lambda texts: critic.answer(texts, revise_settings, generator),
+            lambda texts: critic.answer(texts, revise_settings, generator, self.backends["revise"]),
             rounds=config.rounds, rng=random.Random(f"constitutional/{ctx.seed}"),
             max_chars=config.max_revision_chars, examples=[row.example for row in prompts.rows],
             keep_answer=config.keep_answer,

@@ -1,0 +1,208 @@
+"""The vLLM rollout backend against the native sampler and the trainer, on the built-in micro model.
+
+Run in the vLLM environment (`.ci/run` builds `.venv-vllm`): ``python -m pytest -m vllm tests/vllm``. The
+main environment deselects these tests (`-m 'not vllm'` in pyproject's addopts): vLLM pins an older
+transformers than the main environment's.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from posttrain.config.rl import VLLMSpec
+from posttrain.rl.sampler import RolloutSampler, SamplingSettings, end_token_ids
+from tests.rl.conftest import make_stage, rl_config  # noqa: F401  (make_stage is a fixture)
+
+pytestmark = pytest.mark.vllm
+
+
+@pytest.fixture(scope="module")
+def micro():
+    from posttrain.models.tiny import build_tiny_model
+
+    model, tokenizer = build_tiny_model("micro")
+    return model.eval(), tokenizer
+
+
+def vllm_sampler(model, tokenizer, max_model_len: int = 64):
+    from posttrain.rl.vllm_sampler import VLLMSampler
+
+    return VLLMSampler(end_token_ids(model, tokenizer), tokenizer.pad_token_id, VLLMSpec(), max_model_len=max_model_len)
+
+
+PROMPTS = [[5, 6, 7], [8, 9, 10, 11], [5, 6, 7], [40, 41]]
+
+
+def test_greedy_generations_equal_the_native_samplers(micro) -> None:
+    model, tokenizer = micro
+    settings = SamplingSettings(max_new_tokens=12, temperature=0.0)
+    sampler = vllm_sampler(model, tokenizer)
+    try:
+        ours = sampler.sample(model, PROMPTS, settings)
+    finally:
+        sampler.close()
+    native = RolloutSampler(end_token_ids(model, tokenizer), tokenizer.pad_token_id).sample(model, PROMPTS, settings)
+    assert torch.equal(ours.completion_ids_BC, native.completion_ids_BC)
+    assert torch.equal(ours.completion_mask_BC, native.completion_mask_BC)
+    assert torch.equal(ours.truncated_B, native.truncated_B) and torch.equal(ours.prompt_ids_BP, native.prompt_ids_BP)
+    # float32 on both sides: the same log-softmax up to kernel rounding
+    torch.testing.assert_close(ours.logprobs_BC, native.logprobs_BC, atol=1e-5, rtol=0)
+
+
+def test_seeded_rows_do_not_depend_on_the_batch_they_are_sampled_in(micro) -> None:
+    """A completion's seed comes from its row in the global batch: the rows of two half batches equal the
+    whole batch's (what lets each process of a launch sample its share)."""
+    from posttrain.rl.sampler import RowNoise
+
+    model, tokenizer = micro
+    settings = SamplingSettings(max_new_tokens=8, temperature=1.0, top_k=50)
+    sampler = vllm_sampler(model, tokenizer)
+    try:
+        whole = sampler.sample(model, PROMPTS, settings, noise=RowNoise(7, [0, 1, 2, 3]))
+        first = sampler.sample(model, PROMPTS[:2], settings, noise=RowNoise(7, [0, 1]))
+        second = sampler.sample(model, PROMPTS[2:], settings, noise=RowNoise(7, [2, 3]))
+    finally:
+        sampler.close()
+    halves = [row for part in (first, second) for row in part.completion_ids_BC[:, : part.lengths_B.max()].tolist()]
+    assert [row[: int(n)] for row, n in zip(whole.completion_ids_BC.tolist(), whole.lengths_B)] == [
+        row[: int(n)] for row, n in zip(halves, torch.cat([first.lengths_B, second.lengths_B]))
+    ]
+    assert whole.completion_ids_BC[0].tolist() != whole.completion_ids_BC[2].tolist()  # same prompt, other row
+
+
+def test_after_an_optimizer_step_engine_logprobs_match_the_trainers(make_stage) -> None:
+    """Step 0 samples and updates (lr 1e-2 moves every weight); step 1's rollout comes from the synced
+    engine, and the trainer's recomputed log-probs of those completions equal vLLM's to float32 rounding.
+    Without the sync (control) the same measure is far apart."""
+    config = rl_config("grpo", generation={"backend": "vllm", "max_new_tokens": 8}, train={"steps": 3})
+    engine = make_stage(config).build_engine()
+    try:
+        engine.step(0)
+        engine.sampler.weights_changed = lambda: None  # control from here: step 1's update is not synced
+        synced = engine.step(1)
+        assert engine.sampler.syncs == 2
+        assert synced["rollout/logprob_diff_max"] < 1e-4, synced["rollout/logprob_diff_max"]
+        stale = engine.step(2)
+        assert stale["rollout/logprob_diff_max"] > 0.05, stale["rollout/logprob_diff_max"]
+    finally:
+        engine.sampler.close()
+
+
+def test_engine_is_built_from_the_weights_the_policy_has_at_its_first_rollout(micro) -> None:
+    """What makes resume work: the engine is built lazily, so restored weights are the ones it samples with."""
+    from posttrain.models.tiny import build_tiny_model
+    from posttrain.rl.policy import ActorCritic, score_completions
+
+    model, tokenizer = build_tiny_model("micro")
+    sampler = vllm_sampler(model, tokenizer)
+    with torch.no_grad():  # stands for `restore`: weights change after the sampler exists, before it samples
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    try:
+        rollout = sampler.sample(model, PROMPTS, SamplingSettings(max_new_tokens=8, temperature=1.0))
+    finally:
+        sampler.close()
+    trainer_BC = score_completions(ActorCritic(model.eval()), rollout, 1.0).logprobs_BC.detach()
+    gap = ((trainer_BC - rollout.logprobs_BC).abs() * rollout.completion_mask_BC).max()
+    assert gap < 1e-4, gap
+
+
+def test_lora_policy_is_synced_with_its_adapters_merged(make_stage) -> None:
+    config = rl_config(
+        "grpo", generation={"backend": "vllm", "max_new_tokens": 8}, train={"steps": 2},
+        lora={"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+    )
+    engine = make_stage(config).build_engine()
+    try:
+        engine.step(0)
+        row = engine.step(1)
+        assert row["rollout/logprob_diff_max"] < 1e-4, row["rollout/logprob_diff_max"]
+    finally:
+        engine.sampler.close()
+
+
+def test_grpo_with_vllm_learns_like_native(make_stage) -> None:
+    """The engine test's learning check (shorter answers score higher), once per backend: both must raise
+    the reward by as much as the native test asks, and vLLM must end within 0.15 of native."""
+    results = {}
+    for backend in ("native", "vllm"):
+        config = rl_config(
+            "grpo", group_size=8, generation={"backend": backend, "max_new_tokens": 8}, train={"steps": 12}, name=f"grpo_{backend}"
+        )
+        stage = make_stage(config)
+        stage.train()
+        rewards = [row["reward/total/mean"] for row in stage.metrics.rows]
+        results[backend] = (sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3, rewards)
+    for backend, (first, last, rewards) in results.items():
+        assert last > first + 0.1, (backend, rewards)
+    assert results["vllm"][1] > results["native"][1] - 0.15, results
+
+
+def test_rlaif_role_model_generates_with_vllm_as_with_native(micro) -> None:
+    """`constitutional` / `ai_judge` generation roles with ``backend: vllm``: greedy answers equal native ones."""
+    from posttrain.rlaif.language_model import RoleModel
+
+    model, tokenizer = micro
+    role = RoleModel(model, tokenizer, batch_size=4, max_prompt_tokens=64)
+    settings = SamplingSettings(max_new_tokens=10, temperature=0.0)
+    texts = ["what is 2 + 3?", "say hello", "what is 7 + 1?"]
+    try:
+        assert role.answer(texts, settings, None, backend="vllm") == role.answer(texts, settings, None)
+    finally:
+        role.samplers["vllm"].close()
+
+
+MULTIPROCESS_RECIPE = """\
+name: mpvllm
+seed: 0
+model: {{name_or_path: "builtin:micro"}}
+evaluate_base: false
+logging: {{report_to: [], report: false, samples: 0}}
+stages:
+  - name: grpo
+    kind: grpo
+    data: {{source: "builtin:arithmetic", count: 32, levels: [1]}}
+    reward:
+      - {{source: length_penalty, args: {{target_length: 6, max_length: 12}}}}
+    group_size: 4
+    generation: {{max_new_tokens: 6, temperature: 1.0, backend: vllm}}
+    train: {{steps: 2, prompts_per_step: {prompts}, lr: 1.0e-3, log_every: 1}}
+    evaluate: false
+"""
+
+
+def test_two_processes_each_with_an_engine_sample_what_one_process_samples(tmp_path, accelerator) -> None:
+    """`accelerate launch` with 2 CPU processes (DDP over gloo): each process builds its own engine over its
+    half of the prompts, in the launcher's process group, and the run ends cleanly (vLLM's shutdown would
+    destroy that group: `VLLMSampler.close`). Step 1 (same weights) equals 1 process on the whole batch;
+    after the synced update, the engines still match the trainer."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from posttrain.pipeline import Pipeline
+    from posttrain.recipe import load_recipe
+
+    repo = Path(__file__).resolve().parents[2]
+    (tmp_path / "two.yaml").write_text(MULTIPROCESS_RECIPE.format(prompts=2))
+    (tmp_path / "one.yaml").write_text(MULTIPROCESS_RECIPE.format(prompts=4))
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(repo / "recipes" / "accelerate" / "ddp.yaml"),
+        "-m", "posttrain.run", str(tmp_path / "two.yaml"), "--output-dir", str(tmp_path / "two"),
+    ]
+    environment = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=environment, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+    Pipeline(load_recipe(tmp_path / "one.yaml", [f"output_dir={tmp_path / 'one'}"]), accelerator=accelerator, log=lambda _: None).run()
+
+    def rows(run: str) -> list[dict]:
+        return [json.loads(line) for line in (tmp_path / run / "stages" / "grpo" / "metrics.jsonl").read_text().splitlines()]
+
+    two, one = rows("two"), rows("one")
+    assert [r["step"] for r in two] == [1, 2]
+    assert two[0]["completion_tokens"] == one[0]["completion_tokens"]
+    assert two[0]["reward/total/mean"] == pytest.approx(one[0]["reward/total/mean"], abs=1e-9)
+    assert all(r["rollout/logprob_diff_max"] < 1e-4 for r in two), two
