@@ -126,8 +126,8 @@ def test_every_stage_kind_runs_on_the_family(family, tmp_path: Path, accelerator
     monkeypatch.setattr(MetricsWriter, "__init__", _quiet_init(MetricsWriter.__init__))
     generate = language_model.RoleModel.answer
 
-    def answer_then_revise(self, texts, settings, generator):
-        out = generate(self, texts, settings, generator)  # the family model generates as usual
+    def answer_then_revise(self, texts, settings, generator, *backend):
+        out = generate(self, texts, settings, generator, *backend)  # the family model generates as usual
         return [("The answer is 5.", False) for _ in out]  # (text, cut off): a finished, usable revision
 
     monkeypatch.setattr(language_model.RoleModel, "answer", answer_then_revise)
