@@ -56,6 +56,34 @@ def check_data_files(loaded: LoadedRecipe) -> list[str]:
                 problems.append(f"stages[{index}] ({stage.name}).{where}: {err}")
                 continue
             problems += [f"stages[{index}] ({stage.name}).{where}: {p}" for p in _reward_fields(stage, data)]
+    return problems + _evaluation_problems(loaded)
+
+
+def _evaluation_problems(loaded: LoadedRecipe) -> list[str]:
+    """Local JSONL files of `exact_match` / `perplexity` evaluations read as the evaluator reads them; an
+    `exact_match` row without the `answer` it is scored against is named."""
+    from posttrain.data.loading import load_dataset
+
+    problems = []
+    for index, evaluation in enumerate(loaded.recipe.evaluations):
+        spec = evaluation.data
+        if spec is None or evaluation.kind not in ("exact_match", "perplexity"):
+            continue
+        path = resolve_data_path(spec.source, loaded.directory)
+        if path is None or path.suffix != ".jsonl" or not path.is_file():
+            continue
+        where = f"evaluations[{index}] ({evaluation.name}).data"
+        try:
+            data = load_dataset(spec, loaded.directory, loaded.recipe.seed, purpose="evaluate")
+        except DataError as err:
+            problems.append(f"{where}: {err}")
+            continue
+        missing = [i for i, row in enumerate(data.rows) if evaluation.kind == "exact_match" and "answer" not in row]
+        if missing:
+            problems.append(
+                f"{where}: {data.origin}: {len(missing)} of {len(data.rows)} rows have no `answer` field, which "
+                f"exact_match scores against (first: row {missing[0] + 1})"
+            )
     return problems
 
 

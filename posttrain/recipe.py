@@ -297,6 +297,7 @@ def _check_semantics(recipe: Recipe, recipe_dir: Path, lines: dict[tuple, int]) 
             )
         seen.add(stage.name)
     problems += _check_stage_inputs(recipe, recipe_dir, lines)
+    problems += _check_environments(recipe, recipe_dir, lines)
     for path, spec in data_specs(recipe):
         file = resolve_data_path(spec.source, recipe_dir)
         if file is not None and not file.exists():
@@ -340,7 +341,26 @@ def _check_semantics(recipe: Recipe, recipe_dir: Path, lines: dict[tuple, int]) 
     return problems
 
 
-BUILTIN_SOURCES = {"builtin:arithmetic", "builtin:code", "builtin:corpus", "builtin:preferences", "builtin:rlaif"}
+def _check_environments(recipe: Recipe, recipe_dir: Path, lines: dict[tuple, int]) -> list[str]:
+    """Each RL stage's `environment:`: the class loads, its args fit its constructor, its tools describe."""
+    from posttrain.envs.registry import check_environment
+
+    problems: list[str] = []
+    for i, stage in enumerate(recipe.stages):
+        spec = getattr(stage, "environment", None)
+        if spec is None:
+            continue
+        if getattr(stage, "dapo", None) is not None:  # its refill rounds rebuild rollouts without the episode masks
+            problems.append(f"stages[{i}] ({stage.name}).environment: multi-turn episodes do not combine with `dapo:` yet")
+        try:
+            check_environment(spec.name, spec.args, recipe_dir, describe=False)
+        except ValueError as error:
+            line = _line_suffix(lines, ("stages", i, "environment", "name"))
+            problems.append(f"stages[{i}] ({stage.name}).environment{line}: {error}")
+    return problems
+
+
+BUILTIN_SOURCES = {"builtin:arithmetic", "builtin:calculator", "builtin:code", "builtin:corpus", "builtin:preferences", "builtin:rlaif"}
 
 
 def _check_stage_inputs(recipe: Recipe, recipe_dir: Path, lines: dict[tuple, int]) -> list[str]:

@@ -79,8 +79,9 @@ def _preview(text: str, limit: int = 60) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
-def _call_with_timeout(function: Callable[..., Any], args: tuple[Any, ...], timeout_s: float) -> Any:
-    """`function(*args)` in a daemon thread; raises TimeoutError past `timeout_s`, re-raises what it raised."""
+def call_with_timeout(function: Callable[..., Any], args: tuple[Any, ...], timeout_s: float) -> Any:
+    """`function(*args)` in a daemon thread; raises TimeoutError past `timeout_s`, re-raises what it raised.
+    (Also the time budget of environment steps, `posttrain.rl.episodes`.)"""
     outcome: dict[str, Any] = {}
 
     def target() -> None:
@@ -150,7 +151,7 @@ class PythonFunctionReward(RewardSource):
     def _call(self, args: tuple[Any, ...], what: str) -> Any:
         """Call the function on deep copies of `args`; any failure becomes a RewardFunctionError naming `what`."""
         try:
-            return _call_with_timeout(self.function, copy.deepcopy(args), self.timeout_s)
+            return call_with_timeout(self.function, copy.deepcopy(args), self.timeout_s)
         except BaseException as exc:
             raise RewardFunctionError(
                 f"reward function {self.function_spec!r} raised {type(exc).__name__}: {exc} on {what}"

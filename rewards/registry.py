@@ -9,7 +9,7 @@ True
 >>> build_reward_source("no_such_source")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-ValueError: unknown reward source 'no_such_source'; valid sources: ai_judge, code, format, length_penalty, math, ...
+ValueError: unknown reward source 'no_such_source'; valid sources: ai_judge, code, environment, format, length_penalty, ...
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ _BUILTIN_MODULES = (
     "posttrain.rewards.reward_model",
     "posttrain.rewards.python_function",
     "posttrain.rewards.ai_judge",
+    "posttrain.rewards.environment_reward",
 )
 _REGISTRY: dict[str, type[RewardSource]] = {}
 _LOAD_LOCK = threading.Lock()

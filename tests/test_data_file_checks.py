@@ -73,3 +73,18 @@ def test_bad_rows_are_reported_by_validate(
     recipe = _write(tmp_path, {**GOOD, file: rows})
     assert main(["validate", str(recipe)]) == 2
     assert re.search(message, capsys.readouterr().err)
+
+
+def test_evaluation_files_are_read_as_the_evaluator_reads_them(tmp_path: Path, capsys) -> None:
+    """An RL prompt file works as an exact_match set; one without `answer` is named at validate."""
+    recipe = _write(tmp_path, GOOD)
+    text = recipe.read_text() + "evaluations:\n  - {name: qa, kind: exact_match, data: {source: prompts.jsonl}}\n"
+    recipe.write_text(text)
+    assert main(["validate", str(recipe)]) == 0
+    (tmp_path / "prompts.jsonl").write_text(json.dumps({"question": "1+1="}) + "\n")
+    recipe.write_text(text.replace("    reward:\n      - source: math\n", "    reward:\n      - source: format\n"
+                                   "        args: {pattern: x}\n"))
+    assert main(["validate", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"evaluations\[0\] \(qa\)\.data: .*prompts.jsonl: 1 of 1 rows have no `answer` field, which "
+                     r"exact_match scores against \(first: row 1\)", err)

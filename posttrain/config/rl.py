@@ -26,6 +26,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from posttrain.config.common import DataSpec, LoraSpec, Strict, refuse_fp16
+from posttrain.config.environment import EnvironmentSpec
 from posttrain.config.stages import StageConfig
 from posttrain.registry import POLICY_LOSSES, check_plug_in
 from posttrain.rewards.config import RewardEntry, check_reward_entries
@@ -254,6 +255,11 @@ class RLConfig(StageConfig):
         "seq-mean-token-sum, seq-mean-token-sum-norm (Dr. GRPO: divide by max_new_tokens).",
     )
     heldout: HeldoutSpec | None = Field(None, description="Held-out evaluation during training (reward-hacking guard).")
+    environment: EnvironmentSpec | None = Field(
+        None,
+        description="Multi-turn episodes in an environment with tools (`posttrain.config.environment`); the "
+        "held-out evaluation then runs episodes too. None: one completion per prompt.",
+    )
 
     @field_validator("reward")
     @classmethod

@@ -13,10 +13,13 @@ loader (SFT, preference, RL prompts), which other issues own.
 
 The stage knows the recipe's evaluation sets (every `evaluations:` entry and each stage's `heldout:`): the
 recipe loader fills them into `decontaminate.sets` (`posttrain.config.curate.bind_evaluation_sets`), so
-decontamination is on by default, against all of them, and a change to an evaluation set re-runs it.
+decontamination is on by default, against all of them, and a change to an evaluation set re-runs it. Every
+training stage has the same `decontaminate:` setting, applied to its own data before it trains
+(`posttrain.curation.training`, called by the pipeline), with the same index and rules.
 
 Modules: `text` (a row's text, words, n-grams), `dedup` (exact hashing, MinHash-LSH via `datasketch`),
 `decontamination` (n-gram index of evaluation rows), `quality` (length, Gopher repetition, characters,
 the user's filter), `rules` (the rules in order, with the tally), `mixture` (weights, counts, curriculum),
-`stream` (reading sources and spooling kept rows on disk), `curate` (one job end to end). No torch here.
+`stream` (reading sources and spooling kept rows on disk), `curate` (one job end to end), `training` (a
+training stage's own data). No torch here.
 """

@@ -27,6 +27,7 @@ from typing import Any
 
 from posttrain.config.common import DataSpec
 from posttrain.data import world
+from posttrain.data.calculator_world import CALCULATOR_LEVELS, calculator_rows
 from posttrain.data.constitution import load_constitution
 from posttrain.data.rlaif_demonstrations import rlaif_sft_rows
 from posttrain.data.sources import as_messages, check_messages, check_rows, file_records, resolve_data_path
@@ -61,7 +62,12 @@ def builtin_rows(spec: DataSpec, seed: int) -> list[dict[str, Any]]:
         return world.arithmetic_rows(spec.split, spec.count or 2000, seed, levels, spec.carry_slip or 0.0)
     if spec.source == "builtin:corpus":
         return [{"text": doc} for doc in world.corpus_documents(spec.split, spec.count or 2000, seed)]
-    raise DataError(f"unknown built-in dataset {spec.source!r}; built-in: builtin:arithmetic, builtin:corpus")
+    if spec.source == "builtin:calculator":  # tool-use demonstrations (posttrain.data.calculator_world)
+        levels = tuple(spec.levels) if spec.levels else CALCULATOR_LEVELS
+        return calculator_rows(spec.split, spec.count or 2000, seed, levels)
+    raise DataError(
+        f"unknown built-in dataset {spec.source!r}; built-in: builtin:arithmetic, builtin:calculator, builtin:corpus"
+    )
 
 
 def _rlaif_rows(spec: DataSpec, recipe_dir: Path, seed: int) -> list[dict[str, Any]]:

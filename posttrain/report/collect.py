@@ -28,6 +28,7 @@ class StageRecord:
     metrics: list[dict[str, Any]] = field(default_factory=list)
     evaluation: dict[str, Any] | None = None
     samples: dict[str, Any] | None = None  # samples.json: {"key", "samples": [...], "seconds"}
+    episodes: dict[str, list[dict[str, Any]]] | None = None  # episodes.json of an RL stage with an environment
     failure: str | None = None  # the error text of a failed stage (failed.json)
 
     @property
@@ -95,6 +96,7 @@ def collect(run_dir: str | Path) -> RunRecord:
                 metrics=read_metrics(folder / "metrics.jsonl"),
                 evaluation=_json(folder / "eval.json"),
                 samples=read_samples(folder),
+                episodes=_json(folder / "episodes.json"),  # posttrain.rl.episodes.EPISODES_FILE (no torch here)
                 failure=(_json(folder / FAILED) or {}).get("error"),
             )
         )

@@ -51,6 +51,11 @@ def _is_heldout(key: str) -> bool:
     return key.startswith("heldout/") and key != "heldout/hacking_warning"
 
 
+def _is_episode(key: str) -> bool:
+    """Per-episode means of an RL stage with an environment (`posttrain.rl.episodes`); not the timings."""
+    return key.startswith("episodes/") and key not in ("episodes/length", "episodes/environment_seconds")
+
+
 # (file stem, title, which keys) for the per-stage training curves
 TRAINING_PLOTS: tuple[tuple[str, str, Callable[[str], bool]], ...] = (
     ("loss", "Training loss", _is_loss),
@@ -58,6 +63,7 @@ TRAINING_PLOTS: tuple[tuple[str, str, Callable[[str], bool]], ...] = (
     ("kl", "KL to the reference", _is_kl),
     ("response_length", "Response length (tokens)", _is_length),
     ("heldout", "Held-out metrics during training", _is_heldout),
+    ("episodes", "Episodes: turns, tool calls and errors per episode, truncated share, failures", _is_episode),
 )
 
 

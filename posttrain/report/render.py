@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from posttrain.report.table import format_cell as cell, table_columns
-from posttrain.report.collect import RunRecord
+from posttrain.report.collect import RunRecord, StageRecord
 from posttrain.report.plots import Plot, stage_seconds
 
 STYLE = """
@@ -93,6 +93,19 @@ def sample_grid(run: RunRecord) -> tuple[list[str], list[dict[str, Any]], list[l
     return [s.name for s in stages], prompts, grid
 
 
+def episode_grid(stage: StageRecord) -> tuple[list[str], list[list[str]]]:
+    """(labels, transcripts[episode][label]) of a stage's held-out episodes (`episodes.json`)."""
+    labels = [label for label, samples in (stage.episodes or {}).items() if isinstance(samples, list) and samples]
+    if not labels:
+        return [], []
+    count = min(len(stage.episodes[label]) for label in labels)
+    grid = [
+        [f"{stage.episodes[label][i]['transcript']}\n(reward {stage.episodes[label][i]['reward']:g})" for label in labels]
+        for i in range(count)
+    ]
+    return labels, grid
+
+
 def _generated() -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S")
 
@@ -137,6 +150,13 @@ def render_html(run: RunRecord, plots: list[Plot]) -> str:
             row += "".join(f"<td><pre>{esc(c)}</pre></td>" for c in completions)
             parts.append(f"<tr>{row}</tr>")
         parts.append("</table>")
+    for stage in run.stages:
+        labels, episodes = episode_grid(stage)
+        if labels:
+            parts.append(f"<h2>Episodes: {esc(stage.name)} (held-out, greedy)</h2>")
+            parts.append('<table class="samples"><tr>' + "".join(f"<th>{esc(label)}</th>" for label in labels) + "</tr>")
+            parts += ["<tr>" + "".join(f"<td><pre>{esc(t)}</pre></td>" for t in row) + "</tr>" for row in episodes]
+            parts.append("</table>")
     if curation := curation_rows(run):
         parts.append('<h2>Curation</h2><table class="curation"><tr>' + "".join(f"<th>{h}</th>" for h in CURATION_HEADER) + "</tr>")
         parts += ["<tr>" + "".join(f"<td><pre>{esc(v)}</pre></td>" for v in values) + "</tr>" for values in curation]
@@ -185,6 +205,10 @@ def render_markdown(run: RunRecord, plot_files: dict[str, str], plots: list[Plot
             for p, completions in zip(prompts, grid)
         ]
         lines += _md_table(header, rows) + [""]
+    for stage in run.stages:
+        labels, episodes = episode_grid(stage)
+        if labels:
+            lines += [f"## Episodes: {stage.name} (held-out, greedy)", ""] + _md_table(labels, episodes) + [""]
     if curation := curation_rows(run):
         lines += ["## Curation", ""] + _md_table(CURATION_HEADER, curation) + [""]
     if failed := failure_rows(run):

@@ -2,6 +2,8 @@
 
 1. **Rollout** (`posttrain.rl.sampler`): ``prompts_per_step`` prompts, each ``group_size`` times, sampled
    with the policy's key/value cache; token ids, the sampler's log-probabilities and masks come back.
+   With an ``environment:`` each is a whole multi-turn episode (`posttrain.rl.episodes`): the environment's
+   tokens sit in the sequence, and only the model's sampled tokens are trained on (loss, KL, log-probs).
 2. **Reward** (`posttrain.rl.reward`): the stage's reward entries score the decoded completions; a
    completion cut off before its end token is flagged `truncated` (no positive reward by default), and
    one a verifier could not judge (infrastructure error) is excluded from the loss. With a `dapo:` section
@@ -37,7 +39,8 @@ from posttrain.models.checkpoint import save_checkpoint
 from posttrain.rl.dapo import DAPOShaping, Sampled
 from posttrain.rl.heldout import HeldoutEvaluation
 from posttrain.rl.objective import Experience, Objective
-from posttrain.rl.policy import ActorCritic, FrozenReference, ValueHead, score_completions
+from posttrain.rl.episodes import EpisodeRollout, EpisodeRunner, write_episode_samples
+from posttrain.rl.policy import ActorCritic, FrozenReference, ValueHead, sampled_mask, score_completions
 from posttrain.rl.prompts import PromptRow, encode_prompts
 from posttrain.rl.reward import RewardScorer
 from posttrain.rl.rollout_backend import make_rollout_sampler
@@ -106,6 +109,7 @@ class RLEngine:
             max_model_len=generation.max_prompt_tokens + generation.max_new_tokens,
         )
         self.settings = SamplingSettings(generation.max_new_tokens, generation.temperature, generation.top_p, generation.top_k)
+        self.episodes: EpisodeRunner | None = None  # multi-turn episodes (`environment:`): set by the stage
         self.update = PolicyUpdate(self.kernel, objective, config, generation.temperature, self._sum, seed)
         self._seconds = {"generation": 0.0, "scoring": 0.0}
         dapo = getattr(config, "dapo", None)
@@ -141,6 +145,7 @@ class RLEngine:
                 with gathered_parameters(self.accelerator):
                     initial = self.heldout.evaluate_initial(self.policy, self.tokenizer)
                 self.metrics.log(0, initial, total=steps)
+                self._record_episodes("before training")
             for step in range(first_step, steps):
                 values = self.step(step)
                 completion_tokens += int(values["completion_tokens"])
@@ -150,6 +155,7 @@ class RLEngine:
                     with gathered_parameters(self.accelerator):
                         values.update(self.heldout.evaluate(self.policy, self.tokenizer, step, training_reward))
                     since_heldout = []
+                    self._record_episodes(f"after step {step + 1}")
                 last = values
                 if (step + 1) % self.train_spec.log_every == 0 or step + 1 == steps:
                     self.metrics.log(step + 1, values, total=steps)
@@ -169,6 +175,11 @@ class RLEngine:
             **{f"initial_{k}": v for k, v in initial.items()},
             **{f"final_{k}": v for k, v in last.items() if k.startswith(("reward/total", "heldout/", "kl"))},
         }
+
+    def _record_episodes(self, label: str) -> None:
+        """The held-out evaluation's first episodes, for the report (stages with an environment)."""
+        if self.heldout is not None and self.heldout.last_episodes and self.accelerator.is_main_process:
+            write_episode_samples(self.stage_dir, label, self.heldout.last_episodes)
 
     def _counters(self) -> dict[str, Any]:
         """What the engine carries from step to step, besides weights and optimizer (JSON)."""
@@ -228,7 +239,7 @@ class RLEngine:
             self.sampler.weights_changed()  # a vLLM engine loads the new weights before its next rollout
         # 9. metrics
         values["nonfinite_skipped"] = self.update.nonfinite_skipped
-        return self._metrics(values, kl_BC, experience.completion_mask_BC, rollout, (began, generated, scored_at))
+        return self._metrics(values, kl_BC, sampled_mask(experience), rollout, (began, generated, scored_at))
 
     def _update_kl_coef(self, kl_BC: torch.Tensor, mask_BC: torch.Tensor) -> None:
         """Moves an adaptive beta by this batch's KL per completion (sum over tokens, mean over completions) and
@@ -251,7 +262,7 @@ class RLEngine:
         timings; every process holds as many completions, so the mean over processes is the global mean."""
         began, generated, scored_at = times
         finished = time.perf_counter()
-        tokens = int(rollout.completion_mask_BC.sum())
+        tokens = int(sampled_mask(rollout).sum())
         kl_total, kl_tokens = self._sum(torch.stack([masked_sum(kl_BC, mask_BC).double(), mask_BC.sum().double()])).tolist()
         values.update(
             {
@@ -278,8 +289,13 @@ class RLEngine:
         generated = time.perf_counter()
         completions = decode_completions(self.tokenizer, rollout.completion_ids_BC, rollout.completion_mask_BC)
         examples = [{**row.example, "truncated": cut} for row, cut in zip(rows, rollout.truncated_B.tolist())]
+        if isinstance(rollout, EpisodeRollout):  # the final answers are scored; a failed episode is excluded
+            completions, examples = rollout.reward_inputs(examples)
         group_ids = [index // self.group_size for index in range(len(rows))]
         scored = self.reward([row.question for row in rows], completions, examples, step, group_ids)
+        if isinstance(rollout, EpisodeRollout):
+            scored.excluded_B = scored.excluded_B | rollout.failed_B.to(scored.excluded_B.device)
+            scored.metrics.update(rollout.metrics())
         self._seconds["generation"] += generated - began
         self._seconds["scoring"] += time.perf_counter() - generated
         return Sampled(rows, rollout, scored, torch.zeros(len(rows), dtype=torch.bool))
@@ -297,7 +313,10 @@ class RLEngine:
         global_rows = [(k * world + rank) * self.group_size + g for k in range(len(indices)) for g in range(self.group_size)]
         noise = RowNoise(stream_seed(self._round_seed(extra_round), step, 0, 0), global_rows)
         with gathered_parameters(self.accelerator):
-            rollout = self.sampler.sample(self.policy, [self.prompt_ids[i] for i in repeated], self.settings, noise=noise)
+            if self.episodes is not None:
+                rollout = self.episodes.run(self.policy, [self.rows[i] for i in repeated], self.settings, noise=noise)
+            else:
+                rollout = self.sampler.sample(self.policy, [self.prompt_ids[i] for i in repeated], self.settings, noise=noise)
         return [self.rows[i] for i in repeated], rollout
 
     def _round_seed(self, extra_round: int) -> int:
@@ -331,7 +350,8 @@ class RLEngine:
             position_ids_BS=rollout.position_ids_BS,
             completion_ids_BC=rollout.completion_ids_BC,
             completion_mask_BC=rollout.completion_mask_BC,
-            loss_mask_BC=rollout.completion_mask_BC & ~(excluded_B | out_of_loss_B)[:, None],
+            loss_mask_BC=sampled_mask(rollout) & ~(excluded_B | out_of_loss_B)[:, None],
+            sampled_mask_BC=getattr(rollout, "sampled_mask_BC", None),
             sampler_logprobs_BC=rollout.logprobs_BC,
             old_logprobs_BC=old_logprobs_BC,
             ref_logprobs_BC=ref_logprobs_BC,

@@ -44,6 +44,8 @@ class HeldoutEvaluation:
         samples: completions sampled per prompt with ``sampling`` (0: greedy answers only).
         sampling: the stage's sampling settings (needed when ``samples`` > 0).
         seed: seeds the sampled completions' random numbers (the same at every evaluation).
+        episodes: the stage's multi-turn runner (`environment:`): answers are then whole episodes, scored on
+            their final message (with the environment's reward in the examples).
     """
 
     def __init__(
@@ -59,12 +61,15 @@ class HeldoutEvaluation:
         samples: int = 0,
         sampling: SamplingSettings | None = None,
         seed: int = 0,
+        episodes: Any = None,
     ):
         if samples > 0 and (sampling is None or sampling.temperature == 0):
             raise ValueError("held-out samples need the stage's sampling settings with a temperature above 0")
         self.rows, self.prompt_ids, self.scorer, self.sampler = list(rows), list(prompt_ids), scorer, sampler
         self.train_reward = train_reward
         self.samples, self.sampling, self.seed = samples, sampling, seed
+        self.episodes = episodes
+        self.last_episodes: list[Any] = []  # the latest evaluation's episodes (for samples)
         self.settings = SamplingSettings(max_new_tokens=max_new_tokens, temperature=0.0)
         self.batch_size, self.every = batch_size, every
         self.previous: tuple[float, float] | None = None  # (training reward, held-out accuracy) at the last evaluation
@@ -117,6 +122,8 @@ class HeldoutEvaluation:
         self, policy: Any, tokenizer: Any, rows: list[PromptRow], prompt_ids: list, settings: SamplingSettings, sampled: bool = False
     ) -> tuple[list[str], list[dict], list[str]]:
         """Completions of ``rows`` (greedy, or sampled with fixed random numbers), their examples and questions."""
+        if self.episodes is not None:
+            return self._episodes(policy, rows, settings, sampled)
         completions: list[str] = []
         truncated: list[bool] = []
         for start in range(0, len(rows), self.batch_size):
@@ -126,4 +133,21 @@ class HeldoutEvaluation:
             completions += decode_completions(tokenizer, rollout.completion_ids_BC, rollout.completion_mask_BC)
             truncated += rollout.truncated_B.tolist()
         examples = [{**row.example, "truncated": cut} for row, cut in zip(rows, truncated)]
+        return completions, examples, [row.question for row in rows]
+
+    def _episodes(
+        self, policy: Any, rows: list[PromptRow], settings: SamplingSettings, sampled: bool
+    ) -> tuple[list[str], list[dict], list[str]]:
+        """Whole episodes of ``rows``: their final messages and examples (with the environment's reward)."""
+        completions: list[str] = []
+        examples: list[dict] = []
+        self.last_episodes = []
+        for start in range(0, len(rows), self.batch_size):
+            batch = rows[start : start + self.batch_size]
+            noise = RowNoise(self.seed, range(start, start + len(batch))) if sampled else None
+            rollout = self.episodes.run(policy, batch, settings, noise=noise)
+            texts, fields = rollout.reward_inputs([dict(row.example) for row in batch])
+            completions += texts
+            examples += fields
+            self.last_episodes += rollout.episodes
         return completions, examples, [row.question for row in rows]

@@ -46,8 +46,8 @@ class Experience:
     attention_mask_BS: torch.Tensor
     position_ids_BS: torch.Tensor
     completion_ids_BC: torch.Tensor
-    completion_mask_BC: torch.Tensor  # generated tokens (end token included)
-    loss_mask_BC: torch.Tensor  # the tokens that are trained on: completion tokens of non-excluded rows
+    completion_mask_BC: torch.Tensor  # generated tokens (end token included), and environment tokens in episodes
+    loss_mask_BC: torch.Tensor  # the tokens that are trained on: sampled tokens of non-excluded rows
     sampler_logprobs_BC: torch.Tensor
     old_logprobs_BC: torch.Tensor
     ref_logprobs_BC: torch.Tensor
@@ -56,6 +56,7 @@ class Experience:
     old_values_BC: torch.Tensor | None = None
     advantages: torch.Tensor | None = None  # (B,) for outcome advantages, (B, C) for GAE
     returns_BC: torch.Tensor | None = None
+    sampled_mask_BC: torch.Tensor | None = None  # multi-turn episodes: the model's tokens (None: all of them)
 
     def rows(self, index_R: torch.Tensor) -> "Experience":
         """The experience of rows ``index_R`` only."""

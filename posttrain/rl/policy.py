@@ -156,8 +156,18 @@ class CompletionBatch(Protocol):
     def completion_mask_BC(self) -> torch.Tensor: ...
 
 
+def sampled_mask(batch: Any) -> torch.Tensor:
+    """The completion tokens the policy sampled, (B, C): its actions. A multi-turn rollout
+    (`posttrain.rl.episodes`) also holds environment tokens, which are attended to but are not actions; a
+    batch without ``sampled_mask_BC`` (a single-turn rollout) is all the policy's."""
+    mask_BC = getattr(batch, "sampled_mask_BC", None)
+    return batch.completion_mask_BC if mask_BC is None else mask_BC
+
+
 def score_completions(module: Any, batch: CompletionBatch, temperature: float, with_entropy: bool = False) -> CompletionScores:
     """Runs ``module`` (an `ActorCritic`, possibly wrapped by Accelerate/DDP) over prompt + completion.
+
+    Log-probabilities are those of the tokens the policy sampled (`sampled_mask`), 0 elsewhere.
 
     Log-probabilities are of ``softmax(logits / temperature)`` (temperature 0 counts as 1), the
     distribution the sampler reports (see `posttrain.rl.sampler`).
@@ -166,7 +176,9 @@ def score_completions(module: Any, batch: CompletionBatch, temperature: float, w
     logits_BCV, values_BC = module(batch.sequences_BS, batch.attention_mask_BS, batch.position_ids_BS, completion_ids_BC.shape[1])
     if temperature not in (0, 1):
         logits_BCV = logits_BCV / temperature
-    logprobs_BC = token_logprobs(logits_BCV, completion_ids_BC, batch.completion_mask_BC)
+    logprobs_BC = token_logprobs(logits_BCV, completion_ids_BC, sampled_mask(batch))
+    if values_BC is not None and getattr(batch, "sampled_mask_BC", None) is not None:
+        values_BC = torch.where(batch.sampled_mask_BC, values_BC, torch.zeros_like(values_BC))  # no value at env tokens
     entropy_BC = None
     if with_entropy:
         with torch.no_grad():
@@ -221,4 +233,4 @@ class FrozenReference:
         )
         if temperature not in (0, 1):
             logits_BCV = logits_BCV / temperature
-        return token_logprobs(logits_BCV, completion_ids_BC, batch.completion_mask_BC)
+        return token_logprobs(logits_BCV, completion_ids_BC, sampled_mask(batch))

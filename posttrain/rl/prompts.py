@@ -12,7 +12,8 @@ column other than the prompt itself is passed to the reward sources as the examp
 for the math verifier, `tests` and `entry_point` for the code verifier, ...).
 
 Built-in sets: `builtin:arithmetic` (the tiny world's problems, with `answer` and `level`) and
-`builtin:code` (`posttrain.data.code_tasks`, with `tests` and `entry_point`).
+`builtin:code` (`posttrain.data.code_tasks`, with `tests` and `entry_point`), and `builtin:calculator`
+(`posttrain.data.calculator_world`: the problems an environment with a calculator tool poses).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from posttrain.config.common import DataSpec
+from posttrain.data.calculator_world import CALCULATOR_LEVELS, calculator_rows
 from posttrain.data.code_tasks import load_code_tasks
 from posttrain.data.loading import builtin_rows
 from posttrain.data.sources import Record, as_messages, check_rows, file_records, numbered_records
@@ -91,8 +93,13 @@ def _builtin_records(spec: DataSpec, seed: int) -> Iterable[Record]:
         rows: list[dict[str, Any]] = [dict(task) for task in tasks[: spec.count or len(tasks)]]
     elif spec.source == "builtin:arithmetic":
         rows = builtin_rows(spec, seed)
+    elif spec.source == "builtin:calculator":  # the problems only: the environment answers the tool calls
+        levels = tuple(spec.levels) if spec.levels else CALCULATOR_LEVELS
+        rows = calculator_rows(spec.split, spec.count or 2000, seed, levels, demonstrations=False)
     else:
-        raise DataError(f"{spec.source!r} holds no prompts; RL stages read builtin:arithmetic or {BUILTIN_CODE}")
+        raise DataError(
+            f"{spec.source!r} holds no prompts; RL stages read builtin:arithmetic, builtin:calculator or {BUILTIN_CODE}"
+        )
     return numbered_records(spec.source, rows)
 
 

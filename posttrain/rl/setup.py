@@ -12,6 +12,7 @@ from posttrain.errors import CheckpointError
 from posttrain.models.checkpoint import apply_lora, load_model_and_tokenizer
 from posttrain.models.reward_head import is_reward_model_checkpoint
 from posttrain.rl.engine import RLEngine
+from posttrain.rl.episodes import EpisodeRunner
 from posttrain.rl.heldout import HeldoutEvaluation
 from posttrain.rl.objective import Objective
 from posttrain.rl.prompts import encode_prompts, load_prompts
@@ -66,6 +67,10 @@ def build_engine(context: Any, policy: Any, tokenizer: Any, objective: Objective
         checkpoints=context.checkpoints, rollout_backend=rollout_backend(context),
     )
     engine.skipped_data_rows = prompts.skipped
+    if config.environment is not None:
+        engine.episodes = EpisodeRunner(
+            config.environment, tokenizer, engine.sampler, config.generation.max_prompt_tokens, context.recipe_dir
+        )
     if config.heldout is not None:
         spec = config.heldout
         rows = load_prompts(spec.data, context.recipe_dir, context.seed).rows
@@ -77,5 +82,6 @@ def build_engine(context: Any, policy: Any, tokenizer: Any, objective: Objective
             spec.batch_size, spec.every, train_reward=reward if gold is not reward else None,
             samples=spec.samples, sampling=replace(engine.settings, max_new_tokens=budget),
             seed=(context.seed * 1_000_003) ^ 0x2545F491,  # a stream the training rollouts do not use
+            episodes=engine.episodes,
         )
     return engine

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 
 from posttrain.rl.objective import Experience, Objective, SumOverProcesses
-from posttrain.rl.policy import score_completions
+from posttrain.rl.policy import sampled_mask, score_completions
 from posttrain.training.optimizer import OptimizerStep
 from posttrain.training.schedule import lr_at
 
@@ -139,7 +139,7 @@ class PolicyUpdate:
                 return False
             kernel.backward(loss * (share * kernel.world))
             tally.add({"loss": loss.detach(), **loss_metrics}, share)
-            mask_BC = micro.completion_mask_BC
+            mask_BC = sampled_mask(micro)
             if first_pass:
                 tally.entropy_sum += float(scores.entropy_BC[mask_BC].sum())
                 tally.entropy_tokens += int(mask_BC.sum())

@@ -191,3 +191,21 @@ def test_training_on_an_evaluation_set_is_one_clear_error(leaky: Path, accelerat
     with pytest.raises(ValueError, match=r"stage 'sft': all 40 rows of `data` \(held.jsonl\) contain rows of the "
                        r"recipe's evaluation sets \(arith: 40\); to train on them anyway .* `decontaminate: false`"):
         Pipeline(load_recipe(leaky / "recipe.yaml"), accelerator=accelerator, log=lambda line: None).run()
+
+
+def test_a_curate_stage_ignores_common_text_too(tmp_path: Path):
+    from posttrain.config.curate import CurateConfig
+    from posttrain.curation.curate import curate
+
+    stock = [{"text": f"Note {i}: it rains in the morning, says {name}."} for i, name in enumerate("ABCDEFGHIJKL")]
+    write_rows(tmp_path / "train.jsonl", stock + [{"text": "Homework: what is 23 + 45? Show your work."},
+                                                  {"text": "A clean row about nothing in particular."}])
+    write_rows(tmp_path / "eval.jsonl", [{"text": "It rains in the morning."}, {"text": "What is 23 + 45?"}])
+    config = CurateConfig.model_validate({
+        "name": "c", "kind": "curate", "sources": [{"data": {"source": "train.jsonl"}}], "dedup": {"near": False},
+        "decontaminate": {"sets": [{"name": "held", "data": {"source": "eval.jsonl"}}]}})
+    summary = curate(config, tmp_path, 0, tmp_path / "out")
+    assert summary["removed"]["decontamination"] == 1 and summary["rows_written"] == 13
+    assert summary["common_ngrams"] == 1 and summary["common_ngram_examples"] == ["it rains in the morning"]
+    off = config.model_copy(update={"decontaminate": config.decontaminate.model_copy(update={"common_rows": None})})
+    assert curate(off, tmp_path, 0, tmp_path / "off")["removed"]["decontamination"] == 13

@@ -185,7 +185,9 @@ def test_a_killed_rank_fails_the_launch_quickly_and_names_it(tmp_path):
 
 # Every other stage kind, through the command users run, with 2 processes: pretrain, LoRA SFT, reward
 # model, DPO (LoRA reference from the SFT adapters' base), PPO against the reward model (value head,
-# adaptive KL), evaluations and a gate after stages, and the report.
+# adaptive KL), GRPO with DAPO's dynamic sampling (the micro model answers nothing right, so every group is
+# dropped and both processes must take the extra round together, or ZeRO-3's gathered generation hangs),
+# evaluations and a gate after stages, and the report.
 SMOKE_RECIPE = """\
 name: smoke
 seed: 0
@@ -223,6 +225,17 @@ stages:
     generation: {max_new_tokens: 4}
     value_lr: 1.0e-3
     train: {steps: 2, prompts_per_step: 2, epochs: 2, mini_batches: 2, log_every: 1}
+  - name: dapo
+    kind: grpo
+    from: sft
+    evaluate: false
+    data: {source: "builtin:arithmetic", count: 16, levels: [1]}
+    reward:
+      - {source: math}
+    group_size: 2
+    dapo: {max_extra_rounds: 1}
+    generation: {max_new_tokens: 4}
+    train: {steps: 2, prompts_per_step: 2, log_every: 1}
 evaluations:
   - {name: arith, kind: exact_match, data: {source: "builtin:arithmetic", split: test, count: 4, levels: [1]}, max_new_tokens: 4}
 gates:
@@ -240,7 +253,7 @@ def test_every_stage_kind_runs_with_two_processes(tmp_path, config):
     done, seconds = accelerate_launch(config, ["-m", "posttrain.run", str(recipe), "--output-dir", str(run)], tmp_path)
     print(f"smoke launch ({config}): {seconds:.1f}s")
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-8000:]
-    for stage in ("pretrain", "sft", "rm", "dpo", "ppo"):
+    for stage in ("pretrain", "sft", "rm", "dpo", "ppo", "dapo"):
         assert done.stdout.count(f"[{stage}] running") == 1  # only the main process prints
         manifest = json.loads((run / "stages" / stage / "manifest.json").read_text())
         assert manifest["complete"] and manifest["checkpoint_hash"]
@@ -248,6 +261,8 @@ def test_every_stage_kind_runs_with_two_processes(tmp_path, config):
         loader = AutoModelForSequenceClassification if stage == "rm" else AutoModelForCausalLM
         loader.from_pretrained(run / "stages" / stage / "checkpoint")  # plain HF checkpoints, LoRA merged
     assert not (run / "stages" / "sft" / "checkpoint" / "adapter_config.json").exists()
+    # both processes took DAPO's one extra round (the logged value is their mean)
+    assert [row["dapo/extra_rounds"] for row in metrics(run, "dapo")] == [1.0, 1.0]
     assert [row["stage"] for row in json.loads((run / "evaluations.json").read_text())] == ["pretrain", "sft", "ppo"]
     assert (run / "report.html").is_file()
 

@@ -78,6 +78,24 @@ def test_unchanged_run_reuses_harness_results(harness_run, tmp_path: Path, accel
     assert run_recipe(tmp_path, accelerator) == table
 
 
+def test_another_lm_eval_version_reruns_harness_results(harness_run, tmp_path: Path, accelerator, monkeypatch) -> None:
+    """The cache key holds the installed lm-eval version (posttrain.eval.cache_key): stored results of another
+    version are not reused, though checkpoint and recipe are unchanged."""
+    import posttrain.eval.cache_key as cache_key
+
+    folder, _ = harness_run
+    shutil.copytree(folder / "run", tmp_path / "run")
+    real = cache_key._version
+    monkeypatch.setattr(cache_key, "_version", lambda *names: "0.4.99" if names[0] == "lm_eval" else real(*names))
+
+    def ran_again(kind):
+        raise RuntimeError(f"{kind} ran again")
+
+    monkeypatch.setattr(posttrain.eval.evaluators, "evaluator", ran_again)
+    with pytest.raises(RuntimeError, match="lm_eval ran again"):
+        run_recipe(tmp_path, accelerator)
+
+
 def test_gate_on_a_harness_metric_stops_the_run(harness_run, tmp_path: Path, accelerator) -> None:
     folder, _ = harness_run
     shutil.copytree(folder / "run", tmp_path / "run")

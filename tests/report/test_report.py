@@ -118,7 +118,11 @@ def test_training_plots_pick_the_keys_rl_stages_log() -> None:
         "kl": ["kl"],
         "response_length": ["response_length"],
         "heldout": ["heldout/accuracy"],
+        "episodes": [],
     }
+    episode_keys = ["episodes/turns", "episodes/tool_calls", "episodes/length", "episodes/failed", "episodes/environment_seconds"]
+    keep = dict((name, keep) for name, _, keep in TRAINING_PLOTS)["episodes"]
+    assert [key for key in episode_keys if keep(key)] == ["episodes/turns", "episodes/tool_calls", "episodes/failed"]
 
 
 def test_plots_have_a_panel_per_stage_with_data() -> None:
@@ -177,6 +181,32 @@ def test_report_renders_in_headless_chromium(cli_micro_run, tmp_path: Path) -> N
     blue = np.all(np.abs(pixels - PLOT_BLUE) <= 12, axis=-1)
     assert blue.sum() > 2000, "no plot drawn"
     assert np.nonzero(blue)[0].min() > bottom + rules[-1]
+
+
+def test_report_shows_whole_episodes(tmp_path: Path) -> None:
+    from posttrain.rl.episodes import Episode, write_episode_samples
+    from posttrain.rl.prompts import PromptRow
+
+    (tmp_path / "recipe.yaml").write_text("name: tools\nstages:\n  - {name: grpo, kind: grpo}\n")
+    folder = tmp_path / "stages" / "grpo"
+    folder.mkdir(parents=True)
+    row = PromptRow([{"role": "user", "content": "What is 71 - 28?"}], "What is 71 - 28?", {"answer": "43"})
+
+    def episode(answer: str, reward: float) -> Episode:
+        messages = [*row.messages, {"role": "assistant", "content": "<<calculator: 71 - 28>>"},
+                    {"role": "tool", "content": "43"}, {"role": "assistant", "content": answer}]  # fmt: skip
+        return Episode(row, messages=messages, reward=reward)
+
+    write_episode_samples(folder, "before training", [episode("41", 0.0)])
+    write_episode_samples(folder, "after step 20", [episode("42", 0.0)])
+    write_episode_samples(folder, "after step 40", [episode("43", 1.0)])  # replaces step 20, keeps the first
+    html_path, md_path = write_report(tmp_path)
+    page, markdown = html_path.read_text(), md_path.read_text()
+    assert "<h2>Episodes: grpo (held-out, greedy)</h2>" in page
+    assert "<th>before training</th><th>after step 40</th>" in page and "after step 20" not in page
+    assert "user: What is 71 - 28?\nassistant: &lt;&lt;calculator: 71 - 28&gt;&gt;\ntool: 43\nassistant: 43\n(reward 1)" in page
+    assert "| before training | after step 40 |" in markdown
+    assert "assistant: 41<br>(reward 0)" in markdown
 
 
 def test_a_failed_stage_is_marked_with_its_error_and_long_tokens_wrap(tmp_path: Path) -> None:

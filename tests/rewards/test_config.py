@@ -24,7 +24,7 @@ def test_defaults_and_key() -> None:
     ("data", "message"),
     [
         ({"source": "math", "wieght": 2}, "wieght"),
-        ({"source": "maths"}, "valid sources: ai_judge, code, format"),
+        ({"source": "maths"}, "valid sources: ai_judge, code, environment, format"),
         ({"source": "math", "args": {"answer_feild": "x"}}, "valid arguments: answer_field"),
         ({"source": "python"}, "needs argument(s) 'function'"),
         ({"source": "math", "normalize": "zscore"}, "group_zscore"),

@@ -108,7 +108,7 @@ def test_registry_lists_builtins_and_rejects_unknown_names() -> None:
     assert {"math", "code", "format", "length_penalty", "repetition_penalty", "reward_model", "python"} <= set(
         available_reward_sources()
     )
-    with pytest.raises(ValueError, match="unknown reward source 'judge'; valid sources: ai_judge, code, format"):
+    with pytest.raises(ValueError, match="unknown reward source 'judge'; valid sources: ai_judge, code, environment, format"):
         build_reward_source("judge")
     with pytest.raises(ValueError, match="has no argument.*'weight'"):
         build_reward_source("format", weight=2)

@@ -60,6 +60,20 @@ def make_stage(tmp_path: Path, accelerator) -> Callable[..., Any]:
     return build
 
 
+def end_turns_early(model, tokenizer) -> None:
+    """Biases the policy's (untied) LM head towards the end token, so that turns end and episodes go on
+    (a random model rarely ends a turn within a few tokens)."""
+    end = tokenizer.convert_tokens_to_ids("<|end|>")
+    weight = model.lm_head.weight.detach().clone()
+    head = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=True)
+    with torch.no_grad():
+        head.weight.copy_(weight)
+        head.bias.zero_()
+        head.bias[end] = 4.0
+    model.config.tie_word_embeddings = False
+    model.lm_head = head
+
+
 def vary_lengths(engine) -> None:
     """Makes ``engine``'s rollouts end after 1, 2, ..., C tokens (row i keeps ``i % C + 1``), as if each
     had sampled its end token there (the rows that keep all C tokens count as truncated). The random micro model almost never samples an end token, so every
