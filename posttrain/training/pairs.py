@@ -51,9 +51,13 @@ def pair_count(batch: Batch) -> int:
 
 @torch.no_grad()
 def score_pairs(
-    scorer: PairScorer, model: Any, rows: list[dict[str, Any]], batch_size: int
+    scorer: PairScorer, model: Any, rows: list[dict[str, Any]], batch_size: int,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[float], list[float]]:
-    """Runs ``scorer`` over rows in batches (model in eval mode); returns chosen and rejected values."""
+    """Runs ``scorer`` over rows in batches (model in eval mode); returns chosen and rejected values.
+
+    ``progress(done, total)`` is called after every batch with the number of rows scored so far.
+    """
     model.eval()
     device = next(model.parameters()).device
     chosen: list[float] = []
@@ -64,6 +68,8 @@ def score_pairs(
         chosen_B, rejected_B = scorer(model, batch)
         chosen += chosen_B.tolist()
         rejected += rejected_B.tolist()
+        if progress is not None:
+            progress(start + len(chunk), len(rows))
     return chosen, rejected
 
 
@@ -140,13 +146,16 @@ class DPOObjective(PairObjective):
         return loss * pairs, pairs
 
 
-def add_reference_logprobs(model: Any, rows: list[dict[str, Any]], batch_size: int) -> None:
+def add_reference_logprobs(
+    model: Any, rows: list[dict[str, Any]], batch_size: int, progress: Callable[[int, int], None] | None = None
+) -> None:
     """Stores the model's response log-probabilities in each row as the DPO reference, in place.
 
-    Computed once before training, so the reference needs no model of its own: for full fine-tuning it
-    is the starting weights; for LoRA call this inside ``model.disable_adapter()``.
+    Computed once before training, in batches of the training micro-batch size, so the reference needs no
+    model of its own: for full fine-tuning it is the starting weights; for LoRA call this inside
+    ``model.disable_adapter()``. ``progress`` as in `score_pairs` (a large dataset takes minutes).
     """
-    chosen, rejected = score_pairs(response_logprobs, model, rows, batch_size)
+    chosen, rejected = score_pairs(response_logprobs, model, rows, batch_size, progress)
     for row, chosen_logp, rejected_logp in zip(rows, chosen, rejected):
         row["reference_chosen_logps"] = chosen_logp
         row["reference_rejected_logps"] = rejected_logp

@@ -198,3 +198,29 @@ def test_dropout_is_off_so_the_first_margin_is_zero(tmp_path: Path, accelerator)
     [row] = [row for row in writer.rows if "loss" in row]
     assert row["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
     assert row["loss"] == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_reference_pass_reports_its_progress_batch_by_batch() -> None:
+    """The reference log-probs are computed in training-size batches and say how far they are (issue 19: a
+    600-pair run was still precomputing after 250 s with no output)."""
+    import io
+    from types import SimpleNamespace
+
+    from posttrain.stages.dpo import reference_progress
+
+    model, tokenizer = build_tiny_model("micro", seed=0)
+    pairs = [check_pair(row, f"row {i}") for i, row in enumerate(builtin_preference_rows("train", 5, seed=0))]
+    rows = encode_pairs(tokenizer, pairs, 48)
+    calls: list[tuple[int, int]] = []
+    add_reference_logprobs(model, rows, batch_size=2, progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(2, 5), (4, 5), (5, 5)]
+    assert all("reference_chosen_logps" in row for row in rows)
+    stream = io.StringIO()
+    report = reference_progress("dpo", SimpleNamespace(is_main=True, stream=stream), every_s=3600)
+    for done, total in calls:
+        report(done, total)
+    assert stream.getvalue().splitlines()[0].startswith("[dpo] reference log-probs: 5/5 pairs")  # only the end
+    assert len(stream.getvalue().splitlines()) == 1
+    quiet = io.StringIO()
+    reference_progress("dpo", SimpleNamespace(is_main=False, stream=quiet))(5, 5)
+    assert quiet.getvalue() == ""
