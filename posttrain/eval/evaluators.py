@@ -75,7 +75,14 @@ def exact_match(model: Any, tokenizer: Any, rows: list[dict[str, Any]], config: 
 @register_evaluator("perplexity")
 @torch.no_grad()
 def perplexity(model: Any, tokenizer: Any, rows: list[dict[str, Any]], config: EvalConfig) -> dict[str, float]:
-    """exp(mean token negative log-likelihood) over held-out text."""
+    """exp(mean token negative log-likelihood) over held-out text.
+
+    Documents are packed with the pre-training document separator between them (so each starts as in
+    pre-training) but the separator itself is not scored, as lm-eval's rolling log-likelihood scores only a
+    document's own tokens: a chat model never trained on the separator is not charged for it. (The quickstart's
+    SFT model has a huge corpus perplexity either way, measured on a fresh clone, AMD EPYC: 6.48 after
+    pre-training, 3.2e5 after SFT without the separator scored: SFT at lr 3e-3 forgets the corpus.)
+    """
     model.eval()
     device = next(model.parameters()).device
     renderer = ChatRenderer(tokenizer)
@@ -87,7 +94,7 @@ def perplexity(model: Any, tokenizer: Any, rows: list[dict[str, Any]], config: E
         chunk = packed[start : start + config.batch_size]
         batch = {k: torch.tensor([r[k] for r in chunk], device=device) for k in chunk[0]}
         logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
-        labels = batch["labels"][:, 1:]
+        labels = batch["labels"][:, 1:].masked_fill(batch["labels"][:, 1:] == separator, IGNORE_INDEX)
         loss = torch.nn.functional.cross_entropy(
             logits[:, :-1].float().reshape(-1, logits.size(-1)), labels.reshape(-1),
             ignore_index=IGNORE_INDEX, reduction="sum",

@@ -9,8 +9,12 @@ on a 12.6M-parameter Llama ran at 30-130 tokens/s with the default threads and 7
 1. the recipe's `threads:` if set;
 2. `OMP_NUM_THREADS` if set (torch already follows it);
 3. one thread per process when several processes share the machine (`LOCAL_WORLD_SIZE` > 1);
-4. one thread when the machine is busy (1-minute load average at least its CPU count);
-5. otherwise torch's default.
+4. otherwise torch's default.
+
+A busy machine (1-minute load average at least its CPU count) only gets a warning that names the setting:
+the thread count changes float32 reductions, so choosing it from the load would make the same command
+with the same seed train a different model depending on what else runs (measured: the quickstart's SFT
+held-out accuracy moved by tens of points between one and two threads, posttrain/data/world.py).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ def choose_threads(setting: int | None, env: Mapping[str, str], cpus: int, load:
     if local > 1:
         return 1, f"{local} processes on this machine: one thread each"
     if load is not None and load >= cpus:
-        return 1, f"the machine is busy (load {load:.1f} on {cpus} CPUs): one thread"
+        return None, f"torch's default; the machine is busy (load {load:.1f} on {cpus} CPUs): `threads: 1` may be faster"
     return None, "torch's default"
 
 
@@ -52,5 +56,6 @@ def configure_threads(setting: int | None) -> int:
     threads, why = choose_threads(setting, os.environ, cpus, load)
     if threads is not None:
         torch.set_num_threads(threads)
-    logger.info("torch intra-op threads: %d (%s)", torch.get_num_threads(), why)
+    busy = load is not None and load >= cpus and torch.get_num_threads() > 1
+    (logger.warning if busy else logger.info)("torch intra-op threads: %d (%s)", torch.get_num_threads(), why)
     return torch.get_num_threads()

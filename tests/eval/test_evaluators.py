@@ -109,11 +109,40 @@ def test_perplexity_equals_exp_mean_nll_by_hand(micro) -> None:
     model, tokenizer = micro
     text = "Bob has 3 pens and gets 4 more. Now Bob has 7 pens."
     result = perplexity(model, tokenizer, [{"text": text}], config(kind="perplexity", seq_len=64))
-    # each text ends with the document separator pre-training uses (<|endoftext|>), not the chat end of turn
+    # each text ends with the document separator pre-training uses (<|endoftext|>), not the chat end of turn,
+    # and only the document's own tokens are scored (the separator is context, as in lm-eval's rolling scores)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.convert_tokens_to_ids("<|endoftext|>")]
-    logits = model(input_ids=torch.tensor([ids])).logits[0, :-1]
-    nll = torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:]), reduction="mean")
+    logits = model(input_ids=torch.tensor([ids])).logits[0, :-2]
+    nll = torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:-1]), reduction="mean")
     assert result["perplexity"] == pytest.approx(math.exp(float(nll)), rel=1e-5)
+
+
+@torch.no_grad()
+def test_perplexity_does_not_charge_a_model_for_the_document_separator(micro) -> None:
+    """A chat model that never saw the pre-training separator may give it ~0 probability; corpus perplexity
+    measures the documents' own tokens, as lm-eval's rolling log-likelihood does."""
+    model, tokenizer = micro
+    rows = [{"text": "Bob has 3 pens and gets 4 more."}, {"text": "Ann counts the cups."}]
+    cfg = config(kind="perplexity", seq_len=64)
+    before = perplexity(model, tokenizer, rows, cfg)["perplexity"]
+    separator = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+
+    def push_separator_down(module, args, output):  # the separator's logit 1e4 below everything else
+        output.logits[..., separator] -= 1e4
+
+    hook = model.register_forward_hook(push_separator_down)
+    try:
+        after = perplexity(model, tokenizer, rows, cfg)["perplexity"]
+        scored_anyway = torch.nn.functional.cross_entropy(
+            model(input_ids=torch.tensor([[separator, separator]])).logits[0, :1], torch.tensor([separator])
+        )
+    finally:
+        hook.remove()
+    assert float(scored_anyway) > 1e3  # the hook works: scoring the separator would cost ~1e4 nats
+    # removing the separator's probability p from every softmax raises each scored token's log-prob by
+    # -log(1 - p) >= 0, so perplexity may only fall a little (p ~ 1/vocabulary on this untrained model); scored,
+    # the separator alone would add ~1e4 nats per document
+    assert before / 1.05 < after <= before * (1 + 1e-6)
 
 
 def test_perplexity_of_the_micro_model_is_finite_and_above_one(micro) -> None:

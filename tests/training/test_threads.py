@@ -1,5 +1,6 @@
 """Intra-op threads per process: the recipe, then OMP_NUM_THREADS, then one per process under a
-multi-process launch or on a busy machine, else torch's default."""
+multi-process launch, else torch's default (a busy machine only gets a warning: results must not depend on the
+load)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from posttrain.training.threads import choose_threads, configure_threads
         (3, {"OMP_NUM_THREADS": "1", "LOCAL_WORLD_SIZE": "2"}, 2, 9.0, 3),  # the recipe wins
         (None, {"OMP_NUM_THREADS": "2", "LOCAL_WORLD_SIZE": "2"}, 2, 9.0, None),  # torch follows OMP_NUM_THREADS
         (None, {"LOCAL_WORLD_SIZE": "2"}, 16, 0.5, 1),
-        (None, {}, 2, 2.5, 1),  # busy
+        (None, {}, 2, 2.5, None),  # busy: same threads as idle, so the same float32 results
         (None, {}, 2, 0.5, None),
         (None, {"LOCAL_WORLD_SIZE": "1"}, 8, None, None),
     ],
