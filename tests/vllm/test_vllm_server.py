@@ -120,3 +120,20 @@ def test_after_an_optimizer_step_server_logprobs_match_the_trainers(make_stage, 
         assert stale["rollout/logprob_diff_max"] > 0.05, stale["rollout/logprob_diff_max"]
     finally:
         engine.sampler.close()
+
+
+def test_two_processes_share_one_server_as_one_process_does(server_url, tmp_path, accelerator) -> None:
+    """`accelerate launch` with 2 CPU processes against one server: the first process pushes the weights, the
+    other waits at the barrier, each samples its half. Step 1 equals 1 process on the whole batch; step 2
+    (after a push) still matches the trainer in both runs."""
+    from tests.vllm.launches import two_processes_and_one
+
+    generation = (
+        "{max_new_tokens: 6, max_prompt_tokens: 120, temperature: 1.0, backend: vllm, "
+        f'vllm: {{mode: server, server_url: "{server_url}", weights_dir: "{tmp_path}"}}}}'
+    )
+    two, one = two_processes_and_one(tmp_path, accelerator, generation)
+    assert [r["step"] for r in two] == [1, 2]
+    assert two[0]["completion_tokens"] == one[0]["completion_tokens"]
+    assert two[0]["reward/total/mean"] == pytest.approx(one[0]["reward/total/mean"], abs=1e-9)
+    assert all(r["rollout/logprob_diff_max"] < 1e-4 for r in two + one), (two, one)
