@@ -219,7 +219,7 @@ class HeldoutSpec(Strict):
 
     Every `every` steps the policy answers held-out prompts greedily and a gold reward (by default the stage's
     own reward list; better, a verifier) scores them. A warning is raised when the training reward has risen
-    since the previous evaluation while held-out accuracy fell.
+    since the previous evaluation while held-out accuracy fell by more than chance (`hacking_p_value`).
     """
 
     data: DataSpec = Field(description="Held-out prompts, same layouts as the stage's `data`.")
@@ -236,6 +236,13 @@ class HeldoutSpec(Strict):
         "score them with the stage's reward (`heldout/sampled_reward`) and the gold one (`heldout/sampled_accuracy`): "
         "the objective RL raises, on prompts it never trained on. The random draws are the same at every "
         "evaluation, so a change is the policy's. 0 skips it.",
+    )
+    hacking_p_value: float = Field(
+        0.05,
+        gt=0,
+        le=1,
+        description="Warn of reward hacking only when the held-out fall is this unlikely by chance: an exact sign test "
+        "on the prompts that went right-to-wrong against wrong-to-right since the previous evaluation (1.0: any fall).",
     )
 
     @field_validator("reward")

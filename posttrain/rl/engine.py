@@ -198,8 +198,10 @@ class RLEngine:
         controller = saved.get("kl_controller", saved["objective"])
         if "kl_coef" in controller:
             self.kl_controller.load_state_dict(controller)
-        if self.heldout is not None and saved["heldout_previous"] is not None:
-            self.heldout.previous = tuple(saved["heldout_previous"])
+        previous = saved["heldout_previous"]
+        # states saved before the per-prompt comparison (2 entries) start the comparison afresh
+        if self.heldout is not None and previous is not None and len(previous) == 3:
+            self.heldout.previous = tuple(previous)
 
     def step(self, step: int) -> dict[str, float]:
         """One rollout-and-update iteration; returns its metrics."""

@@ -17,6 +17,7 @@ fixed seed), so two evaluations differ only by the policy.
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, Sequence
 
@@ -27,6 +28,24 @@ from posttrain.rl.sampler import RolloutSampler, RowNoise, SamplingSettings, dec
 
 class RewardHackingWarning(UserWarning):
     """Training reward went up while held-out accuracy went down."""
+
+
+def fall_p_value(worse: int, better: int) -> float:
+    """One-sided p-value that held-out accuracy fell, from the prompts that changed between two evaluations.
+
+    ``worse`` prompts went from passed to failed and ``better`` from failed to passed; unchanged prompts carry
+    no evidence. Under "no change in the policy's accuracy" each changed prompt is equally likely to go
+    either way, so the p-value is P(X >= worse) for X ~ Binomial(worse + better, 1/2): the exact form of
+    McNemar's test for paired proportions (McNemar 1947, "Note on the sampling error of the difference
+    between correlated proportions or percentages", Psychometrika 12(2), eq. 1 and its exact binomial form).
+
+    >>> fall_p_value(5, 0), fall_p_value(6, 1)
+    (0.03125, 0.0625)
+    """
+    if worse < 0 or better < 0:
+        raise ValueError(f"flip counts must be >= 0, got worse={worse}, better={better}")
+    changed = worse + better
+    return sum(math.comb(changed, k) for k in range(worse, changed + 1)) / 2**changed
 
 
 class HeldoutEvaluation:
@@ -46,6 +65,7 @@ class HeldoutEvaluation:
         seed: seeds the sampled completions' random numbers (the same at every evaluation).
         episodes: the stage's multi-turn runner (`environment:`): answers are then whole episodes, scored on
             their final message (with the environment's reward in the examples).
+        p_value: warn when the fall's `fall_p_value` is at most this (1.0: any fall warns).
     """
 
     def __init__(
@@ -62,7 +82,10 @@ class HeldoutEvaluation:
         sampling: SamplingSettings | None = None,
         seed: int = 0,
         episodes: Any = None,
+        p_value: float = 0.05,
     ):
+        if not 0 < p_value <= 1:
+            raise ValueError(f"p_value must be in (0, 1], got {p_value}")
         if samples > 0 and (sampling is None or sampling.temperature == 0):
             raise ValueError("held-out samples need the stage's sampling settings with a temperature above 0")
         self.rows, self.prompt_ids, self.scorer, self.sampler = list(rows), list(prompt_ids), scorer, sampler
@@ -71,8 +94,9 @@ class HeldoutEvaluation:
         self.episodes = episodes
         self.last_episodes: list[Any] = []  # the latest evaluation's episodes (for samples)
         self.settings = SamplingSettings(max_new_tokens=max_new_tokens, temperature=0.0)
-        self.batch_size, self.every = batch_size, every
-        self.previous: tuple[float, float] | None = None  # (training reward, held-out accuracy) at the last evaluation
+        self.batch_size, self.every, self.p_value = batch_size, every, p_value
+        # (training reward, held-out accuracy, which prompts passed) at the last evaluation
+        self.previous: tuple[float, float, list[bool]] | None = None
 
     def due(self, step: int, steps: int) -> bool:
         """Whether to evaluate after 0-based step ``step`` of ``steps``."""
@@ -80,30 +104,42 @@ class HeldoutEvaluation:
 
     def evaluate_initial(self, policy: Any, tokenizer: Any) -> dict[str, float]:
         """The held-out metrics of the starting policy (no reward-hacking check: nothing was trained yet)."""
-        return self._score(policy, tokenizer, step=-1)
+        return self._score(policy, tokenizer, step=-1)[0]
 
     def evaluate(self, policy: Any, tokenizer: Any, step: int, training_reward: float) -> dict[str, float]:
         """Scores greedy answers; ``training_reward`` is the mean training reward since the last evaluation."""
-        metrics = self._score(policy, tokenizer, step)
+        metrics, passed = self._score(policy, tokenizer, step)
         accuracy = metrics["heldout/accuracy"]
-        hacking = self.previous is not None and training_reward > self.previous[0] and accuracy < self.previous[1]
-        if hacking:
-            warnings.warn(
-                f"step {step + 1}: the training reward rose ({self.previous[0]:.4g} -> {training_reward:.4g}) while "
-                f"held-out accuracy fell ({self.previous[1]:.4g} -> {accuracy:.4g}); the policy may be exploiting the "
-                "reward rather than improving",
-                RewardHackingWarning,
-                stacklevel=2,
-            )
+        hacking = False
+        if self.previous is not None:
+            before_reward, before_accuracy, before_passed = self.previous
+            worse = sum(was and not now for was, now in zip(before_passed, passed))
+            better = sum(now and not was for was, now in zip(before_passed, passed))
+            p = fall_p_value(worse, better)
+            metrics.update({"heldout/flips_worse": float(worse), "heldout/flips_better": float(better),
+                            "heldout/fall_p_value": p})
+            hacking = training_reward > before_reward and worse > better and p <= self.p_value
+            if hacking:
+                warnings.warn(
+                    f"step {step + 1}: the training reward rose ({before_reward:.4g} -> {training_reward:.4g}) while "
+                    f"held-out accuracy fell ({before_accuracy:.4g} -> {accuracy:.4g}: {worse} prompts right before "
+                    f"and wrong now, {better} the other way, p={p:.3g}); the policy may be exploiting the reward "
+                    "rather than improving",
+                    RewardHackingWarning,
+                    stacklevel=2,
+                )
         metrics["heldout/hacking_warning"] = float(hacking)
-        self.previous = (training_reward, accuracy)
+        self.previous = (training_reward, accuracy, passed)
         return metrics
 
-    def _score(self, policy: Any, tokenizer: Any, step: int) -> dict[str, float]:
+    def _score(self, policy: Any, tokenizer: Any, step: int) -> tuple[dict[str, float], list[bool]]:
+        """The held-out metrics, and which greedy answers passed the gold reward (prompt by prompt)."""
         completions, examples, questions = self._answer(policy, tokenizer, self.rows, self.prompt_ids, self.settings)
         scored = self.scorer(questions, completions, examples, step)
-        passed = self.scorer.passed(scored)
-        metrics = {"heldout/accuracy": sum(passed) / len(passed), "heldout/reward": float(scored.rewards_B.mean())}
+        greedy_passed = [bool(ok) for ok in self.scorer.passed(scored)]
+        metrics = {
+            "heldout/accuracy": sum(greedy_passed) / len(greedy_passed), "heldout/reward": float(scored.rewards_B.mean()),
+        }
         if self.train_reward is not None:
             own = self.train_reward(questions, completions, examples, step)
             metrics["heldout/train_reward"] = float(own.rewards_B.mean())
@@ -116,7 +152,7 @@ class HeldoutEvaluation:
             passed = self.scorer.passed(gold)
             metrics["heldout/sampled_accuracy"] = sum(passed) / len(passed)
             metrics["heldout/sampled_reward"] = float(own.rewards_B.mean())
-        return metrics
+        return metrics, greedy_passed
 
     def _answer(
         self, policy: Any, tokenizer: Any, rows: list[PromptRow], prompt_ids: list, settings: SamplingSettings, sampled: bool = False

@@ -86,6 +86,6 @@ def build_engine(context: Any, policy: Any, tokenizer: Any, objective: Objective
             spec.batch_size, spec.every, train_reward=reward if gold is not reward else None,
             samples=spec.samples, sampling=replace(engine.settings, max_new_tokens=budget),
             seed=(context.seed * 1_000_003) ^ 0x2545F491,  # a stream the training rollouts do not use
-            episodes=engine.episodes,
+            episodes=engine.episodes, p_value=spec.hacking_p_value,
         )
     return engine

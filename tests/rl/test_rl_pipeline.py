@@ -12,7 +12,7 @@ import pytest
 from posttrain.pipeline import Pipeline
 from posttrain.recipe import load_recipe
 from posttrain.rewards import RewardEntry
-from posttrain.rl.heldout import HeldoutEvaluation, RewardHackingWarning
+from posttrain.rl.heldout import HeldoutEvaluation, RewardHackingWarning, fall_p_value
 from posttrain.rl.prompts import encode_prompts, load_prompts
 from posttrain.rl.reward import RewardScorer
 from posttrain.rl.sampler import RolloutSampler, RowNoise, SamplingSettings, decode_completions, end_token_ids
@@ -110,6 +110,16 @@ def test_ppo_is_scored_by_the_recipes_reward_model_stage(run) -> None:
     assert not (pipeline.stage_dir("ppo") / "checkpoint" / "value_head.safetensors").exists()
 
 
+def test_fall_p_value_is_the_exact_one_sided_sign_test() -> None:
+    # by hand: P(X >= worse) for X ~ Binomial(worse + better, 1/2)
+    assert fall_p_value(5, 0) == 1 / 32
+    assert fall_p_value(6, 1) == (7 + 1) / 128
+    assert fall_p_value(3, 3) == (20 + 15 + 6 + 1) / 64
+    assert fall_p_value(0, 0) == 1.0 and fall_p_value(0, 4) == 1.0
+    with pytest.raises(ValueError, match="flip counts"):
+        fall_p_value(-1, 2)
+
+
 def test_heldout_warns_when_training_reward_rises_and_accuracy_falls(micro, tmp_path: Path) -> None:
     model, tokenizer = micro
     rows = load_prompts(load_recipe_spec(), tmp_path, seed=0).rows
@@ -122,11 +132,24 @@ def test_heldout_warns_when_training_reward_rises_and_accuracy_falls(micro, tmp_
         warnings.simplefilter("error")
         first = heldout.evaluate(model, tokenizer, step=4, training_reward=0.0)  # nothing to compare with yet
     assert first["heldout/accuracy"] == 0.0 and first["heldout/hacking_warning"] == 0.0
-    heldout.previous = (0.0, 0.5)
+    n = len(kept)
+    assert n >= 5
+    heldout.previous = (0.0, 0.5, [True] * 5 + [False] * (n - 5))  # 5 prompts right before, none now: p = 1/32
     with pytest.warns(RewardHackingWarning, match="training reward rose"):
-        assert heldout.evaluate(model, tokenizer, step=9, training_reward=1.0)["heldout/hacking_warning"] == 1.0
-    heldout.previous = (2.0, 0.5)  # the training reward fell too: no warning
+        fell = heldout.evaluate(model, tokenizer, step=9, training_reward=1.0)
+    assert fell["heldout/hacking_warning"] == 1.0 and fell["heldout/flips_worse"] == 5.0
+    assert fell["heldout/fall_p_value"] == 1 / 32
+    heldout.previous = (2.0, 0.5, [True] * 5 + [False] * (n - 5))  # the training reward fell too: no warning
     assert heldout.evaluate(model, tokenizer, step=11, training_reward=1.0)["heldout/hacking_warning"] == 0.0
+    # a fall of 4 prompts (p = 1/16) is within chance at the default 0.05, and warns where any fall should
+    heldout.previous = (0.0, 0.5, [True] * 4 + [False] * (n - 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert heldout.evaluate(model, tokenizer, step=11, training_reward=1.0)["heldout/hacking_warning"] == 0.0
+    heldout.p_value = 1.0
+    heldout.previous = (0.0, 0.5, [True] + [False] * (n - 1))
+    with pytest.warns(RewardHackingWarning, match="1 prompts right before"):
+        heldout.evaluate(model, tokenizer, step=11, training_reward=1.0)
 
 
 def test_heldout_samples_score_sampled_answers_with_the_same_random_numbers(micro, tmp_path: Path) -> None:
