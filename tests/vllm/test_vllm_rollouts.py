@@ -158,10 +158,17 @@ def test_two_processes_each_with_an_engine_sample_what_one_process_samples(tmp_p
     half of the prompts, in the launcher's process group, and the run ends cleanly (vLLM's shutdown would
     destroy that group: `VLLMSampler.close`). Step 1 (same weights) equals 1 process on the whole batch;
     after the synced update, the engines still match the trainer."""
-    from tests.vllm.launches import two_processes_and_one
+    from tests.vllm.runs import two_processes_and_one
 
     two, one = two_processes_and_one(tmp_path, accelerator, "{max_new_tokens: 6, temperature: 1.0, backend: vllm}")
     assert [r["step"] for r in two] == [1, 2]
     assert two[0]["completion_tokens"] == one[0]["completion_tokens"]
     assert two[0]["reward/total/mean"] == pytest.approx(one[0]["reward/total/mean"], abs=1e-9)
     assert all(r["rollout/logprob_diff_max"] < 1e-4 for r in two), two
+
+
+def test_a_resumed_run_builds_its_engine_from_the_resumed_weights(make_stage, tmp_path, accelerator) -> None:
+    from tests.vllm.runs import resumed_run_row
+
+    row = resumed_run_row(make_stage, tmp_path, accelerator, {"backend": "vllm", "max_new_tokens": 8})
+    assert row["rollout/logprob_diff_max"] < 1e-4, row["rollout/logprob_diff_max"]

@@ -126,7 +126,7 @@ def test_two_processes_share_one_server_as_one_process_does(server_url, tmp_path
     """`accelerate launch` with 2 CPU processes against one server: the first process pushes the weights, the
     other waits at the barrier, each samples its half. Step 1 equals 1 process on the whole batch; step 2
     (after a push) still matches the trainer in both runs."""
-    from tests.vllm.launches import two_processes_and_one
+    from tests.vllm.runs import two_processes_and_one
 
     generation = (
         "{max_new_tokens: 6, max_prompt_tokens: 120, temperature: 1.0, backend: vllm, "
@@ -137,3 +137,10 @@ def test_two_processes_share_one_server_as_one_process_does(server_url, tmp_path
     assert two[0]["completion_tokens"] == one[0]["completion_tokens"]
     assert two[0]["reward/total/mean"] == pytest.approx(one[0]["reward/total/mean"], abs=1e-9)
     assert all(r["rollout/logprob_diff_max"] < 1e-4 for r in two + one), (two, one)
+
+
+def test_a_resumed_run_pushes_the_resumed_weights_before_its_first_rollout(make_stage, server_url, tmp_path, accelerator) -> None:
+    from tests.vllm.runs import resumed_run_row
+
+    row = resumed_run_row(make_stage, tmp_path, accelerator, server_generation(server_url, str(tmp_path)))
+    assert row["rollout/logprob_diff_max"] < 1e-4, row["rollout/logprob_diff_max"]

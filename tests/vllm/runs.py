@@ -1,5 +1,6 @@
-"""A GRPO run of the micro model launched as 2 CPU processes and run as 1, for the vLLM tests that check a
-launch samples what one process samples (`test_vllm_rollouts`, `test_vllm_server`)."""
+"""Whole runs the vLLM tests compare, for the colocated engine (`test_vllm_rollouts`) and a server
+(`test_vllm_server`) alike: a GRPO run of the micro model launched as 2 CPU processes and run as 1, and a
+run resumed from its saved training state."""
 
 from __future__ import annotations
 
@@ -51,3 +52,26 @@ def two_processes_and_one(tmp_path: Path, accelerator: Any, generation: str) -> 
         return [json.loads(line) for line in (tmp_path / run / "stages" / "grpo" / "metrics.jsonl").read_text().splitlines()]
 
     return rows("two"), rows("one")
+
+
+def resumed_run_row(make_stage: Any, tmp_path: Path, accelerator: Any, generation: dict) -> dict:
+    """The metric row of step 3 of a 3-step GRPO stage resumed from its state saved after step 2.
+
+    The resumed stage loads the micro model's initial weights, then its training state; lr 1e-2 moves every
+    weight, so a rollout engine holding weights from before the restore would be far from the trainer.
+    """
+    from tests.rl.conftest import rl_config
+
+    from posttrain.training.state import TrainCheckpoints
+
+    def stage(run: str, resume_from: Path | None) -> Any:
+        built = make_stage(rl_config("grpo", generation=generation, train={"steps": 3, "save_every": 2}))
+        built.context.checkpoints = TrainCheckpoints(tmp_path / run, 2, 1, {}, accelerator, resume_from)
+        return built
+
+    stage("first", None).train()  # saves its state after step 2
+    resumed = stage("resumed", tmp_path / "first" / "step-00000002")
+    resumed.train()
+    [row] = resumed.metrics.rows
+    assert row["step"] == 3
+    return row
