@@ -133,6 +133,11 @@ class VLLMServerSampler:
         self.pad_token_id = int(pad_token_id)
         self.url = spec.server_url.rstrip("/")
         self.weights_dir = spec.weights_dir
+        if _is_first_process() and not os.path.isdir(self.weights_dir):
+            raise RecipeError(
+                f"{where.rsplit('.', 1)[0]}.weights_dir: {self.weights_dir} is not a folder (the trainer writes each "
+                "weight update there for the server to read)"
+            )
         self.model_name = check_server(spec.server_url, where, max_model_len)
         self.stale = True  # the server's weights are not the policy's (whatever it was started with)
         self.syncs = 0

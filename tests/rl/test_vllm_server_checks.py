@@ -134,3 +134,12 @@ def test_rlaif_generation_role_refuses_server_mode() -> None:
     context = SimpleNamespace(config=SimpleNamespace(name="critique"), input_checkpoint=None, model_spec=SimpleNamespace(name_or_path="builtin:micro"))
     with pytest.raises(RecipeError, match=r"stage 'critique': revise\.vllm\.mode is server, which only grpo/ppo rollouts use"):
         role_backends(context, response=GenerationSpec(), revise=GenerationSpec(**server_generation("http://127.0.0.1:8000")))
+
+
+def test_weights_dir_that_is_not_a_folder_is_named(stand_in, tmp_path) -> None:
+    from posttrain.config.rl import VLLMSpec
+    from posttrain.rl.vllm_server import VLLMServerSampler
+
+    spec = VLLMSpec(mode="server", server_url=stand_in(info(EXTENSION, "processed_logprobs", 128)), weights_dir=str(tmp_path / "absent"))
+    with pytest.raises(RecipeError, match=rf"^generation.vllm.weights_dir: {tmp_path / 'absent'} is not a folder"):
+        VLLMServerSampler([1], 0, spec, max_model_len=64)
