@@ -308,6 +308,8 @@ def _check_semantics(recipe: Recipe, recipe_dir: Path, lines: dict[tuple, int]) 
             problems.append(f"{path}.negatives: only `builtin:preferences` takes `negatives` (source: {spec.source!r})")
         if spec.carry_slip is not None and spec.source != "builtin:arithmetic":
             problems.append(f"{path}.carry_slip: only `builtin:arithmetic` takes `carry_slip` (source: {spec.source!r})")
+        if spec.tool_share is not None and spec.source != "builtin:calculator":
+            problems.append(f"{path}.tool_share: only `builtin:calculator` takes `tool_share` (source: {spec.source!r})")
     eval_names = [e.name for e in recipe.evaluations]
     if len(set(eval_names)) != len(eval_names):
         problems.append(f"evaluations: names must be unique, got {eval_names}")

@@ -371,6 +371,19 @@ def test_carry_slip_only_on_builtin_arithmetic(tmp_path: Path) -> None:
     assert "carry_slip" in recipe_error(tmp_path, out_of_range)
 
 
+def test_tool_share_only_on_builtin_calculator_and_in_range(tmp_path: Path) -> None:
+    text = edited("      source: builtin:corpus\n", "      source: builtin:corpus\n      tool_share: 0.5\n")
+    assert "tool_share: only `builtin:calculator` takes `tool_share`" in recipe_error(tmp_path, text)
+    sft_data = "      source: builtin:arithmetic\n      count: 8\n    train:"
+    calculator = "      source: builtin:calculator\n      count: 8\n      tool_share: {}\n    train:"
+    for bad in ("0", "1.5", "half"):
+        message = recipe_error(tmp_path, edited(sft_data, calculator.format(bad)))
+        assert "stages[1] (sft).data.tool_share" in message, message
+    path = tmp_path / "ok.yaml"
+    path.write_text(edited(sft_data, calculator.format("0.4")))
+    assert load_recipe(path).recipe.stage("sft").data.tool_share == 0.4
+
+
 @pytest.mark.parametrize("stage", ["sft", "grpo"])
 def test_fp16_is_refused_with_the_reason(stage: str) -> None:
     from pydantic import ValidationError

@@ -82,6 +82,13 @@ class DataSpec(Strict):
         description="`builtin:arithmetic` only: share of the sums that carry whose demonstrated answer forgets the "
         "carry (`27 + 5` -> `22`), as a weak teacher would; the rows' `answer` field stays right. Default 0.",
     )
+    tool_share: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="`builtin:calculator` only: share of the demonstrations that call the calculator, as a weak "
+        "teacher would; the others answer with an estimate (numbers rounded to tens). Default 1 (all call it).",
+    )
     demonstrations: list[Literal["answer", "critique", "revision", "judge"]] | None = Field(
         None,
         description="`builtin:rlaif` only: which demonstrations to make (answers, or the critic's, reviser's and "

@@ -31,7 +31,9 @@ from posttrain.curation.rules import Rules, Tally
 from posttrain.curation.stream import Spool, source_records
 
 # the spec fields that say which rows a built-in source generates: the written file replaces them
-_GENERATOR_FIELDS = ("split", "count", "subset", "levels", "constitution", "negatives", "carry_slip", "demonstrations")
+_GENERATOR_FIELDS = (
+    "split", "count", "subset", "levels", "constitution", "negatives", "carry_slip", "demonstrations", "tool_share"
+)
 
 
 def _kept_file_spec(spec: DataSpec, path: Path) -> DataSpec:

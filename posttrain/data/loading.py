@@ -64,7 +64,7 @@ def builtin_rows(spec: DataSpec, seed: int) -> list[dict[str, Any]]:
         return [{"text": doc} for doc in world.corpus_documents(spec.split, spec.count or 2000, seed)]
     if spec.source == "builtin:calculator":  # tool-use demonstrations (posttrain.data.calculator_world)
         levels = tuple(spec.levels) if spec.levels else CALCULATOR_LEVELS
-        return calculator_rows(spec.split, spec.count or 2000, seed, levels)
+        return calculator_rows(spec.split, spec.count or 2000, seed, levels, tool_share=spec.tool_share or 1.0)
     raise DataError(
         f"unknown built-in dataset {spec.source!r}; built-in: builtin:arithmetic, builtin:calculator, builtin:corpus"
     )

@@ -11,7 +11,8 @@ the model's score of fresh greedy answers rose.
 Greedy answers move only when a prompt's most likely answer changes; RL raises the expected reward of
 *sampled* answers. With ``samples`` the evaluation also draws that many completions per held-out prompt with
 the stage's sampling settings and reports their mean training reward (``heldout/sampled_reward``) and gold
-pass rate (``heldout/sampled_accuracy``). Every evaluation uses the same random numbers (`RowNoise` with a
+pass rate (``heldout/sampled_accuracy``). With an environment the answers are whole episodes, and
+``heldout/tool_call_share`` is the share of greedy episodes that called a tool. Every evaluation uses the same random numbers (`RowNoise` with a
 fixed seed), so two evaluations differ only by the policy.
 """
 
@@ -140,6 +141,8 @@ class HeldoutEvaluation:
         metrics = {
             "heldout/accuracy": sum(greedy_passed) / len(greedy_passed), "heldout/reward": float(scored.rewards_B.mean()),
         }
+        if self.episodes is not None:  # how often the greedy policy used a tool at all (tool RL moves this)
+            metrics["heldout/tool_call_share"] = sum(e.tool_calls > 0 for e in self.last_episodes) / len(self.last_episodes)
         if self.train_reward is not None:
             own = self.train_reward(questions, completions, examples, step)
             metrics["heldout/train_reward"] = float(own.rewards_B.mean())
@@ -177,7 +180,7 @@ class HeldoutEvaluation:
         """Whole episodes of ``rows``: their final messages and examples (with the environment's reward)."""
         completions: list[str] = []
         examples: list[dict] = []
-        self.last_episodes = []
+        episodes: list[Any] = []
         for start in range(0, len(rows), self.batch_size):
             batch = rows[start : start + self.batch_size]
             noise = RowNoise(self.seed, range(start, start + len(batch))) if sampled else None
@@ -185,5 +188,7 @@ class HeldoutEvaluation:
             texts, fields = rollout.reward_inputs([dict(row.example) for row in batch])
             completions += texts
             examples += fields
-            self.last_episodes += rollout.episodes
+            episodes += rollout.episodes
+        if not sampled:  # the report shows the greedy episodes, not the sampled ones of `samples`
+            self.last_episodes = episodes
         return completions, examples, [row.question for row in rows]

@@ -3,6 +3,8 @@ answer) and RL prompts of the same problems."""
 
 from __future__ import annotations
 
+import pytest
+
 from posttrain.data.calculator_world import calculator_rows
 from posttrain.data.packing import encode_chats
 
@@ -30,3 +32,34 @@ def test_sft_trains_on_the_assistant_turns_only(micro) -> None:
     [encoded] = encode_chats(tokenizer, [row])
     trained = tokenizer.decode([t for t, m in zip(encoded.input_ids, encoded.loss_mask) if m])
     assert trained == "<<calculator: 71 - 28>><|end|>43<|end|>"
+
+
+def test_tool_share_makes_a_weak_teacher_who_estimates_the_other_problems() -> None:
+    every = calculator_rows("train", 2000, seed=0)
+    assert every == calculator_rows("train", 2000, seed=0, tool_share=1.0)  # the default is unchanged
+    weak = calculator_rows("train", 2000, seed=0, tool_share=0.3)
+    called = [len(row["messages"]) == 4 for row in weak]
+    assert 0.27 < sum(called) / len(weak) < 0.33  # 2,000 draws: 3 standard errors of a 0.3 share is 0.031
+    for with_tool, row, tool_row in zip(called, weak, every):
+        assert row["answer"] == tool_row["answer"] and row["messages"][0] == tool_row["messages"][0]
+        if with_tool:
+            assert row["messages"] == tool_row["messages"]
+        else:
+            a, op, b = tool_row["messages"][1]["content"][len("<<calculator: ") : -2].split()
+            rounded_a, rounded_b = (10 * round(int(n) / 10 + 1e-9) for n in (a, b))  # halves up, as the teacher
+            shown = rounded_a + rounded_b if op == "+" else rounded_a - rounded_b
+            assert row["messages"][1:] == [{"role": "assistant", "content": str(shown)}]
+    assert sum(not c and row["messages"][1]["content"] == row["answer"] for c, row in zip(called, weak)) < 0.15 * len(weak)
+    with pytest.raises(ValueError, match="tool_share"):
+        calculator_rows("train", 5, seed=0, tool_share=0.0)
+
+
+def test_doctests() -> None:
+    import doctest
+
+    import posttrain.data.calculator_world
+    import posttrain.envs.calculator
+
+    for module in (posttrain.data.calculator_world, posttrain.envs.calculator):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__

@@ -106,3 +106,13 @@ def test_heldout_answers_are_episodes(make_stage) -> None:
     assert 0.0 <= metrics["heldout/accuracy"] <= 1.0
     assert len(engine.heldout.last_episodes) == 8
     assert all(episode.messages[0]["role"] == "user" for episode in engine.heldout.last_episodes)
+    called = [episode.tool_calls > 0 for episode in engine.heldout.last_episodes]
+    assert metrics["heldout/tool_call_share"] == sum(called) / 8
+
+
+def test_heldout_samples_leave_the_greedy_episodes_for_the_report(make_stage) -> None:
+    heldout = {"data": {"source": "builtin:calculator", "split": "test", "count": 4}, "samples": 2,
+               "reward": [{"source": "math", "args": {"workers": 1}}]}  # fmt: skip
+    engine = make_stage(calculator_config("grpo", heldout=heldout)).build_engine()
+    engine.heldout.evaluate_initial(engine.policy, engine.tokenizer)
+    assert len(engine.heldout.last_episodes) == 4
