@@ -95,6 +95,7 @@ def measure(runs: dict, tokens: int, repeats: int) -> dict:
     row["vllm_over_hf"] = round(statistics.median(h / v for v, h in zip(seconds["vllm"], seconds["hf_generate"])), 3)
     row["native_over_hf"] = round(statistics.median(h / n for n, h in zip(seconds["native"], seconds["hf_generate"])), 3)
     row["warm_up_s"] = warm_up
+    row["rounds_s"] = {name: [round(v, 2) for v in values] for name, values in seconds.items()}  # the spread behind the medians
     return row
 
 

@@ -56,6 +56,8 @@ class StageRecord:
     reused: bool
     metrics: dict[str, float] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0  # training time in this run (0 when reused)
+    eval_seconds: float = 0.0  # evaluation time in this run
 
 
 def library_versions() -> dict[str, str]:
@@ -140,7 +142,9 @@ class Pipeline:
                 self.records[stage.name] = record
                 if stage.evaluate and self.recipe.evaluations:
                     manifest = read_json(self.stage_dir(stage.name) / MANIFEST)
+                    evaluating = time.time()
                     record.metrics = self._evaluate(stage.name, record.checkpoint, manifest["checkpoint_hash"])
+                    record.eval_seconds = time.time() - evaluating
                     self._check_gates(stage.name, self.recipe.evaluated_ancestor(index), record.metrics)
             except Exception as err:
                 self._mark_failed(stage.name, err)
@@ -202,9 +206,18 @@ class Pipeline:
         accelerator.wait_for_everyone()  # the manifest is in place before any process reads it
         if accelerator.is_main_process:  # the stage's checkpoint is in place: its training states are spent
             shutil.rmtree(folder / "resume", ignore_errors=True)
-        self.say(f"[{stage.name}] finished in {time.time() - started:.1f}s -> {checkpoint}")
+        seconds = time.time() - started
+        self.say(f"[{stage.name}] finished in {seconds:.1f}s -> {checkpoint}")
         del runner
-        return StageRecord(stage.name, fingerprint, checkpoint, False, summary=summary)
+        return StageRecord(stage.name, fingerprint, checkpoint, False, summary=summary, seconds=seconds)
+
+    def stage_times(self) -> str:
+        """One line: each stage's training and evaluation seconds in this run (reused stages say so)."""
+        parts = [
+            f"{r.name} reused" if r.reused else f"{r.name} {r.seconds:.0f}s" + (f" + eval {r.eval_seconds:.0f}s" if r.eval_seconds else "")
+            for r in self.records.values()
+        ]
+        return "Time per stage: " + ", ".join(parts)
 
     def _decontaminate(self, stage: StageConfig, folder: Path) -> tuple[StageConfig, dict[str, Any] | None]:
         """The stage's config with `stage:` sources bound and, for a training stage, rows containing evaluation

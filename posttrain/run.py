@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     """
     from posttrain.recipe import load_recipe
 
+    began = time.time()
     overrides = list(args.overrides)
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
@@ -90,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
         if pipeline.accelerator.is_main_process:
             if table:
                 print("\nEvaluation per stage:\n" + format_table(table))
-            print(f"\nRun directory: {pipeline.run_dir}")
+            print(f"\n{pipeline.stage_times()}; whole run {time.time() - began:.0f}s")
+            print(f"Run directory: {pipeline.run_dir}")
         write_run_report(pipeline)
         finished = True
     finally:

@@ -40,24 +40,28 @@ class RewardFunctionError(ValueError):
     """A user reward function raised or returned something that is not one score per example."""
 
 
-def load_function(spec: str) -> Callable[..., Any]:
-    """Load `path/to/file.py:function` (the path relative to the working directory, or absolute).
+def load_function(spec: str, what: str = "python reward source", relative_to: Path | None = None) -> Callable[..., Any]:
+    """Load `path/to/file.py:function` (the path relative to ``relative_to``, else to the working directory,
+    unless absolute): the one loader of every plug-in a recipe names by file (reward functions, objectives,
+    environments, curation functions). ``what`` starts each error message and names the plug-in.
 
     Raises:
         ValueError: If the spec is malformed, the file is missing, or it has no such callable.
     """
     path_text, sep, function_name = spec.rpartition(":")
     if not sep or not path_text.endswith(".py") or not function_name.isidentifier():
-        raise ValueError(f"python reward source: function must look like 'path/to/file.py:function', got {spec!r}")
+        raise ValueError(f"{what}: function must look like 'path/to/file.py:function', got {spec!r}")
+    if relative_to is not None and not Path(path_text).expanduser().is_absolute():
+        path_text = str(Path(relative_to) / path_text)
     path = Path(path_text).expanduser().resolve()
     if not path.is_file():
-        raise ValueError(f"python reward source: file {path_text!r} not found (resolved to {path})")
+        raise ValueError(f"{what}: file {path_text!r} not found (resolved to {path})")
     module_name = f"posttrain_user_reward_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
     module = sys.modules.get(module_name)
     if module is None:
         module_spec = importlib.util.spec_from_file_location(module_name, path)
         if module_spec is None or module_spec.loader is None:
-            raise ValueError(f"python reward source: cannot import {path}")
+            raise ValueError(f"{what}: cannot import {path}")
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[module_name] = module  # so dataclasses/pickle inside the user's file can find it
         try:
@@ -69,7 +73,7 @@ def load_function(spec: str) -> Callable[..., Any]:
     if not callable(function):
         available = sorted(name for name, value in vars(module).items() if callable(value) and not name.startswith("_"))
         raise ValueError(
-            f"python reward source: {path_text!r} has no function {function_name!r} "
+            f"{what}: {path_text!r} has no function {function_name!r} "
             f"(callables there: {', '.join(available) or 'none'})"
         )
     return function

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -376,6 +377,13 @@ def test_run_entry_point_in_a_subprocess(tmp_path: Path, write_recipe) -> None:
     assert f"Run directory: {output}" in done.stdout
     assert yaml.safe_load((output / "recipe.yaml").read_text())["stages"][0]["train"]["steps"] == 1
     assert json.loads((output / "stages" / "sft" / "manifest.json").read_text())["summary"]["steps"] == 1
+    # each stage's training and evaluation time, and the whole run's
+    assert re.search(r"^Time per stage: sft \d+s \+ eval \d+s; whole run \d+s$", done.stdout, re.M), done.stdout[-500:]
+    again = subprocess.run(
+        [sys.executable, "-m", "posttrain.run", str(recipe), "--set", "stages.sft.train.steps=1", "--output-dir", str(output)],
+        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
+    )
+    assert again.returncode == 0 and "Time per stage: sft reused" in again.stdout, again.stderr[-2000:]
 
 
 def test_builtin_data_fingerprint_follows_the_generator_code_and_the_constitution_file(tmp_path: Path, monkeypatch) -> None:

@@ -59,7 +59,8 @@ class DataSpec(Strict):
     )
     subset: str | None = Field(None, description="`datasets` configuration name (hf: sources only).")
     levels: list[int] | None = Field(
-        None, description="Built-in arithmetic only: difficulty levels to include (1-5); default all."
+        None, description="Built-in arithmetic only: difficulty levels to include (1-5), drawn in turn; a level listed "
+        "twice is drawn twice as often. Default all."
     )
     on_bad_row: Literal["error", "skip"] = Field(
         "error", description="A malformed row stops with an error naming file and line, or is skipped and counted."

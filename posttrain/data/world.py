@@ -112,7 +112,8 @@ def sample_problem(level: int, rng: random.Random) -> Problem:
 def arithmetic_problems(
     split: str, count: int, seed: int, levels: tuple[int, ...] = LEVELS
 ) -> list[tuple[Problem, str]]:
-    """``count`` problems of one split, levels in turn, each with its wording.
+    """``count`` problems of one split, levels in turn, each with its wording. A level listed twice is drawn
+    about twice as often (``(1, 2, 3, 3, 3)``: level 3 three times as often as level 1 or 2).
 
     The train split samples with replacement (a problem may recur with other wording, like a second
     epoch); the test split holds distinct problems only. Level 1 has just 100 problems in all (about 10

@@ -60,13 +60,7 @@ def environment_class(name: str, recipe_dir: Path | None = None) -> type:
         return _REGISTRY[name]
     from posttrain.rewards.python_function import load_function  # the loader `source: python` uses
 
-    path, _, attribute = name.rpartition(":")
-    if recipe_dir is not None and not Path(path).expanduser().is_absolute():
-        path = str(recipe_dir / path)
-    try:
-        cls = load_function(f"{path}:{attribute}")
-    except ValueError as error:
-        raise ValueError(f"environment {name!r}: {str(error).replace('python reward source: ', '')}") from None
+    cls = load_function(name, what=f"environment {name!r}", relative_to=recipe_dir)
     if not (isinstance(cls, type) and issubclass(cls, Environment)):
         raise ValueError(f"environment {name!r} is not a subclass of posttrain.envs.Environment")
     return cls

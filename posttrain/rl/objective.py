@@ -114,13 +114,7 @@ def resolve_plug_in(registry: Registry, value: str, recipe_dir: Path | None, key
     if is_file_function(value):
         from posttrain.rewards.python_function import load_function  # the same loader `source: python` uses
 
-        path, _, name = value.rpartition(":")
-        if recipe_dir is not None and not Path(path).expanduser().is_absolute():
-            path = str(recipe_dir / path)
-        try:
-            function = load_function(f"{path}:{name}")
-        except ValueError as error:
-            raise ValueError(f"{registry.what} {value!r}: {error}") from None
+        function = load_function(value, what=f"{registry.what} {value!r}", relative_to=recipe_dir)
     else:
         function = registry.get(value)
     parameters = inspect.signature(function).parameters

@@ -5,8 +5,10 @@
 - ``vllm``: a vLLM engine in the training process (`posttrain.rl.vllm_sampler`), its weights synced from
   the policy after every optimizer step. Its log-probs come from other kernels, so the trainer recomputes
   its own (the PPO ratio's denominator) and the gap between the two is logged every step; ``train.tis_cap``
-  corrects the loss for it (`posttrain.algorithms.off_policy`).
-- ``auto``: vLLM when it is importable and supports the model's architecture, else native.
+  corrects the loss for it (`posttrain.algorithms.off_policy`). With ``generation.vllm.mode: server``, a
+  vLLM server the user started instead (`posttrain.rl.vllm_server`), checked here before the model loads.
+- ``auto``: vLLM when it is importable and supports the model's architecture, else native (a warning
+  says so).
 
 `resolve_backend` is the one decision; `make_rollout_sampler` builds what it decided. Both sampler kinds
 answer ``sample(model, prompts, settings, generator=None, noise=None) -> Rollout``, ``weights_changed()``
@@ -18,6 +20,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,6 +29,8 @@ from posttrain.errors import RecipeError
 from posttrain.rl.sampler import RolloutSampler, end_token_ids
 
 Backend = Literal["native", "vllm"]
+
+logger = logging.getLogger(__name__)
 
 
 def vllm_importable() -> bool:
@@ -52,7 +57,8 @@ def checkpoint_architectures(folder: Path | str | None) -> list[str] | None:
 
 
 def resolve_backend(
-    requested: str, where: str, architectures: list[str] | None, importable: bool | None = None
+    requested: str, where: str, architectures: list[str] | None, importable: bool | None = None,
+    server: tuple[str, int] | None = None,
 ) -> Backend:
     """``native`` or ``vllm`` for a recipe's ``generation.backend``.
 
@@ -61,24 +67,33 @@ def resolve_backend(
         where: the recipe key, for errors (e.g. ``stage 'grpo': generation.backend``).
         architectures: the model's ``config.architectures`` (checked against vLLM's registry), or None to skip.
         importable: whether vLLM is importable (default: look).
+        server: ``(url, max_model_len)`` with ``generation.vllm.mode: server``: the server is checked instead
+            (`posttrain.rl.vllm_server.check_server`); this process then needs no vLLM.
 
     Raises:
-        RecipeError: ``vllm`` without vLLM installed (one line with the install command), or for a model
-            architecture vLLM does not support (named).
+        RecipeError: ``vllm`` without vLLM installed (one line with the install command), for a model
+            architecture vLLM does not support (named), or a server that cannot serve (its URL named).
     """
     if requested == "native":
         return "native"
     if requested not in ("vllm", "auto"):
         raise RecipeError(f"{where}: unknown backend {requested!r}; valid: native, vllm, auto")
+    if server is not None:
+        from posttrain.rl.vllm_server import check_server
+
+        check_server(server[0], where.replace("generation.backend", "generation.vllm.server_url"), server[1])
+        return "vllm"
     if importable is None:
         importable = vllm_importable()
     if not importable:
         if requested == "auto":
+            logger.warning("%s is auto and vLLM is not installed: rollouts use the native sampler", where)
             return "native"
         raise RecipeError(f"{where} is vllm, but vLLM is not installed: {VLLM_INSTALL}")
     unsupported = [name for name in architectures or [] if name not in vllm_architectures()]
     if unsupported:
         if requested == "auto":
+            logger.warning("%s is auto and vLLM cannot run %s: rollouts use the native sampler", where, ", ".join(unsupported))
             return "native"
         raise RecipeError(
             f"{where} is vllm, but vLLM does not support the model's architecture {', '.join(unsupported)}; "
@@ -117,6 +132,10 @@ def make_rollout_sampler(
     eos = end_token_ids(policy, tokenizer)
     if backend == "native":
         return NativeSampler(eos, tokenizer.pad_token_id, generation.decoder)
+    if generation.vllm.mode == "server":
+        from posttrain.rl.vllm_server import VLLMServerSampler
+
+        return VLLMServerSampler(eos, tokenizer.pad_token_id, generation.vllm, max_model_len=max_model_len)
     from posttrain.rl.vllm_sampler import VLLMSampler
 
     return VLLMSampler(eos, tokenizer.pad_token_id, generation.vllm, max_model_len=max_model_len, seed=seed, precision=precision)

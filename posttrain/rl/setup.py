@@ -48,7 +48,11 @@ def rollout_backend(context: Any) -> str:
     """The stage's resolved ``generation.backend`` (`posttrain.rl.rollout_backend.resolve_backend`)."""
     where = f"stage {context.config.name!r}: generation.backend"
     architectures = checkpoint_architectures(context.input_checkpoint or context.model_spec.name_or_path)
-    return resolve_backend(context.config.generation.backend, where, architectures)
+    generation = context.config.generation
+    server = None
+    if generation.vllm.mode == "server":  # the server must answer before the model loads
+        server = (generation.vllm.server_url, generation.max_prompt_tokens + generation.max_new_tokens)
+    return resolve_backend(generation.backend, where, architectures, server=server)
 
 
 def build_engine(context: Any, policy: Any, tokenizer: Any, objective: Objective) -> RLEngine:

@@ -36,6 +36,7 @@ import torch
 from posttrain.config.rl import VLLMSpec
 from posttrain.rl.decoders import causal_lm_of
 from posttrain.rl.sampler import Rollout, RowNoise, SamplingSettings, left_pad
+from posttrain.rl.vllm_server_worker import repack_embedding_matmuls
 
 
 # Engines kept alive until the process exits (see `VLLMSampler.close`).
@@ -71,22 +72,6 @@ def merged_weights(model: Any) -> Iterator[list[tuple[str, torch.Tensor]]]:
             model.unmerge_adapter()
 
 
-def _repack_embedding_matmuls(engine_model: Any) -> None:
-    """Redoes the weight processing of the embedding and LM-head layers after a reload.
-
-    vLLM 0.32 on CPU packs each matrix for its matmul kernel once loaded; its in-place reload repacks the
-    linear layers but left the LM head's packed copy (read from the tied embedding) at the old weights:
-    greedy tokens and log-probs then differed from the synced model's (measured on the micro model; with
-    this they match to 1e-6). On a GPU the embedding's processing does nothing.
-    """
-    from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
-
-    for module in engine_model.modules():
-        method = getattr(module, "quant_method", None)
-        if isinstance(method, UnquantizedEmbeddingMethod):
-            method.process_weights_after_loading(module)
-
-
 def row_seeds(noise: RowNoise | None, generator: torch.Generator | None, rows: int) -> list[int | None]:
     """A vLLM seed per completion: from the row's place in the global batch with ``noise``, else drawn
     from ``generator``; None (the engine's own stream) with neither."""
@@ -95,6 +80,38 @@ def row_seeds(noise: RowNoise | None, generator: torch.Generator | None, rows: i
     if generator is not None:
         return torch.randint(0, 2**31 - 1, (rows,), generator=generator, device=generator.device).tolist()
     return [None] * rows
+
+
+def check_sample_arguments(prompts: Sequence[Sequence[int]], settings: SamplingSettings, noise: RowNoise | None) -> None:
+    """What an engine-backed sampler refuses before it sends anything: a noise stream for other rows, no tokens."""
+    if noise is not None and len(noise.rows) != len(prompts):
+        raise ValueError(f"noise has {len(noise.rows)} rows for {len(prompts)} prompts")
+    if settings.max_new_tokens <= 0:
+        raise ValueError(f"max_new_tokens must be positive, got {settings.max_new_tokens}")
+
+
+def completions_rollout(
+    prompts: Sequence[Sequence[int]], tokens: list[list[int]], logprobs: list[list[float]], eos_token_ids: Sequence[int],
+    pad_token_id: int, device: torch.device,
+) -> Rollout:
+    """A `Rollout` from an engine's completions: per row its sampled token ids and their log-probs; a row
+    is truncated unless its last token is an end token."""
+    prompt_ids_BP, prompt_mask_BP = left_pad(prompts, pad_token_id, device)
+    width = max(1, max(len(row) for row in tokens))
+    ids_BC = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
+    logprobs_BC = torch.zeros((len(prompts), width), dtype=torch.float32)
+    mask_BC = torch.zeros((len(prompts), width), dtype=torch.bool)
+    truncated_B = torch.ones(len(prompts), dtype=torch.bool)
+    ends = set(eos_token_ids)
+    for row, (row_tokens, row_logprobs) in enumerate(zip(tokens, logprobs)):
+        ids_BC[row, : len(row_tokens)] = torch.tensor(row_tokens, dtype=torch.long)
+        mask_BC[row, : len(row_tokens)] = True
+        logprobs_BC[row, : len(row_tokens)] = torch.tensor(row_logprobs, dtype=torch.float32)
+        truncated_B[row] = not (row_tokens and row_tokens[-1] in ends)
+    return Rollout(
+        prompt_ids_BP=prompt_ids_BP, prompt_mask_BP=prompt_mask_BP, completion_ids_BC=ids_BC.to(device),
+        completion_mask_BC=mask_BC.to(device), logprobs_BC=logprobs_BC.to(device), truncated_B=truncated_B.to(device),
+    )
 
 
 class VLLMSampler:
@@ -168,7 +185,7 @@ class VLLMSampler:
         # as at start-up); the engine runs in this process, so the tensors are passed by reference
         with merged_weights(model) as weights:
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
-        self.llm.apply_model(_repack_embedding_matmuls)
+        self.llm.apply_model(repack_embedding_matmuls)
         self.llm.reset_prefix_cache()
         self.stale = False
         self.syncs += 1
@@ -189,10 +206,7 @@ class VLLMSampler:
         generator: torch.Generator | None = None, noise: RowNoise | None = None,
     ) -> Rollout:
         """One completion per prompt (repeat a prompt for several), with ``model``'s current weights."""
-        if noise is not None and len(noise.rows) != len(prompts):
-            raise ValueError(f"noise has {len(noise.rows)} rows for {len(prompts)} prompts")
-        if settings.max_new_tokens <= 0:
-            raise ValueError(f"max_new_tokens must be positive, got {settings.max_new_tokens}")
+        check_sample_arguments(prompts, settings, noise)
         if self.llm is None:
             self._build(model)
         sleeping = self.llm.llm_engine.is_sleeping() if self.llm.llm_engine.vllm_config.model_config.enable_sleep_mode else False
@@ -208,28 +222,12 @@ class VLLMSampler:
         )
         if self.llm.llm_engine.vllm_config.model_config.enable_sleep_mode:
             self.llm.sleep(level=1)
-        return self._rollout(prompts, [o.outputs[0] for o in outputs], next(model.parameters()).device)
-
-    def _rollout(self, prompts: Sequence[Sequence[int]], completions: list[Any], device: torch.device) -> Rollout:
-        prompt_ids_BP, prompt_mask_BP = left_pad(prompts, self.pad_token_id, device)
-        width = max(1, max(len(c.token_ids) for c in completions))
-        ids_BC = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
-        logprobs_BC = torch.zeros((len(prompts), width), dtype=torch.float32)
-        mask_BC = torch.zeros((len(prompts), width), dtype=torch.bool)
-        truncated_B = torch.ones(len(prompts), dtype=torch.bool)
-        ends = set(self.eos_token_ids)
-        for row, completion in enumerate(completions):
-            tokens = list(completion.token_ids)
-            ids_BC[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-            mask_BC[row, : len(tokens)] = True
-            # one {token: Logprob} per sampled token, holding the sampled one (logprobs=0)
-            logprobs_BC[row, : len(tokens)] = torch.tensor(
-                [float(step[token].logprob) for step, token in zip(completion.logprobs, tokens)], dtype=torch.float32
-            )
-            truncated_B[row] = not (tokens and tokens[-1] in ends)
-        return Rollout(
-            prompt_ids_BP=prompt_ids_BP, prompt_mask_BP=prompt_mask_BP, completion_ids_BC=ids_BC.to(device),
-            completion_mask_BC=mask_BC.to(device), logprobs_BC=logprobs_BC.to(device), truncated_B=truncated_B.to(device),
+        completions = [o.outputs[0] for o in outputs]
+        # one {token: Logprob} per sampled token, holding the sampled one (logprobs=0)
+        return completions_rollout(
+            prompts, [list(c.token_ids) for c in completions],
+            [[float(step[token].logprob) for step, token in zip(c.logprobs, c.token_ids)] for c in completions],
+            self.eos_token_ids, self.pad_token_id, next(model.parameters()).device,
         )
 
     def close(self) -> None:

@@ -11,6 +11,7 @@ import torch
 from posttrain.config.rl import GenerationSpec
 from posttrain.config.rlaif import RoleSettings
 from posttrain.data.stage_outputs import stage_output_path
+from posttrain.errors import RecipeError
 from posttrain.files import write_lines_atomic
 from posttrain.data.sources import resolve_data_path
 from posttrain.rl.sampler import SamplingSettings
@@ -28,6 +29,12 @@ def role_backends(context: Any, **specs: GenerationSpec) -> dict[str, str]:
     from posttrain.rl.rollout_backend import checkpoint_architectures, resolve_backend
 
     architectures = checkpoint_architectures(context.input_checkpoint or context.model_spec.name_or_path)
+    for key, spec in specs.items():
+        if spec.vllm.mode == "server":  # a server holds one model, pushed from a trained policy
+            raise RecipeError(
+                f"stage {context.config.name!r}: {key}.vllm.mode is server, which only grpo/ppo rollouts use; "
+                "a generation role uses vLLM in the training process (mode: colocate) or backend: native"
+            )
     return {
         key: resolve_backend(spec.backend, f"stage {context.config.name!r}: {key}.backend", architectures)
         for key, spec in specs.items()

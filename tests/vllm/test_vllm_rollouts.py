@@ -153,56 +153,22 @@ def test_rlaif_role_model_generates_with_vllm_as_with_native(micro) -> None:
         role.samplers["vllm"].close()
 
 
-MULTIPROCESS_RECIPE = """\
-name: mpvllm
-seed: 0
-model: {{name_or_path: "builtin:micro"}}
-evaluate_base: false
-logging: {{report_to: [], report: false, samples: 0}}
-stages:
-  - name: grpo
-    kind: grpo
-    data: {{source: "builtin:arithmetic", count: 32, levels: [1]}}
-    reward:
-      - {{source: length_penalty, args: {{target_length: 6, max_length: 12}}}}
-    group_size: 4
-    generation: {{max_new_tokens: 6, temperature: 1.0, backend: vllm}}
-    train: {{steps: 2, prompts_per_step: {prompts}, lr: 1.0e-3, log_every: 1}}
-    evaluate: false
-"""
-
-
 def test_two_processes_each_with_an_engine_sample_what_one_process_samples(tmp_path, accelerator) -> None:
     """`accelerate launch` with 2 CPU processes (DDP over gloo): each process builds its own engine over its
     half of the prompts, in the launcher's process group, and the run ends cleanly (vLLM's shutdown would
     destroy that group: `VLLMSampler.close`). Step 1 (same weights) equals 1 process on the whole batch;
     after the synced update, the engines still match the trainer."""
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+    from tests.vllm.runs import two_processes_and_one
 
-    from posttrain.pipeline import Pipeline
-    from posttrain.recipe import load_recipe
-
-    repo = Path(__file__).resolve().parents[2]
-    (tmp_path / "two.yaml").write_text(MULTIPROCESS_RECIPE.format(prompts=2))
-    (tmp_path / "one.yaml").write_text(MULTIPROCESS_RECIPE.format(prompts=4))
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(repo / "recipes" / "accelerate" / "ddp.yaml"),
-        "-m", "posttrain.run", str(tmp_path / "two.yaml"), "--output-dir", str(tmp_path / "two"),
-    ]
-    environment = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=environment, cwd=tmp_path)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
-    Pipeline(load_recipe(tmp_path / "one.yaml", [f"output_dir={tmp_path / 'one'}"]), accelerator=accelerator, log=lambda _: None).run()
-
-    def rows(run: str) -> list[dict]:
-        return [json.loads(line) for line in (tmp_path / run / "stages" / "grpo" / "metrics.jsonl").read_text().splitlines()]
-
-    two, one = rows("two"), rows("one")
+    two, one = two_processes_and_one(tmp_path, accelerator, "{max_new_tokens: 6, temperature: 1.0, backend: vllm}")
     assert [r["step"] for r in two] == [1, 2]
     assert two[0]["completion_tokens"] == one[0]["completion_tokens"]
     assert two[0]["reward/total/mean"] == pytest.approx(one[0]["reward/total/mean"], abs=1e-9)
     assert all(r["rollout/logprob_diff_max"] < 1e-4 for r in two), two
+
+
+def test_a_resumed_run_builds_its_engine_from_the_resumed_weights(make_stage, tmp_path, accelerator) -> None:
+    from tests.vllm.runs import resumed_run_row
+
+    row = resumed_run_row(make_stage, tmp_path, accelerator, {"backend": "vllm", "max_new_tokens": 8})
+    assert row["rollout/logprob_diff_max"] < 1e-4, row["rollout/logprob_diff_max"]

@@ -1,0 +1,146 @@
+"""``generation.vllm.mode: server`` against a real vLLM server (vLLM's OpenAI-compatible server, started here
+on 127.0.0.1 as the README tells users to start it), on the built-in micro model.
+
+The server is started from a micro checkpoint with other weights (seed 1) than the policy's (seed 0): what
+it generates with is what the trainer pushed. Run in the vLLM environment (`.ci/vllm_tests`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+import torch
+
+from posttrain.config.rl import VLLMSpec
+from posttrain.rl.sampler import RolloutSampler, SamplingSettings, end_token_ids
+from tests.rl.conftest import make_stage, rl_config  # noqa: F401  (make_stage is a fixture)
+
+pytestmark = pytest.mark.vllm
+
+SERVED_LENGTH = 128  # the test stages ask for 120 prompt + 8 completion tokens
+
+
+@pytest.fixture(scope="module")
+def server_url(tmp_path_factory):
+    """A vLLM server on a free port of 127.0.0.1, started as the README says; stopped after the module."""
+    from posttrain.models.tiny import save_tiny_model
+
+    folder = tmp_path_factory.mktemp("server")
+    checkpoint = save_tiny_model(folder / "micro_seed1", "micro", seed=1)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(checkpoint), "--host", "127.0.0.1",
+        "--port", str(port), "--dtype", "float32", "--max-model-len", str(SERVED_LENGTH), "--enforce-eager",
+        "--logprobs-mode", "processed_logprobs", "--generation-config", "vllm",
+        "--worker-extension-cls", "posttrain.rl.vllm_server_worker.WeightFileLoader",
+    ]
+    environment = {**os.environ, "VLLM_SERVER_DEV_MODE": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": "1"}
+    log = open(folder / "server.log", "w")
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"the vLLM server exited ({server.returncode}): {(folder / 'server.log').read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"the vLLM server did not answer within 300 s: {(folder / 'server.log').read_text()[-3000:]}")
+            time.sleep(1)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
+
+
+def server_generation(url: str, weights_dir: str, max_new_tokens: int = 8) -> dict:
+    return {
+        "backend": "vllm", "max_new_tokens": max_new_tokens, "max_prompt_tokens": SERVED_LENGTH - max_new_tokens,
+        "vllm": {"mode": "server", "server_url": url, "weights_dir": weights_dir},
+    }
+
+
+PROMPTS = [[5, 6, 7], [8, 9, 10, 11], [5, 6, 7], [40, 41]]
+
+
+def test_greedy_generations_from_the_server_equal_the_native_samplers(server_url, tmp_path) -> None:
+    """The first rollout pushes the policy's weights over the server's own (another seed): greedy tokens
+    then equal the native sampler's on the policy, and the weight file is gone once loaded."""
+    from posttrain.models.tiny import build_tiny_model
+    from posttrain.rl.vllm_server import VLLMServerSampler
+
+    model, tokenizer = build_tiny_model("micro")
+    model.eval()
+    spec = VLLMSpec(mode="server", server_url=server_url, weights_dir=str(tmp_path))
+    sampler = VLLMServerSampler(end_token_ids(model, tokenizer), tokenizer.pad_token_id, spec, max_model_len=64)
+    settings = SamplingSettings(max_new_tokens=12, temperature=0.0)
+    try:
+        ours = sampler.sample(model, PROMPTS, settings)
+        assert sampler.syncs == 1 and [list(p.iterdir()) for p in tmp_path.iterdir()] == [[]]
+    finally:
+        sampler.close()
+    assert list(tmp_path.iterdir()) == []
+    native = RolloutSampler(end_token_ids(model, tokenizer), tokenizer.pad_token_id).sample(model, PROMPTS, settings)
+    assert torch.equal(ours.completion_ids_BC, native.completion_ids_BC)
+    assert torch.equal(ours.completion_mask_BC, native.completion_mask_BC) and torch.equal(ours.truncated_B, native.truncated_B)
+    torch.testing.assert_close(ours.logprobs_BC, native.logprobs_BC, atol=1e-5, rtol=0)  # float32 on both sides
+
+
+def test_after_an_optimizer_step_server_logprobs_match_the_trainers(make_stage, server_url, tmp_path) -> None:
+    """Step 0 samples and updates (lr 1e-2 moves every weight); step 1's rollout comes from the server after
+    the push, and the trainer's recomputed log-probs of those completions equal the server's to float32
+    rounding. Without the push (control) the same measure is far apart."""
+    config = rl_config("grpo", generation=server_generation(server_url, str(tmp_path)), train={"steps": 3})
+    engine = make_stage(config).build_engine()
+    try:
+        engine.step(0)
+        engine.sampler.weights_changed = lambda: None  # control from here: step 1's update is not pushed
+        pushed = engine.step(1)
+        assert engine.sampler.syncs == 2
+        assert pushed["rollout/logprob_diff_max"] < 1e-4, pushed["rollout/logprob_diff_max"]
+        stale = engine.step(2)
+        assert stale["rollout/logprob_diff_max"] > 0.05, stale["rollout/logprob_diff_max"]
+    finally:
+        engine.sampler.close()
+
+
+def test_two_processes_share_one_server_as_one_process_does(server_url, tmp_path, accelerator) -> None:
+    """`accelerate launch` with 2 CPU processes against one server: the first process pushes the weights, the
+    other waits at the barrier, each samples its half. Step 1 equals 1 process on the whole batch; step 2
+    (after a push) still matches the trainer in both runs."""
+    from tests.vllm.runs import two_processes_and_one
+
+    generation = (
+        "{max_new_tokens: 6, max_prompt_tokens: 120, temperature: 1.0, backend: vllm, "
+        f'vllm: {{mode: server, server_url: "{server_url}", weights_dir: "{tmp_path}"}}}}'
+    )
+    two, one = two_processes_and_one(tmp_path, accelerator, generation)
+    assert [r["step"] for r in two] == [1, 2]
+    assert two[0]["completion_tokens"] == one[0]["completion_tokens"]
+    assert two[0]["reward/total/mean"] == pytest.approx(one[0]["reward/total/mean"], abs=1e-9)
+    assert all(r["rollout/logprob_diff_max"] < 1e-4 for r in two + one), (two, one)
+
+
+def test_a_resumed_run_pushes_the_resumed_weights_before_its_first_rollout(make_stage, server_url, tmp_path, accelerator) -> None:
+    from tests.vllm.runs import resumed_run_row
+
+    row = resumed_run_row(make_stage, tmp_path, accelerator, server_generation(server_url, str(tmp_path)))
+    assert row["rollout/logprob_diff_max"] < 1e-4, row["rollout/logprob_diff_max"]
