@@ -20,7 +20,7 @@ call with confidence (token entropy ~0.1), which GRPO's sampled episodes rarely 
 recipes/tools_calculator.yaml's header). The idea of the weak teacher: the model learns to call the tool in
 about that share of its sampled episodes, and whether to call it is one early token (``<`` or a digit) that
 the environment's reward (right answers only) can teach: calls with a right copy are paid, estimates
-almost never.
+almost never. recipes/tools_calculator.yaml's header has what it measured (GRPO +72 to +89 points).
 """
 
 from __future__ import annotations
