@@ -2,6 +2,7 @@
 
     python benchmarks/quickstart_seeds.py [--seeds 0 1 2] [--settings default kernels] [--jobs 2]
                                           [--recipe recipes/quickstart.yaml] [--out DIR] [--json PATH]
+    python benchmarks/quickstart_seeds.py --collect DIR [DIR ...]   # the table of finished runs only
 
 Runs ``python -m posttrain.run RECIPE --set seed=S`` once per (seed, setting) in its own run folder, each
 process with one thread (``--jobs`` of them at a time), then reads every run's ``evaluations.json`` and
@@ -55,6 +56,20 @@ def run_one(recipe: Path, seed: int, setting: str, out: Path) -> dict:
     return {"seed": seed, "setting": setting, "returncode": code, "minutes": minutes, **figures(run_dir)}
 
 
+def collected(out: Path, seed: int, setting: str) -> dict:
+    """A finished run of an earlier invocation: its figures, and its wall minutes from the run folder's
+    recipe.yaml (written first) to its evaluations.json (written last)."""
+    run_dir = out / f"seed{seed}-{setting}"
+    done = run_dir / "evaluations.json"
+    try:
+        found = figures(run_dir)
+    except (OSError, KeyError, IndexError):  # not finished (-1 in the exit column)
+        return {"seed": seed, "setting": setting, "returncode": -1, "minutes": 0.0, **dict.fromkeys(COLUMNS[:-1], 0.0),
+                "hacking_warning": False}
+    minutes = (done.stat().st_mtime - (run_dir / "recipe.yaml").stat().st_mtime) / 60
+    return {"seed": seed, "setting": setting, "returncode": 0, "minutes": minutes, **found}
+
+
 def _rows(path: Path, key: str) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if key in line]
 
@@ -101,6 +116,11 @@ def goals(row: dict) -> list[str]:
 def print_table(rows: list[dict]) -> None:
     header = f"{'seed':>4} {'setting':8} " + " ".join(f"{c:>19}" for c in COLUMNS) + "  goals"
     print(header)
+    for row in [r for r in rows if r["returncode"] == -1]:
+        print(f"{row['seed']:>4} {row['setting']:8} not finished")
+    rows = [r for r in rows if r["returncode"] != -1]
+    if not rows:
+        return
     for row in rows:
         cells = " ".join(f"{row[c]:>19.3f}" for c in COLUMNS)
         missed = goals(row)
@@ -119,14 +139,20 @@ def main() -> None:
     parser.add_argument("--recipe", type=Path, default=REPO / "recipes" / "quickstart.yaml")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "quickstart_seeds")
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--collect", type=Path, nargs="+", help="run nothing: read the runs already in these folders")
     args = parser.parse_args()
     grid = [(seed, setting) for setting in args.settings for seed in args.seeds]
-    args.out.mkdir(parents=True, exist_ok=True)
-    with ThreadPoolExecutor(args.jobs) as pool:
-        rows = list(pool.map(lambda job: run_one(args.recipe.resolve(), *job, args.out.resolve()), grid))
+    if args.collect:
+        rows = [collected(out, seed, setting) for seed, setting in grid for out in args.collect
+                if (out / f"seed{seed}-{setting}").is_dir()]
+    else:
+        args.out.mkdir(parents=True, exist_ok=True)
+        with ThreadPoolExecutor(args.jobs) as pool:
+            rows = list(pool.map(lambda job: run_one(args.recipe.resolve(), *job, args.out.resolve()), grid))
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
-    print(f"# {args.recipe.name}, {len(rows)} runs, {args.jobs} at a time, 1 thread each; CPU: {cpu}")
+    how = f"collected from {', '.join(map(str, args.collect))}" if args.collect else f"{args.jobs} at a time"
+    print(f"# {args.recipe.name}, {len(rows)} runs, {how}, 1 thread each; CPU: {cpu}")
     print_table(rows)
     if args.json:
         args.json.write_text(json.dumps({"cpu": cpu, "rows": rows}, indent=1) + "\n")
