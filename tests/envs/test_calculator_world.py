@@ -63,3 +63,38 @@ def test_doctests() -> None:
     for module in (posttrain.data.calculator_world, posttrain.envs.calculator):
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0, module.__name__
+
+
+def test_benchmark_sorts_episodes_by_what_went_wrong() -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "calculator_episodes.py"
+    spec = importlib.util.spec_from_file_location("calculator_episodes", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    question = "Dan has 85 apples and gives away 44. How many now?"
+
+    def episode(*replies: str) -> list[dict]:
+        messages = [{"role": "user", "content": question}]
+        for reply in replies:
+            role = "tool" if reply.startswith("tool:") else "assistant"
+            messages.append({"role": role, "content": reply.removeprefix("tool:")})
+        return messages
+
+    cases = {
+        ("<<calculator: 85 - 44>>", "tool:41", "41"): "call, right",
+        ("<<calculator: 85 - 45>>", "tool:40", "40"): "call miscopied",
+        ("<<calculator: 85 + 44>>", "tool:129", "129"): "call miscopied",
+        ("<<calculator: 85 - 44>>", "tool:41", "42"): "result miscopied",
+        ("41",): "direct, right",
+        ("40",): "direct, wrong",
+        ("<<calculator: 85 - 44>>", "tool:41", "<<calculator: 41 - 0>>", "tool:41", "41"): "other",
+    }
+    for replies, kind in cases.items():
+        assert module.classify(episode(*replies), question, "41", 4, False) == kind, replies
+    assert module.classify(episode("41"), question, "41", 4, True) == "other"
+    import doctest
+
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0
