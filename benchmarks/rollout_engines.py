@@ -15,7 +15,9 @@ vLLM's time includes a weight sync before every run (as in training, where one p
 ``--sizes``: ``tiny`` (the built-in Qwen2 shape, 0.8M parameters with its 448-token vocabulary),
 ``micro``, ``llama-25m`` (a Llama shape of 24M parameters: 8 layers, hidden 512, MLP 1408, 8 heads, 4
 key/value heads), ``qwen2.5-0.5b`` (for a GPU). Threads: the process's torch threads for native and
-HF (``--threads``, default all cores); vLLM's CPU worker binds its own OpenMP threads (all cores).
+HF (``--threads``, default all cores); the vLLM engine runs in this process (no OpenMP binding there: vLLM
+binds threads only in its worker processes) and uses the same torch thread count. Measured figures:
+``benchmarks/results/rollout_engines_cpu.txt``.
 """
 
 from __future__ import annotations

@@ -76,7 +76,7 @@ def check_server(url: str, where: str, max_model_len: int) -> str:
             without ``--logprobs-mode processed_logprobs``, or a context shorter than ``max_model_len``.
     """
     base = url.rstrip("/")
-    start = f"start it as the README's 'Separate vLLM server' shows"
+    start = "start it as the README's 'Separate vLLM server' shows"
     try:
         info = _call(f"{base}/server_info?config_format=json", timeout=CHECK_TIMEOUT_S)
     except RuntimeError as error:
