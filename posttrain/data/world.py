@@ -13,16 +13,26 @@ Difficulty levels:
     5: three-digit plus two-digit    312 + 47
 
 Why the quickstart's figures move between machines, and what ``carry_slip`` is for. Measured on the
-~0.85M-parameter built-in model (150 pre-training steps, then SFT on levels 1-3 at batch 16 x 128 packed
-tokens): levels 2 and 3 are learned in a sharp transition whose timing depends on the seed and on the CPU's
-float32 kernels. recipes/quickstart.yaml stops SFT inside it (425 steps): 39.5% held-out on an AMD EPYC
-(AVX2), 13% on an Intel Xeon (AVX-512); 42% after 600 steps with one thread on the AMD machine. Training past
-the transition (~95%) would leave GRPO nothing to learn: levels 4 and 5 stay at 0% greedy and under 1%
-pass@8 after SFT on levels 1-3, out of RL's reach. ``carry_slip`` makes the demonstrations a weak teacher's
-(half the sums that carry shown without the carry): at SFT's plateau the model copies the teacher's coin flip
-(held-out 70-78%) and GRPO with the math verifier, which pays only right answers, learns to carry (+16 to +22
-points). recipes/quickstart_carry_slip.yaml is that candidate; 1,000 SFT steps reach the plateau for some
-seeds but not all (its header has the figures).
+~0.85M-parameter built-in model (150 pre-training steps, then SFT at batch 16 x 128 packed tokens, lr 3e-3,
+AMD EPYC, one thread per run): levels 2 and 3 are learned in a sharp transition whose timing depends on the
+seed and on the CPU's float32 kernels, and its spread is wide. The old quickstart stopped SFT inside it (425
+steps): 39.5% held-out on an AMD EPYC, 13% on an Intel Xeon. Training past it (~95%) would leave GRPO nothing
+to learn: levels 4 and 5 stay at 0% greedy and under 1% pass@8 after SFT on levels 1-3, out of RL's reach.
+``carry_slip`` makes the demonstrations a weak teacher's (half the sums that carry shown without the carry):
+at SFT's plateau the model copies the teacher's coin flip (held-out 63-88%) and GRPO with the math verifier,
+which pays only right answers, learns to carry (+10 to +35 points).
+Where the transition falls (loss on the answer tokens leaving ~0.8 for the plateau's ~0.1):
+- levels 1-3 drawn in turn, 2,000 steps: steps ~400, ~600 and ~900 for seeds 0, 1, 2;
+- level 3 drawn three times as often (``levels: [1, 2, 3, 3, 3]``, recipes/quickstart.yaml), 1,500 steps:
+  step ~500 for seed 0, and still under way at step 1,500 for seeds 1 and 2 (loss 0.39 and 0.47), giving SFT
+  held-out 0.695 / 0.485 / 0.42 (600 problems);
+- larger batches for the same number of examples did not help (seed 0: batch 32 x 600 steps 0.367, batch 64 x
+  300 steps 0.183, against 0.55 for batch 16 x 1,000 steps); neither did batch 8 x 2,000 steps (0.145), lr
+  5e-3, or no gradient clipping (loss at step 400 0.96 and 0.92 against 0.84).
+- pre-training documents ended with ``<|end|>`` (the chat end-of-turn) instead of ``<|endoftext|>`` slowed the
+  transition badly: SFT held-out 0.218 and 0.088 after 1,500 steps (seeds 0 and 1).
+So a fixed SFT length either stops inside the transition for some seeds or costs more than the quickstart's
+time budget; that is the open part of issue 17.
 Level 1 has 6 test problems and level 2 has 75, so a held-out set of levels 1-3 is mostly level 3.
 """
 
