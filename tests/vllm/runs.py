@@ -1,6 +1,6 @@
 """Whole runs the vLLM tests compare, for the colocated engine (`test_vllm_rollouts`) and a server
 (`test_vllm_server`) alike: a GRPO run of the micro model launched as 2 CPU processes and run as 1, and a
-run resumed from its saved training state."""
+run resumed from its saved training state; and the weight-sync check both run on one engine."""
 
 from __future__ import annotations
 
@@ -75,3 +75,19 @@ def resumed_run_row(make_stage: Any, tmp_path: Path, accelerator: Any, generatio
     [row] = resumed.metrics.rows
     assert row["step"] == 3
     return row
+
+
+def check_sync_then_stale(engine: Any) -> None:
+    """Step 0 samples and updates (lr 1e-2 moves every weight); step 1's rollout comes after the weights reached
+    the vLLM side, so the trainer's recomputed log-probs of those completions equal vLLM's to float32 rounding.
+    Without the sync (control: step 1's update never reaches vLLM) step 2's are far apart."""
+    try:
+        engine.step(0)
+        engine.sampler.weights_changed = lambda: None  # control from here: step 1's update is not synced
+        synced = engine.step(1)
+        assert engine.sampler.syncs == 2
+        assert synced["rollout/logprob_diff_max"] < 1e-4, synced["rollout/logprob_diff_max"]
+        stale = engine.step(2)
+        assert stale["rollout/logprob_diff_max"] > 0.05, stale["rollout/logprob_diff_max"]
+    finally:
+        engine.sampler.close()

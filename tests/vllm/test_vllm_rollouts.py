@@ -13,6 +13,7 @@ import torch
 from posttrain.config.rl import VLLMSpec
 from posttrain.rl.sampler import RolloutSampler, SamplingSettings, end_token_ids
 from tests.rl.conftest import make_stage, rl_config  # noqa: F401  (make_stage is a fixture)
+from tests.vllm.runs import check_sync_then_stale
 
 pytestmark = pytest.mark.vllm
 
@@ -76,17 +77,7 @@ def test_after_an_optimizer_step_engine_logprobs_match_the_trainers(make_stage) 
     engine, and the trainer's recomputed log-probs of those completions equal vLLM's to float32 rounding.
     Without the sync (control) the same measure is far apart."""
     config = rl_config("grpo", generation={"backend": "vllm", "max_new_tokens": 8}, train={"steps": 3})
-    engine = make_stage(config).build_engine()
-    try:
-        engine.step(0)
-        engine.sampler.weights_changed = lambda: None  # control from here: step 1's update is not synced
-        synced = engine.step(1)
-        assert engine.sampler.syncs == 2
-        assert synced["rollout/logprob_diff_max"] < 1e-4, synced["rollout/logprob_diff_max"]
-        stale = engine.step(2)
-        assert stale["rollout/logprob_diff_max"] > 0.05, stale["rollout/logprob_diff_max"]
-    finally:
-        engine.sampler.close()
+    check_sync_then_stale(make_stage(config).build_engine())
 
 
 def test_engine_is_built_from_the_weights_the_policy_has_at_its_first_rollout(micro) -> None:

@@ -20,6 +20,7 @@ import torch
 from posttrain.config.rl import VLLMSpec
 from posttrain.rl.sampler import RolloutSampler, SamplingSettings, end_token_ids
 from tests.rl.conftest import make_stage, rl_config  # noqa: F401  (make_stage is a fixture)
+from tests.vllm.runs import check_sync_then_stale
 
 pytestmark = pytest.mark.vllm
 
@@ -109,17 +110,7 @@ def test_after_an_optimizer_step_server_logprobs_match_the_trainers(make_stage, 
     the push, and the trainer's recomputed log-probs of those completions equal the server's to float32
     rounding. Without the push (control) the same measure is far apart."""
     config = rl_config("grpo", generation=server_generation(server_url, str(tmp_path)), train={"steps": 3})
-    engine = make_stage(config).build_engine()
-    try:
-        engine.step(0)
-        engine.sampler.weights_changed = lambda: None  # control from here: step 1's update is not pushed
-        pushed = engine.step(1)
-        assert engine.sampler.syncs == 2
-        assert pushed["rollout/logprob_diff_max"] < 1e-4, pushed["rollout/logprob_diff_max"]
-        stale = engine.step(2)
-        assert stale["rollout/logprob_diff_max"] > 0.05, stale["rollout/logprob_diff_max"]
-    finally:
-        engine.sampler.close()
+    check_sync_then_stale(make_stage(config).build_engine())
 
 
 def test_two_processes_share_one_server_as_one_process_does(server_url, tmp_path, accelerator) -> None:
