@@ -395,3 +395,15 @@ def test_fp16_is_refused_with_the_reason(stage: str) -> None:
     with pytest.raises(ValidationError, match="fp16 training is not offered: it needs a loss scaler"):
         spec(precision="fp16", steps=1)
     assert spec(precision="bf16", steps=1).precision == "bf16"
+
+
+def test_init_std_is_for_builtin_models_only(tmp_path: Path) -> None:
+    message = recipe_error(tmp_path, edited("  name_or_path: builtin:micro\n", "  name_or_path: ./my_model\n  init_std: 0.06\n"))
+    assert "model" in message and "init_std" in message and "'./my_model'" in message
+    assert load_recipe_text(tmp_path, edited("  name_or_path: builtin:micro\n", "  name_or_path: builtin:micro\n  init_std: 0.06\n")).recipe.model.init_std == 0.06
+
+
+def load_recipe_text(tmp_path: Path, text: str):
+    path = tmp_path / "good.yaml"
+    path.write_text(text)
+    return load_recipe(path)

@@ -56,7 +56,7 @@ def load_model_and_tokenizer(spec: ModelSpec, path: str | Path | None = None, de
     if source.startswith("builtin:"):
         from posttrain.models.tiny import build_tiny_model
 
-        model, tokenizer = build_tiny_model(source.removeprefix("builtin:"), seed=spec.seed)
+        model, tokenizer = build_tiny_model(source.removeprefix("builtin:"), seed=spec.seed, init_std=spec.init_std)
         return model.to(device), tokenizer
     local = Path(source)
     if spec.trust_remote_code and path is None and not local.is_dir() and not is_pinned_revision(spec.revision):

@@ -110,3 +110,17 @@ def test_remote_code_from_the_hub_needs_a_pinned_revision() -> None:
 def test_weights_hash_needs_safetensors(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="no .safetensors files"):
         weights_hash(tmp_path)
+
+
+def test_init_std_sets_the_spread_of_a_builtin_models_initial_weights() -> None:
+    """The recipe's `model.init_std` reaches the weights: the built-in model's linear layers are drawn with it
+    (Qwen2's default is 0.02), and the same seed gives the same weights."""
+
+    def spread(init_std: float | None) -> float:
+        model, _ = load_model_and_tokenizer(ModelSpec(name_or_path="builtin:micro", init_std=init_std), None, "cpu")
+        return model.model.layers[0].mlp.up_proj.weight.std().item()
+
+    assert abs(spread(None) - 0.02) < 0.002 and abs(spread(0.06) - 0.06) < 0.006
+    first, _ = load_model_and_tokenizer(ModelSpec(name_or_path="builtin:micro", init_std=0.06), None, "cpu")
+    again, _ = load_model_and_tokenizer(ModelSpec(name_or_path="builtin:micro", init_std=0.06), None, "cpu")
+    assert torch.equal(first.model.embed_tokens.weight, again.model.embed_tokens.weight)
