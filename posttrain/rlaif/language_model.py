@@ -72,26 +72,39 @@ class RoleModel:
             out.append(ids)
         return out
 
-    def sampler_for(self, backend: str) -> Any:
-        """The sampler of a resolved ``generation.backend`` (a vLLM engine is built once, at its first use;
-        a role model does not train, so its weights never need syncing)."""
-        if backend not in self.samplers:
-            from posttrain.config.rl import GenerationSpec
+    def sampler_for(self, backend: str, vllm: Any = None) -> Any:
+        """The sampler of a resolved ``generation.backend``; for ``vllm``, an engine built with the role's
+        ``generation.vllm`` settings (``vllm``: a `VLLMSpec`; None: the defaults) once, at its first use, and
+        one engine per distinct settings. A role model does not train, so its weights never need syncing."""
+        if backend == "native":
+            return self.sampler
+        from posttrain.config.rl import GenerationSpec, VLLMSpec
+
+        spec = vllm if vllm is not None else VLLMSpec()
+        key = f"{backend}:{spec.model_dump_json()}"
+        if key not in self.samplers:
             from posttrain.rl.rollout_backend import make_rollout_sampler
 
             # room for the longest role prompt and a long answer (the engine caps it at the model's positions)
-            self.samplers[backend] = make_rollout_sampler(
-                backend, GenerationSpec(), self.model, self.tokenizer, max_model_len=self.max_prompt_tokens + 1024, seed=0
+            self.samplers[key] = make_rollout_sampler(
+                backend, GenerationSpec(vllm=spec), self.model, self.tokenizer, max_model_len=self.max_prompt_tokens + 1024,
+                seed=0,
             )
-        return self.samplers[backend]
+        return self.samplers[key]
+
+    def close(self) -> None:
+        """Shuts down the vLLM engines this role built (the native sampler holds nothing)."""
+        for key in [k for k in self.samplers if k != "native"]:
+            self.samplers.pop(key).close()
 
     def generate(
         self, conversations: Sequence[list[dict[str, str]]], settings: SamplingSettings, generator: torch.Generator | None,
-        backend: str = "native",
+        backend: str = "native", vllm: Any = None,
     ) -> list[tuple[str, bool]]:
-        """One completion per conversation: (text, cut off by ``max_new_tokens``), from the ``backend`` sampler."""
+        """One completion per conversation: (text, cut off by ``max_new_tokens``), from the ``backend`` sampler
+        (``vllm``: the role's `VLLMSpec` when the backend is vllm)."""
         ids = self.encode(conversations)
-        sampler = self.sampler_for(backend)
+        sampler = self.sampler_for(backend, vllm)
         out: list[tuple[str, bool]] = []
         for start in range(0, len(ids), self.batch_size):
             rollout = sampler.sample(self.model, ids[start : start + self.batch_size], settings, generator)
@@ -100,10 +113,11 @@ class RoleModel:
         return out
 
     def answer(
-        self, user_texts: Sequence[str], settings: SamplingSettings, generator: torch.Generator | None, backend: str = "native"
+        self, user_texts: Sequence[str], settings: SamplingSettings, generator: torch.Generator | None,
+        backend: str = "native", vllm: Any = None,
     ) -> list[tuple[str, bool]]:
         """Completions of single user messages (the critic's and the reviser's prompts)."""
-        return self.generate([[{"role": "user", "content": text}] for text in user_texts], settings, generator, backend)
+        return self.generate([[{"role": "user", "content": text}] for text in user_texts], settings, generator, backend, vllm)
 
     def label_ids(self) -> list[int]:
         """The first token of each judge label as the assistant's first token."""

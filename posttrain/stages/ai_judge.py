@@ -38,7 +38,8 @@ class AIJudgeStage(Stage):
         rows = prompts.rows
         count = config.candidates
         answers = policy.generate([r.messages for r in rows for _ in range(count)], sampling_settings(config.generation),
-                                  generator_for(ctx), self.backends["generation"])
+                                  generator_for(ctx), self.backends["generation"], config.generation.vllm)
+        policy.close()  # its vLLM engine, if any: the judge only scores
         rng = random.Random(f"ai_judge/{ctx.seed}")
         candidates, same = [], 0
         for index, row in enumerate(rows):

@@ -40,16 +40,19 @@ class ConstitutionalStage(Stage):
         constitution, prompts, policy, critic = stage_inputs(self, config.constitution, config.critic)
         generator = generator_for(ctx)
         answers = policy.generate(
-            [row.messages for row in prompts.rows], sampling_settings(config.response), generator, self.backends["response"]
+            [row.messages for row in prompts.rows], sampling_settings(config.response), generator, self.backends["response"],
+            config.response.vllm,
         )
         revise_settings = sampling_settings(config.revise)
         result = critique_and_revise(
             constitution, [row.question for row in prompts.rows], [text.strip() for text, _ in answers],
-            lambda texts: critic.answer(texts, revise_settings, generator, self.backends["revise"]),
+            lambda texts: critic.answer(texts, revise_settings, generator, self.backends["revise"], config.revise.vllm),
             rounds=config.rounds, rng=random.Random(f"constitutional/{ctx.seed}"),
             max_chars=config.max_revision_chars, examples=[row.example for row in prompts.rows],
             keep_answer=config.keep_answer,
         )
+        for role in {id(policy): policy, id(critic): critic}.values():
+            role.close()  # vLLM engines of the generation roles (memory for the stages after this one)
         revised = [item for item in result.items if item.revised]
         with_original = [item for item in revised if item.original.strip()]
         write_output(ctx.stage_dir, "revisions", (item.sft_row() for item in revised), ctx.accelerator)

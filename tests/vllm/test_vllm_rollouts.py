@@ -141,7 +141,30 @@ def test_rlaif_role_model_generates_with_vllm_as_with_native(micro) -> None:
     try:
         assert role.answer(texts, settings, None, backend="vllm") == role.answer(texts, settings, None)
     finally:
-        role.samplers["vllm"].close()
+        role.close()
+    assert list(role.samplers) == ["native"]
+
+
+def test_a_generation_roles_vllm_settings_reach_its_engine(micro) -> None:
+    """A role's own `generation.vllm` section builds its engine (here the key/value cache size, which vLLM's
+    CPU backend reads from VLLM_CPU_KVCACHE_SPACE when the engine starts); other settings, another engine."""
+    import os
+
+    from posttrain.config.rl import VLLMSpec
+    from posttrain.rlaif.language_model import RoleModel
+
+    model, tokenizer = micro
+    role = RoleModel(model, tokenizer, batch_size=4, max_prompt_tokens=64)
+    settings = SamplingSettings(max_new_tokens=4, temperature=0.0)
+    try:
+        role.answer(["what is 2 + 3?"], settings, None, backend="vllm", vllm=VLLMSpec(cpu_kv_cache_gib=2))
+        assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "2"
+        (engine,) = [s for k, s in role.samplers.items() if k != "native"]
+        assert engine.spec.cpu_kv_cache_gib == 2
+        role.answer(["what is 2 + 3?"], settings, None, backend="vllm", vllm=VLLMSpec(cpu_kv_cache_gib=2))
+        assert len(role.samplers) == 2  # the same settings reuse the engine
+    finally:
+        role.close()
 
 
 def test_two_processes_each_with_an_engine_sample_what_one_process_samples(tmp_path, accelerator) -> None:
