@@ -45,7 +45,14 @@ def load_policy(context: Any) -> tuple[Any, Any]:
 
 
 def rollout_backend(context: Any) -> str:
-    """The stage's resolved ``generation.backend`` (`posttrain.rl.rollout_backend.resolve_backend`)."""
+    """The stage's resolved ``generation.backend`` (`posttrain.rl.rollout_backend.resolve_backend`), decided
+    once per stage (its warning and its server check are not repeated when the engine is built)."""
+    if context.rollout_backend is None:
+        context.rollout_backend = _resolve(context)
+    return context.rollout_backend
+
+
+def _resolve(context: Any) -> str:
     where = f"stage {context.config.name!r}: generation.backend"
     architectures = checkpoint_architectures(context.input_checkpoint or context.model_spec.name_or_path)
     generation = context.config.generation

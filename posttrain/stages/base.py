@@ -33,6 +33,7 @@ class StageContext:
     accelerator: Any
     metrics: MetricsWriter
     checkpoints: TrainCheckpoints | None = None  # resumable training state inside the stage
+    rollout_backend: str | None = None  # RL stages: ``generation.backend`` once resolved (`posttrain.rl.setup`)
 
 
 class Stage:

@@ -135,3 +135,17 @@ def test_rlaif_stages_resolve_role_backends_before_the_model_loads(kind, key, tm
     )
     with pytest.raises(RecipeError, match=f"stage 'roles': (response|{key}).backend: refused"):
         stage_class(kind)(context)
+
+
+def test_a_stage_decides_its_backend_once(make_stage, caplog) -> None:
+    """`backend: auto` without vLLM: the fallback is logged once for the stage, not again when the engine is built."""
+    import logging
+
+    from tests.rl.conftest import rl_config
+
+    with caplog.at_level(logging.WARNING):
+        stage = make_stage(rl_config("grpo", generation={"backend": "auto"}))
+        stage.build_engine()
+    assert [r.getMessage() for r in caplog.records if "vLLM is not installed" in r.getMessage()] == [
+        "stage 'grpo': generation.backend is auto and vLLM is not installed: rollouts use the native sampler"
+    ]
