@@ -30,9 +30,12 @@ stages:
 """
 
 
-def two_processes_and_one(tmp_path: Path, accelerator: Any, generation: str) -> tuple[list[dict], list[dict]]:
-    """The stage's metric rows of ``accelerate launch`` with 2 CPU processes (DDP over gloo, 2 prompts each
-    per step) and of 1 process (4 prompts per step), with the flow-style YAML ``generation`` settings."""
+def two_processes_and_one(
+    tmp_path: Path, accelerator: Any, generation: str, config: str = "ddp.yaml"
+) -> tuple[list[dict], list[dict]]:
+    """The stage's metric rows of ``accelerate launch`` with 2 CPU processes (recipes/accelerate/``config``:
+    DDP over gloo, or ZeRO-3; 2 prompts each per step) and of 1 process (4 prompts per step), with the
+    flow-style YAML ``generation`` settings."""
     from posttrain.pipeline import Pipeline
     from posttrain.recipe import load_recipe
 
@@ -40,7 +43,7 @@ def two_processes_and_one(tmp_path: Path, accelerator: Any, generation: str) -> 
     for run, prompts in (("two", 2), ("one", 4)):
         (tmp_path / f"{run}.yaml").write_text(RECIPE.replace("GENERATION", generation).replace("PROMPTS", str(prompts)))
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(repo / "recipes" / "accelerate" / "ddp.yaml"),
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(repo / "recipes" / "accelerate" / config),
         "-m", "posttrain.run", str(tmp_path / "two.yaml"), "--output-dir", str(tmp_path / "two"),
     ]
     environment = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}

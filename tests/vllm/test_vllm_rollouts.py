@@ -181,6 +181,20 @@ def test_two_processes_each_with_an_engine_sample_what_one_process_samples(tmp_p
     assert all(r["rollout/logprob_diff_max"] < 1e-4 for r in two), two
 
 
+def test_zero3_engines_get_the_whole_weights_after_every_step(tmp_path, accelerator) -> None:
+    """ZeRO-3 (recipes/accelerate/zero3.yaml, 2 CPU processes): each process holds a shard of every weight, and
+    the engines are synced inside `gathered_parameters`, so what reaches vLLM is the whole weights: after the
+    update, the engines' log-probs still match the trainer's, and step 1 equals one process's."""
+    from tests.vllm.runs import two_processes_and_one
+
+    two, one = two_processes_and_one(
+        tmp_path, accelerator, "{max_new_tokens: 6, temperature: 1.0, backend: vllm}", config="zero3.yaml"
+    )
+    assert [r["step"] for r in two] == [1, 2]
+    assert two[0]["reward/total/mean"] == pytest.approx(one[0]["reward/total/mean"], abs=1e-9)
+    assert all(r["rollout/logprob_diff_max"] < 1e-4 for r in two), two
+
+
 def test_a_resumed_run_builds_its_engine_from_the_resumed_weights(make_stage, tmp_path, accelerator) -> None:
     from tests.vllm.runs import resumed_run_row
 
