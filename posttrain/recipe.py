@@ -310,6 +310,7 @@ def _check_semantics(recipe: Recipe, recipe_dir: Path, lines: dict[tuple, int]) 
             problems.append(f"{path}.carry_slip: only `builtin:arithmetic` takes `carry_slip` (source: {spec.source!r})")
         if spec.tool_share is not None and spec.source != "builtin:calculator":
             problems.append(f"{path}.tool_share: only `builtin:calculator` takes `tool_share` (source: {spec.source!r})")
+    problems += _demonstration_options_unused(recipe)
     eval_names = [e.name for e in recipe.evaluations]
     if len(set(eval_names)) != len(eval_names):
         problems.append(f"evaluations: names must be unique, got {eval_names}")
@@ -401,6 +402,26 @@ def _check_stage_inputs(recipe: Recipe, recipe_dir: Path, lines: dict[tuple, int
         if evaluation.data is not None and parse_stage_source(evaluation.data.source):
             problems.append(f"evaluations[{i}] ({evaluation.name}).data.source: stage outputs cannot be evaluated "
                             "after every stage; evaluate a file or built-in data")
+    return problems
+
+
+def _demonstration_options_unused(recipe: Recipe) -> list[str]:
+    """`carry_slip` and `tool_share` change the built-in demonstrations (the assistant turns SFT imitates); RL
+    prompts and evaluations read the question and the right answer only, so there the options would be silently
+    ignored: an error instead."""
+    problems = []
+    readers = [(f"stages[{i}] ({s.name})", s, "a grpo/ppo stage samples its own answers") for i, s in
+               enumerate(recipe.stages) if s.kind in ("grpo", "ppo")]
+    readers += [(f"evaluations[{i}] ({e.name})", e, "an evaluation scores against the right answer") for i, e in
+                enumerate(recipe.evaluations)]
+    for where, section, why in readers:
+        for path, spec in data_specs(section):
+            for option in ("carry_slip", "tool_share"):
+                if getattr(spec, option) is not None:
+                    problems.append(
+                        f"{where}.{path}.{option}: it changes the demonstrations' answers, which this data does not "
+                        f"use ({why}); set it on the SFT stage's data"
+                    )
     return problems
 
 

@@ -407,3 +407,12 @@ def load_recipe_text(tmp_path: Path, text: str):
     path = tmp_path / "good.yaml"
     path.write_text(text)
     return load_recipe(path)
+
+
+@pytest.mark.parametrize("option", ["carry_slip: 0.5", "tool_share: 0.3"])
+def test_demonstration_options_where_no_demonstration_is_read(tmp_path: Path, option: str) -> None:
+    """carry_slip/tool_share change what SFT imitates; on an evaluation's (or RL stage's) data they would do nothing."""
+    source = "builtin:arithmetic" if "carry" in option else "builtin:calculator"
+    text = edited("      source: builtin:arithmetic\n      split", f"      source: {source}\n      {option}\n      split")
+    message = recipe_error(tmp_path, text)
+    assert f"evaluations[0] (arith).data.{option.split(':')[0]}" in message and "SFT stage" in message
