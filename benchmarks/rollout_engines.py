@@ -14,7 +14,8 @@ vLLM's time includes a weight sync before every run (as in training, where one p
 
 ``--sizes``: ``tiny`` (the built-in Qwen2 shape, 0.8M parameters with its 448-token vocabulary),
 ``micro``, ``llama-25m`` (a Llama shape of 24M parameters: 8 layers, hidden 512, MLP 1408, 8 heads, 4
-key/value heads), ``qwen2.5-0.5b`` (for a GPU). Threads: the process's torch threads for native and
+key/value heads), ``llama-50m`` (50M: 8 layers, hidden 768, MLP 2048, 12 heads, 4 key/value heads),
+``qwen2.5-0.5b`` (for a GPU). ``--no-hf`` leaves HF `generate` out (its runs take longest at the larger sizes). Threads: the process's torch threads for native and
 HF (``--threads``, default all cores); the vLLM engine runs in this process (no OpenMP binding there: vLLM
 binds threads only in its worker processes) and uses the same torch thread count. Measured figures:
 ``benchmarks/results/rollout_engines_cpu.txt``.
@@ -37,11 +38,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rollout_vs_hf import build_model, hf_run, our_run, prompts  # noqa: E402  (the sibling benchmark's pieces)
 
 LLAMA_25M = dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4)
+LLAMA_50M = dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=8, num_attention_heads=12, num_key_value_heads=4)
+LLAMA = {"llama-25m": LLAMA_25M, "llama-50m": LLAMA_50M}
 
 
 def build(size: str, device: str):
     """``(model, tokenizer)``: a built-in shape, or the Llama shape of ~25M parameters, randomly initialised."""
-    if size != "llama-25m":
+    if size not in LLAMA:
         return build_model(size, device, torch.float32)
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -49,7 +52,7 @@ def build(size: str, device: str):
 
     tokenizer = build_tokenizer()
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=1024, tie_word_embeddings=True, **LLAMA_25M)
+    config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=1024, tie_word_embeddings=True, **LLAMA[size])
     return LlamaForCausalLM(config).to(device).eval(), tokenizer
 
 
@@ -94,8 +97,9 @@ def measure(runs: dict, tokens: int, repeats: int) -> dict:
             seconds[name].append(time.perf_counter() - started)
     row: dict = {f"{name}_tok_s": round(tokens / statistics.median(values)) for name, values in seconds.items()}
     row["vllm_over_native"] = round(statistics.median(n / v for v, n in zip(seconds["vllm"], seconds["native"])), 3)
-    row["vllm_over_hf"] = round(statistics.median(h / v for v, h in zip(seconds["vllm"], seconds["hf_generate"])), 3)
-    row["native_over_hf"] = round(statistics.median(h / n for n, h in zip(seconds["native"], seconds["hf_generate"])), 3)
+    if "hf_generate" in seconds:
+        row["vllm_over_hf"] = round(statistics.median(h / v for v, h in zip(seconds["vllm"], seconds["hf_generate"])), 3)
+        row["native_over_hf"] = round(statistics.median(h / n for n, h in zip(seconds["native"], seconds["hf_generate"])), 3)
     row["warm_up_s"] = warm_up
     row["rounds_s"] = {name: [round(v, 2) for v in values] for name, values in seconds.items()}  # the spread behind the medians
     return row
@@ -109,6 +113,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--no-hf", action="store_true", help="time vLLM and the native sampler only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results = []
@@ -121,15 +126,19 @@ def main() -> None:
             runs = {
                 "vllm": run,
                 "native": our_run(model, ids, args.new_tokens, "cached", "cpu"),
-                "hf_generate": hf_run(model, tokenizer, ids, args.new_tokens, "cpu"),
             }
+            if not args.no_hf:
+                runs["hf_generate"] = hf_run(model, tokenizer, ids, args.new_tokens, "cpu")
             row = {"size": size, "parameters": parameters, "batch": batch, **measure(runs, batch * args.new_tokens, args.repeats)}
             sampler.close()
             results.append(row)
+            hf = (
+                f" | HF generate {row['hf_generate_tok_s']:7d} | vLLM/HF {row['vllm_over_hf']:.2f}x | native/HF "
+                f"{row['native_over_hf']:.2f}x" if "hf_generate_tok_s" in row else " | HF generate not run"
+            )
             print(
                 f"{size:10s} ({parameters / 1e6:5.1f}M) batch {batch:4d} x {args.new_tokens}: vLLM {row['vllm_tok_s']:7d} tok/s | "
-                f"native {row['native_tok_s']:7d} | HF generate {row['hf_generate_tok_s']:7d} | vLLM/native "
-                f"{row['vllm_over_native']:.2f}x | vLLM/HF {row['vllm_over_hf']:.2f}x | native/HF {row['native_over_hf']:.2f}x",
+                f"native {row['native_tok_s']:7d} | vLLM/native {row['vllm_over_native']:.2f}x{hf}",
                 flush=True,
             )
     if args.json:
