@@ -9,7 +9,10 @@ holds now (`input_hash`, the parent's checkpoint hash), and its checkpoint folde
 Data fingerprints: a file hashes its bytes; a hub dataset its name and split (it is not downloaded to
 plan a run); built-in data its spec, the seed, the code that generates it (every `posttrain/data/*.py`) and
 the constitution file it names; data another stage writes (``stage:NAME/OUTPUT``) the producing stage's
-fingerprint (`posttrain.data.stage_outputs`). No torch here.
+fingerprint (`posttrain.data.stage_outputs`). A stage that names another stage's checkpoint elsewhere in its
+config (``path: stage:reward_model`` of a reward, a ``critic``/``judge`` role) hashes that stage's fingerprint
+too (`referenced_stages`): a reward model trained anew makes the PPO stage trained against it run again.
+No torch here.
 """
 
 from __future__ import annotations
@@ -91,6 +94,32 @@ def fingerprint_config(stage: StageConfig) -> dict[str, Any]:
     return config
 
 
+def referenced_stages(config: Any) -> set[str]:
+    """Names of the stages whose checkpoints a stage config names as ``stage:NAME`` outside its data specs
+    (whose ``stage:NAME/OUTPUT`` sources are fingerprinted as data).
+
+    >>> sorted(referenced_stages({"reward": [{"source": "reward_model", "args": {"path": "stage:rm"}}],
+    ...                           "data": {"source": "stage:critique/pairs", "split": "train"}, "critic": "policy"}))
+    ['rm']
+    """
+    found: set[str] = set()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            if "source" in value and "split" in value:  # a data spec
+                return
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+        elif isinstance(value, str) and value.startswith("stage:"):
+            found.add(value.removeprefix("stage:").partition("/")[0])
+
+    walk(config)
+    return found
+
+
 def stage_fingerprints(loaded: LoadedRecipe) -> list[str]:
     """The fingerprint of every stage, in order (cheap: hashes configs and data files only)."""
     recipe = loaded.recipe
@@ -104,7 +133,12 @@ def stage_fingerprints(loaded: LoadedRecipe) -> list[str]:
             or data_fingerprint(spec, loaded.directory, recipe.seed)
             for _, spec in data_specs(stage)
         ]
-        fingerprint = json_hash([fingerprint_config(stage), by_name[parent] if parent else base, data, recipe.seed])
+        config = fingerprint_config(stage)
+        parts = [config, by_name[parent] if parent else base, data, recipe.seed]
+        referenced = {name: by_name[name] for name in sorted(referenced_stages(config)) if name in by_name}
+        if referenced:  # only then, so that the fingerprints of stages without references stay as they were
+            parts.append(referenced)
+        fingerprint = json_hash(parts)
         by_name[stage.name] = fingerprint
         out.append(fingerprint)
     return out

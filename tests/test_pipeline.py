@@ -472,3 +472,35 @@ def test_a_stage_fingerprint_follows_its_data_file_not_only_its_config(tmp_path:
     data.write_text('{"prompt": "What is 1 + 1?", "completion": "3"}\n')
     after = stage_fingerprints(load_recipe(recipe))
     assert after[0] == before[0] and after[1] != before[1] and after[2] != before[2]
+
+
+def test_a_stage_fingerprint_follows_the_stages_its_config_names(tmp_path: Path, write_recipe) -> None:
+    """A PPO stage trained against `stage:reward_model` is not reused once the reward model changes (its
+    `from:` is sft, so the lineage alone would not see it); stages that name no other stage keep theirs."""
+    from posttrain.fingerprints import stage_fingerprints
+
+    recipe = write_recipe(tmp_path, f"""\
+        name: reference-fingerprint
+        seed: 0
+        output_dir: {tmp_path / "run"}
+        model: {{name_or_path: "builtin:micro"}}
+        stages:
+          - name: sft
+            kind: sft
+            data: {{source: "builtin:arithmetic", count: 8, levels: [1]}}
+            train: {{steps: 1, batch_size: 4, seq_len: 32}}
+          - name: reward_model
+            kind: reward_model
+            from: sft
+            data: {{source: "builtin:preferences", count: 8, levels: [1]}}
+            train: {{steps: 1, batch_size: 4, seq_len: 32}}
+          - name: ppo
+            kind: ppo
+            from: sft
+            data: {{source: "builtin:arithmetic", count: 8, levels: [1]}}
+            reward: [{{source: reward_model, args: {{path: "stage:reward_model"}}}}]
+            train: {{steps: 1, prompts_per_step: 4}}
+        """)
+    before = stage_fingerprints(load_recipe(recipe))
+    after = stage_fingerprints(load_recipe(recipe, ["stages.reward_model.train.steps=2"]))
+    assert after[0] == before[0] and after[1] != before[1] and after[2] != before[2]
