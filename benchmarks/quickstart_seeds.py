@@ -4,7 +4,8 @@
                                           [--recipe recipes/quickstart.yaml] [--out DIR] [--json PATH]
     python benchmarks/quickstart_seeds.py --collect DIR [DIR ...]   # the table of finished runs only
 
-Runs ``python -m posttrain.run RECIPE --set seed=S`` once per (seed, setting) in its own run folder, each
+Runs ``python -m posttrain.run RECIPE --set seed=S --set model.seed=S`` (the seed of data order and sampling,
+and of the built-in model's initial weights and tokenizer) once per (seed, setting) in its own run folder, each
 process with one thread (``--jobs`` of them at a time), then reads every run's ``evaluations.json`` and
 its PPO stage's held-out metrics, and prints one row per run and the mean ± standard deviation over runs.
 
@@ -47,7 +48,8 @@ def run_one(recipe: Path, seed: int, setting: str, out: Path) -> dict:
     run_dir = out / f"seed{seed}-{setting}"
     env = {**os.environ, **SETTINGS[setting], "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     command = [
-        sys.executable, "-m", "posttrain.run", str(recipe), "--set", f"seed={seed}", "--set", f"output_dir={run_dir}",
+        sys.executable, "-m", "posttrain.run", str(recipe), "--set", f"seed={seed}", "--set", f"model.seed={seed}",
+        "--set", f"output_dir={run_dir}",
     ]
     started = time.perf_counter()
     with open(out / f"seed{seed}-{setting}.log", "w") as log:
