@@ -42,14 +42,14 @@ model's default initialisation (weights drawn with std 0.02, Qwen2's default):
   step 600);
 - pre-training documents ended with ``<|end|>`` (the chat end-of-turn) instead of ``<|endoftext|>`` slowed the
   transition badly: SFT held-out 0.218 and 0.088 after 1,500 steps (seeds 0 and 1).
-What moved it: the initial weights' spread. Our reading (not measured directly): Qwen2's 0.02 is meant for
-models hundreds of times wider; at width 128 it keeps the attention logits near zero, so attention starts
-out nearly uniform and the heads that must pick out single digits take long to form. With
-``model.init_std: 0.06`` (the quickstart's setting) the transition falls at steps ~250-650 (carry_slip 0.5,
-data seeds 0-2, model seed 0) and ~450-650 in the quickstart's grid (carry_slip 0.65, seeds 0-2 for data and
-model, default and compatibility CPU kernels), well inside 1,500 steps; one run (carry_slip 0.5, seed 0, compatibility kernels) learned in two steps, at ~450 and
-~1,200, so the margin is wide but not unlimited. A wider spread still (0.1) was slower (seed 0, compatibility
-kernels: loss 0.80 at step 400 against 0.64). The grid's table is in README.md.
+What moved it: the initial weights' spread. Our reading (not measured directly): Qwen2's 0.02 is meant for models
+hundreds of times wider; at width 128 it keeps the attention logits near zero, so attention starts out nearly
+uniform and the heads that must pick out single digits take long to form. With ``model.init_std: 0.06`` (the
+quickstart's setting) the transition falls at steps ~250-650 (carry_slip 0.5, data seeds 0-2, model seed 0) and
+~450-650 in the quickstart's grid (carry_slip 0.65, seeds 0-2 for data and model, default and compatibility CPU
+kernels), well inside 1,500 steps; one run (carry_slip 0.5, seed 0, compatibility kernels) learned in two steps,
+at ~450 and ~1,200, so the margin is wide but not unlimited. A wider spread still (0.1) was slower (seed 0,
+compatibility kernels: loss 0.80 at step 400 against 0.64). The grid's table is in README.md.
 Level 1 has 6 test problems and level 2 has 75, so a held-out set of levels 1-3 is mostly level 3.
 """
 
