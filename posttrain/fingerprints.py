@@ -23,10 +23,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from posttrain.config.common import DataSpec, Strict
 from posttrain.config.stages import StageConfig
 from posttrain.data.sources import resolve_data_path
-from posttrain.data.stage_outputs import linked_data_fingerprint
+from posttrain.data.stage_outputs import STAGE_PREFIX, linked_data_fingerprint
 from posttrain.files import json_hash, read_json, update_digest
 from posttrain.recipe import LoadedRecipe, data_specs
 
@@ -94,30 +96,25 @@ def fingerprint_config(stage: StageConfig) -> dict[str, Any]:
     return config
 
 
-def referenced_stages(config: Any) -> set[str]:
+def referenced_stages(section: Any) -> set[str]:
     """Names of the stages whose checkpoints a stage config names as ``stage:NAME`` outside its data specs
-    (whose ``stage:NAME/OUTPUT`` sources are fingerprinted as data).
+    (whose ``stage:NAME/OUTPUT`` sources are fingerprinted as data, `linked_data_fingerprint`).
 
     >>> sorted(referenced_stages({"reward": [{"source": "reward_model", "args": {"path": "stage:rm"}}],
-    ...                           "data": {"source": "stage:critique/pairs", "split": "train"}, "critic": "policy"}))
+    ...                           "data": DataSpec(source="stage:critique/pairs"), "critic": "policy"}))
     ['rm']
     """
-    found: set[str] = set()
-
-    def walk(value: Any) -> None:
-        if isinstance(value, dict):
-            if "source" in value and "split" in value:  # a data spec
-                return
-            for item in value.values():
-                walk(item)
-        elif isinstance(value, list):
-            for item in value:
-                walk(item)
-        elif isinstance(value, str) and value.startswith("stage:"):
-            found.add(value.removeprefix("stage:").partition("/")[0])
-
-    walk(config)
-    return found
+    if isinstance(section, DataSpec):
+        return set()
+    if isinstance(section, BaseModel):  # every recipe section (not all of them `Strict`)
+        section = {key: getattr(section, key) for key in type(section).model_fields}
+    if isinstance(section, dict):
+        section = list(section.values())
+    if isinstance(section, (list, tuple)):
+        return set().union(*(referenced_stages(item) for item in section))
+    if isinstance(section, str) and section.startswith(STAGE_PREFIX):
+        return {section.removeprefix(STAGE_PREFIX).partition("/")[0]}
+    return set()
 
 
 def stage_fingerprints(loaded: LoadedRecipe) -> list[str]:
@@ -135,7 +132,7 @@ def stage_fingerprints(loaded: LoadedRecipe) -> list[str]:
         ]
         config = fingerprint_config(stage)
         parts = [config, by_name[parent] if parent else base, data, recipe.seed]
-        referenced = {name: by_name[name] for name in sorted(referenced_stages(config)) if name in by_name}
+        referenced = {name: by_name[name] for name in sorted(referenced_stages(stage)) if name in by_name}
         if referenced:  # only then, so that the fingerprints of stages without references stay as they were
             parts.append(referenced)
         fingerprint = json_hash(parts)

@@ -147,7 +147,7 @@ def test_rlaif_role_model_generates_with_vllm_as_with_native(micro) -> None:
 
 def test_a_generation_roles_vllm_settings_reach_its_engine(micro) -> None:
     """A role's own `generation.vllm` section builds its engine (here the key/value cache size, which vLLM's
-    CPU backend reads from VLLM_CPU_KVCACHE_SPACE when the engine starts); other settings, another engine."""
+    CPU backend reads from VLLM_CPU_KVCACHE_SPACE when the engine starts), and the same settings reuse it."""
     import os
 
     from posttrain.config.rl import VLLMSpec
