@@ -48,22 +48,47 @@ def _needs_cgroups() -> None:
 
 def test_run_memory_is_bounded_per_run_not_per_process() -> None:
     _needs_cgroups()
-    # Each of 4 processes stays under the per-process RLIMIT_AS (200 MB) but together they want 400 MB.
+    # Each of 4 processes stays under the per-process RLIMIT_AS (200 MB) but together they want 400 MB. A child
+    # that has allocated tells the parent and holds its memory until the parent ends it, so the outcome does not
+    # depend on timing (children exiting early would free memory for later ones): once every child has either
+    # allocated or died, the children that died were killed for the run's memory (none exits on its own).
     program = (
-        "import os, time\n"
+        "import os, signal, time\n"
+        "read_end, write_end = os.pipe()\n"
+        "children = []\n"
         "for _ in range(4):\n"
-        "    if os.fork() == 0:\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
         "        block = bytearray(100 << 20)\n"
-        "        print('allocated', flush=True)\n"
-        "        time.sleep(1.5)\n"
+        "        os.write(write_end, b'a')\n"
+        "        time.sleep(60)\n"
         "        os._exit(0)\n"
-        "for _ in range(4):\n"
-        "    os.wait()\n"
+        "    children.append(pid)\n"
+        "os.close(write_end)\n"
+        "os.set_blocking(read_end, False)\n"
+        "allocated, died = 0, {}\n"
+        "deadline = time.monotonic() + 15\n"
+        "while allocated + len(died) < 4 and time.monotonic() < deadline:\n"
+        "    try:\n"
+        "        allocated += len(os.read(read_end, 16))\n"
+        "    except BlockingIOError:\n"
+        "        pass\n"
+        "    for pid in children:\n"
+        "        if pid not in died and os.waitpid(pid, os.WNOHANG)[0] == pid:\n"
+        "            died[pid] = True\n"
+        "    time.sleep(0.02)\n"
+        "print('settled', allocated + len(died) >= 4, 'died', len(died), flush=True)\n"
+        "for pid in children:\n"
+        "    if pid not in died:\n"
+        "        os.kill(pid, signal.SIGKILL)\n"
+        "        os.waitpid(pid, 0)\n"
     )
-    sandbox = Sandbox(limits=SandboxLimits(timeout_s=20, cpu_s=20, memory_mb=200, tmpfs_mb=16))
+    sandbox = Sandbox(limits=SandboxLimits(timeout_s=30, cpu_s=20, memory_mb=200, tmpfs_mb=16))
     run = sandbox.run([sandbox.python(), "-I", "-S", "-c", program])
     assert run.started and not run.timed_out, run.stderr
-    assert run.stdout.count("allocated") < 4
+    words = run.stdout.split()
+    assert words[:2] == ["settled", "True"], run.stdout + run.stderr
+    assert int(words[3]) >= 1, run.stdout  # at least one child was killed: the 4 x 100 MB did not all fit
 
 
 def test_run_processes_are_bounded_per_run() -> None:
