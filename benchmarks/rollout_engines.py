@@ -15,7 +15,11 @@ vLLM's time includes a weight sync before every run (as in training, where one p
 ``--sizes``: ``tiny`` (the built-in Qwen2 shape, 0.8M parameters with its 448-token vocabulary),
 ``micro``, ``llama-25m`` (a Llama shape of 24M parameters: 8 layers, hidden 512, MLP 1408, 8 heads, 4
 key/value heads), ``llama-50m`` (50M: 8 layers, hidden 768, MLP 2048, 12 heads, 4 key/value heads),
-``qwen2.5-0.5b`` (for a GPU). ``--no-hf`` leaves HF `generate` out (its runs take longest at the larger sizes). Threads: the process's torch threads for native and
+``qwen2.5-0.5b`` (for a GPU). ``--no-hf`` leaves HF `generate` out (its runs take longest at the larger sizes).
+``--vllm-dtype bfloat16`` runs the vLLM engine in bf16 (``generation.vllm.dtype: bfloat16``: the trainer, the
+native sampler and HF stay float32, as in training, where the engine's precision is its own; on a CPU it pays
+where the CPU has AVX512-BF16 or AMX). ``--native-dtype bfloat16`` samples natively from a bf16 copy of the
+model (a policy trained in bf16), for engine against engine in bf16. Threads: the process's torch threads for native and
 HF (``--threads``, default all cores); the vLLM engine runs in this process (no OpenMP binding there: vLLM
 binds threads only in its worker processes) and uses the same torch thread count. Measured figures:
 ``benchmarks/results/rollout_engines_cpu.txt``.
@@ -24,6 +28,7 @@ binds threads only in its worker processes) and uses the same torch thread count
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -56,7 +61,7 @@ def build(size: str, device: str):
     return LlamaForCausalLM(config).to(device).eval(), tokenizer
 
 
-def vllm_run(model, ids: list[list[int]], new_tokens: int):
+def vllm_run(model, ids: list[list[int]], new_tokens: int, dtype: str = "float32"):
     """A vLLM sampler over ``model`` (built at the warm-up run), synced before every run."""
     from posttrain.config.rl import VLLMSpec
     from posttrain.rl.sampler import SamplingSettings
@@ -72,7 +77,7 @@ def vllm_run(model, ids: list[list[int]], new_tokens: int):
             return params
 
     longest = max(len(p) for p in ids)
-    sampler = Unstoppable([0], 0, VLLMSpec(cpu_kv_cache_gib=2), max_model_len=longest + new_tokens, seed=0)
+    sampler = Unstoppable([0], 0, VLLMSpec(cpu_kv_cache_gib=2, dtype=dtype), max_model_len=longest + new_tokens, seed=0)
     settings = SamplingSettings(max_new_tokens=new_tokens, temperature=1.0)
 
     def run():
@@ -113,6 +118,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--vllm-dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="the vLLM engine's weights (generation.vllm.dtype); native and HF stay float32")
+    parser.add_argument("--native-dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="the native sampler's model (a bf16 copy: a policy trained in bf16)")
     parser.add_argument("--no-hf", action="store_true", help="time vLLM and the native sampler only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -120,12 +129,13 @@ def main() -> None:
     for size in args.sizes:
         model, tokenizer = build(size, "cpu")
         parameters = sum(p.numel() for p in model.parameters())
+        native_model = model if args.native_dtype == "float32" else copy.deepcopy(model).to(torch.bfloat16)
         for batch in args.batch_sizes:
             ids = prompts(tokenizer, batch)
-            run, sampler = vllm_run(model, ids, args.new_tokens)
+            run, sampler = vllm_run(model, ids, args.new_tokens, args.vllm_dtype)
             runs = {
                 "vllm": run,
-                "native": our_run(model, ids, args.new_tokens, "cached", "cpu"),
+                "native": our_run(native_model, ids, args.new_tokens, "cached", "cpu"),
             }
             if not args.no_hf:
                 runs["hf_generate"] = hf_run(model, tokenizer, ids, args.new_tokens, "cpu")
@@ -144,7 +154,8 @@ def main() -> None:
     if args.json:
         info = {
             "cpu": platform.processor() or platform.machine(), "threads": args.threads,
-            "load_before": os.getloadavg()[0], "new_tokens": args.new_tokens, "results": results,
+            "load_before": os.getloadavg()[0], "new_tokens": args.new_tokens, "vllm_dtype": args.vllm_dtype,
+            "native_dtype": args.native_dtype, "results": results,
         }
         Path(args.json).write_text(json.dumps(info, indent=2))
 

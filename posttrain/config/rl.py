@@ -75,7 +75,10 @@ class VLLMSpec(Strict):
     )
     cpu_kv_cache_gib: int = Field(1, gt=0, description="CPU: GiB of key/value cache (sets vLLM's VLLM_CPU_KVCACHE_SPACE).")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="The engine's weights: `auto` is bfloat16 on a GPU with bf16 training, else float32."
+        "auto",
+        description="The engine's weights: `auto` is bfloat16 on a GPU with bf16 training, else float32. `bfloat16` "
+        "under float32 training pays on a CPU with AVX512-BF16 or AMX (README, 'Rollouts on vLLM'); the gap to the "
+        "trainer is logged (`rollout/sampler_kl`) and `train.tis_cap` corrects it.",
     )
 
     @model_validator(mode="after")

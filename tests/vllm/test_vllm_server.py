@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -30,9 +31,15 @@ SERVED_LENGTH = 128  # the test stages ask for 120 prompt + 8 completion tokens
 @pytest.fixture(scope="module")
 def server_url(tmp_path_factory):
     """A vLLM server on a free port of 127.0.0.1, started as the README says; stopped after the module."""
+    with served(tmp_path_factory.mktemp("server")) as url:
+        yield url
+
+
+@contextmanager
+def served(folder, *extra: str, environment: dict | None = None):
+    """Starts the server (``extra``: more of its arguments), yields its URL once it answers, stops it."""
     from posttrain.models.tiny import save_tiny_model
 
-    folder = tmp_path_factory.mktemp("server")
     checkpoint = save_tiny_model(folder / "micro_seed1", "micro", seed=1)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -41,9 +48,11 @@ def server_url(tmp_path_factory):
         sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(checkpoint), "--host", "127.0.0.1",
         "--port", str(port), "--dtype", "float32", "--max-model-len", str(SERVED_LENGTH), "--enforce-eager",
         "--logprobs-mode", "processed_logprobs", "--generation-config", "vllm",
-        "--worker-extension-cls", "posttrain.rl.vllm_server_worker.WeightFileLoader",
+        "--worker-extension-cls", "posttrain.rl.vllm_server_worker.WeightFileLoader", *extra,
     ]
-    environment = {**os.environ, "VLLM_SERVER_DEV_MODE": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": "1"}
+    environment = {
+        **os.environ, "VLLM_SERVER_DEV_MODE": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": "1", **(environment or {})
+    }
     log = open(folder / "server.log", "w")
     server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
     url = f"http://127.0.0.1:{port}"
@@ -85,20 +94,37 @@ PROMPTS = [[5, 6, 7], [8, 9, 10, 11], [5, 6, 7], [40, 41]]
 def test_greedy_generations_from_the_server_equal_the_native_samplers(server_url, tmp_path) -> None:
     """The first rollout pushes the policy's weights over the server's own (another seed): greedy tokens
     then equal the native sampler's on the policy, and the weight file is gone once loaded."""
+    check_push_then_greedy_equal(server_url, tmp_path)
+
+
+def test_a_tensor_parallel_server_takes_the_pushed_weights(tmp_path_factory, tmp_path) -> None:
+    """A server the user started with ``--tensor-parallel-size 2`` (two CPU workers, each with half of every
+    sharded layer): each worker loads its shard of the pushed file, and greedy tokens equal the native
+    sampler's as with one worker."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        pytest.skip(f"two workers need two cores; this process may use {cores}")
+    # vLLM binds each CPU worker's threads to a NUMA node by default and refuses 2 workers on 1 node: one core each
+    binding = {"VLLM_CPU_OMP_THREADS_BIND": f"{cores[0]}|{cores[1]}"}
+    with served(tmp_path_factory.mktemp("server_tp2"), "--tensor-parallel-size", "2", environment=binding) as url:
+        check_push_then_greedy_equal(url, tmp_path)
+
+
+def check_push_then_greedy_equal(server_url: str, weights_dir) -> None:
     from posttrain.models.tiny import build_tiny_model
     from posttrain.rl.vllm_server import VLLMServerSampler
 
     model, tokenizer = build_tiny_model("micro")
     model.eval()
-    spec = VLLMSpec(mode="server", server_url=server_url, weights_dir=str(tmp_path))
+    spec = VLLMSpec(mode="server", server_url=server_url, weights_dir=str(weights_dir))
     sampler = VLLMServerSampler(end_token_ids(model, tokenizer), tokenizer.pad_token_id, spec, max_model_len=64)
     settings = SamplingSettings(max_new_tokens=12, temperature=0.0)
     try:
         ours = sampler.sample(model, PROMPTS, settings)
-        assert sampler.syncs == 1 and [list(p.iterdir()) for p in tmp_path.iterdir()] == [[]]
+        assert sampler.syncs == 1 and [list(p.iterdir()) for p in weights_dir.iterdir()] == [[]]
     finally:
         sampler.close()
-    assert list(tmp_path.iterdir()) == []
+    assert list(weights_dir.iterdir()) == []
     native = RolloutSampler(end_token_ids(model, tokenizer), tokenizer.pad_token_id).sample(model, PROMPTS, settings)
     assert torch.equal(ours.completion_ids_BC, native.completion_ids_BC)
     assert torch.equal(ours.completion_mask_BC, native.completion_mask_BC) and torch.equal(ours.truncated_B, native.truncated_B)
