@@ -66,6 +66,11 @@ class VLLMSpec(Strict):
         description="mode server: the folder the trainer writes each weight update to and the server reads it from; "
         "both must see it (/dev/shm: memory on the same host; a shared mount for a server on another host).",
     )
+    server_weights_dir: str | None = Field(
+        None,
+        description="mode server: `weights_dir` as the server sees it, where the server's host mounts the shared "
+        "folder at another path (e.g. trainer /mnt/shared, server /data/shared); default: the same path.",
+    )
 
     gpu_memory_utilization: float = Field(
         0.3, gt=0, le=1, description="GPU: the share of the device's memory vLLM takes for weights and key/value cache."
@@ -87,6 +92,8 @@ class VLLMSpec(Strict):
             raise ValueError("mode: server needs server_url (the vLLM server's base URL, e.g. http://127.0.0.1:8000)")
         if self.mode == "colocate" and self.server_url:
             raise ValueError("server_url is set but mode is colocate: set mode: server to use the server")
+        if self.mode == "colocate" and self.server_weights_dir:
+            raise ValueError("server_weights_dir is set but mode is colocate: it is where a server (mode: server) reads weights")
         if self.server_url and not self.server_url.startswith(("http://", "https://")):
             raise ValueError(f"server_url {self.server_url!r} must start with http:// or https://")
         return self

@@ -10,7 +10,8 @@ cores), started by the user with vLLM's own OpenAI-compatible server, and the tr
   request's seed applies to all its prompts, and a GRPO group repeats its prompt.
 - **Weights**, after every optimizer step, before the next rollout: the trainer's first process writes the
   full weights (ZeRO-3: gathered by the caller; LoRA: adapters merged, `merged_weights`) as one safetensors
-  file under ``weights_dir`` (default ``/dev/shm``: memory, same host), then ``POST /collective_rpc`` asks
+  file under ``weights_dir`` (default ``/dev/shm``: memory, same host; for a server on another host a shared
+  folder, which that host may mount at another path: ``server_weights_dir``), then ``POST /collective_rpc`` asks
   the server's workers to load it in place (`posttrain.rl.vllm_server_worker.WeightFileLoader`, vLLM's
   ``reload_weights``), and ``POST /reset_prefix_cache`` drops keys and values computed with the old weights.
   The other processes of a launch wait at a barrier, then sample their share from the same server.
@@ -133,9 +134,11 @@ class VLLMServerSampler:
         self.pad_token_id = int(pad_token_id)
         self.url = spec.server_url.rstrip("/")
         self.weights_dir = spec.weights_dir
+        self.server_weights_dir = spec.server_weights_dir or spec.weights_dir
+        self._where = where.rsplit(".", 1)[0]
         if _is_first_process() and not os.path.isdir(self.weights_dir):
             raise RecipeError(
-                f"{where.rsplit('.', 1)[0]}.weights_dir: {self.weights_dir} is not a folder (the trainer writes each "
+                f"{self._where}.weights_dir: {self.weights_dir} is not a folder (the trainer writes each "
                 "weight update there for the server to read)"
             )
         self.model_name = check_server(spec.server_url, where, max_model_len)
@@ -159,9 +162,17 @@ class VLLMServerSampler:
 
             with merged_weights(model) as weights:
                 save_file({name: tensor.contiguous().cpu() for name, tensor in weights}, path)
+            # the same file as the server sees it (another host may mount the shared folder elsewhere)
+            seen = os.path.join(self.server_weights_dir, os.path.basename(self._folder), "model.safetensors")
             try:
-                answer = _call(f"{self.url}/collective_rpc", {"method": "load_posttrain_weights", "kwargs": {"path": path}})
+                answer = _call(f"{self.url}/collective_rpc", {"method": "load_posttrain_weights", "kwargs": {"path": seen}})
                 _call(f"{self.url}/reset_prefix_cache", {})
+            except RuntimeError as error:
+                raise RuntimeError(
+                    f"vLLM server {self.url} could not load the weights the trainer wrote to {path} (asked to read "
+                    f"{seen}): the server must see {self._where}.weights_dir; on another host mount it there and set "
+                    f"{self._where}.server_weights_dir to its path on that host. The server said: {error}"
+                ) from error
             finally:
                 os.unlink(path)  # a tmpfs file holds memory: gone once loaded
             loaded = (answer or {}).get("results") or []

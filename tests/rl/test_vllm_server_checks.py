@@ -40,6 +40,7 @@ def test_server_mode_validates_without_vllm_in_the_training_environment() -> Non
         ({"backend": "vllm", "vllm": {"mode": "server"}}, "generation.vllm", r"mode: server needs server_url"),
         ({"backend": "vllm", "vllm": {"server_url": "http://127.0.0.1:8000"}}, "generation.vllm", r"server_url is set but mode is colocate"),
         ({"backend": "vllm", "vllm": {"mode": "server", "server_url": "127.0.0.1:8000"}}, "generation.vllm", r"must start with http://"),
+        ({"backend": "vllm", "vllm": {"server_weights_dir": "/data/shared"}}, "generation.vllm", r"server_weights_dir is set but mode is colocate"),
         ({"backend": "auto", "vllm": {"mode": "server", "server_url": "http://127.0.0.1:8000"}}, "generation.backend", r"needs backend: vllm, not 'auto'"),
     ],
 )

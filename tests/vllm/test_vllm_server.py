@@ -110,13 +110,22 @@ def test_a_tensor_parallel_server_takes_the_pushed_weights(tmp_path_factory, tmp
         check_push_then_greedy_equal(url, tmp_path)
 
 
-def check_push_then_greedy_equal(server_url: str, weights_dir) -> None:
+def test_a_server_that_sees_the_shared_folder_at_another_path_takes_the_push(server_url, tmp_path) -> None:
+    """A server on another host mounts the trainer's ``weights_dir`` at a path of its own, named by
+    ``server_weights_dir``; here the server's view is a link to the trainer's folder under another name."""
+    trainer_view = tmp_path / "trainer_view"
+    trainer_view.mkdir()
+    (tmp_path / "server_view").symlink_to(trainer_view)
+    check_push_then_greedy_equal(server_url, trainer_view, server_weights_dir=str(tmp_path / "server_view"))
+
+
+def check_push_then_greedy_equal(server_url: str, weights_dir, **spec_fields) -> None:
     from posttrain.models.tiny import build_tiny_model
     from posttrain.rl.vllm_server import VLLMServerSampler
 
     model, tokenizer = build_tiny_model("micro")
     model.eval()
-    spec = VLLMSpec(mode="server", server_url=server_url, weights_dir=str(weights_dir))
+    spec = VLLMSpec(mode="server", server_url=server_url, weights_dir=str(weights_dir), **spec_fields)
     sampler = VLLMServerSampler(end_token_ids(model, tokenizer), tokenizer.pad_token_id, spec, max_model_len=64)
     settings = SamplingSettings(max_new_tokens=12, temperature=0.0)
     try:
@@ -161,3 +170,29 @@ def test_a_resumed_run_pushes_the_resumed_weights_before_its_first_rollout(make_
 
     row = resumed_run_row(make_stage, tmp_path, accelerator, server_generation(server_url, str(tmp_path)))
     assert row["rollout/logprob_diff_max"] < 1e-4, row["rollout/logprob_diff_max"]
+
+
+def test_a_server_that_cannot_see_the_weights_file_is_an_error_naming_the_setting(server_url, tmp_path) -> None:
+    """The server is asked to read a path it does not have (a shared folder not mounted there): the trainer
+    stops with the paths on both sides and the settings, and deletes its file; the server still takes the
+    next push."""
+    from posttrain.models.tiny import build_tiny_model
+    from posttrain.rl.vllm_server import VLLMServerSampler
+
+    model, tokenizer = build_tiny_model("micro")
+    absent = tmp_path / "not_mounted"
+    spec = VLLMSpec(mode="server", server_url=server_url, weights_dir=str(tmp_path / "w"), server_weights_dir=str(absent))
+    (tmp_path / "w").mkdir()
+    sampler = VLLMServerSampler(end_token_ids(model, tokenizer), tokenizer.pad_token_id, spec, max_model_len=64)
+    settings = SamplingSettings(max_new_tokens=4, temperature=0.0)
+    try:
+        with pytest.raises(RuntimeError) as raised:
+            sampler.sample(model, PROMPTS, settings)
+        message = str(raised.value)
+        assert f"could not load the weights the trainer wrote to {tmp_path / 'w'}" in message
+        assert f"(asked to read {absent}/" in message and "generation.vllm.server_weights_dir" in message
+        assert [list(p.iterdir()) for p in (tmp_path / "w").iterdir()] == [[]]  # the file is gone
+    finally:
+        sampler.close()
+    (tmp_path / "w2").mkdir()
+    check_push_then_greedy_equal(server_url, tmp_path / "w2")  # the server still takes a push it can read
