@@ -70,7 +70,8 @@ class DataSpec(Strict):
         "auto",
         description="How string `prompt`/`completion` rows become tokens: `chat_template` (a user and an assistant "
         "turn; `auto`, logged) or `raw` (the prompt text then the completion text and eos, as TRL concatenates "
-        "them; loss on the completion). Message rows always use the chat template.",
+        "them; loss on the completion; RL prompts: the prompt text as it is). Message rows always use the chat "
+        "template.",
     )
     subset: str | None = Field(None, description="`datasets` configuration name (hf: sources only).")
     levels: list[int] | None = Field(

@@ -7,7 +7,10 @@ Accepted rows (JSONL / JSON / Parquet files, `hf:` datasets, or built-in sets):
     {"prompt": [{"role": "system", ...}, {"role": "user", ...}], ...}  # prompt as messages
     {"messages": [{"role": "user", ...}, {"role": "assistant", ...}], "answer": "5"}  # SFT-style chat
 
-A trailing assistant turn of `messages` (the SFT answer) is dropped: the policy writes its own. Every
+With the data spec's ``render: raw``, a string `prompt` / `question` is what the policy continues as it is
+(tokenised with the tokenizer's own special tokens, e.g. bos, as SFT tokenises raw prompts), for a base model
+trained on plain prompt-completion text; `messages` rows and message-list prompts always go through the chat
+template. A trailing assistant turn of `messages` (the SFT answer) is dropped: the policy writes its own. Every
 column other than the prompt itself is passed to the reward sources as the example's fields (`answer`
 for the math verifier, `tests` and `entry_point` for the code verifier, ...).
 
@@ -42,11 +45,14 @@ class PromptRow:
         messages: The conversation the policy continues (ends with a user or system turn).
         question: The text handed to reward sources as the prompt: the last user message.
         example: The row's other fields, for the reward sources.
+        text: ``render: raw``: the prompt text the policy continues as it is; None: the chat template renders
+            ``messages``.
     """
 
     messages: list[dict[str, str]]
     question: str
     example: dict[str, Any]
+    text: str | None = None
 
 
 @dataclass
@@ -59,8 +65,9 @@ class PromptData:
     problems: list[str] | None = None
 
 
-def prompt_row(row: Any, where: str) -> PromptRow:
-    """Checks one raw row and splits it into prompt and example fields.
+def prompt_row(row: Any, where: str, raw: bool = False) -> PromptRow:
+    """Checks one raw row and splits it into prompt and example fields (``raw``: the data spec's ``render:
+    raw``, which keeps a string prompt's text as it is).
 
     >>> prompt_row({"question": "What is 2 + 3?", "answer": "5"}, "x").example
     {'answer': '5'}
@@ -83,7 +90,8 @@ def prompt_row(row: Any, where: str) -> PromptRow:
     if not users:
         raise DataError(f"{where}: the prompt has no user message to answer")
     example = {k: v for k, v in row.items() if k != key}
-    return PromptRow(messages=messages, question=users[-1], example=example)
+    text = row[key] if raw and key != "messages" and isinstance(row[key], str) else None
+    return PromptRow(messages=messages, question=users[-1], example=example, text=text)
 
 
 def _builtin_records(spec: DataSpec, seed: int) -> Iterable[Record]:
@@ -109,17 +117,27 @@ def load_prompts(spec: DataSpec, recipe_dir: Path, seed: int) -> PromptData:
         records, origin = _builtin_records(spec, seed), spec.source
     else:
         records, origin = file_records(spec, recipe_dir)
-    checked = check_rows(records, prompt_row, spec, origin, "prompt rows")
+    raw = spec.render == "raw"
+    checked = check_rows(records, lambda row, where: prompt_row(row, where, raw), spec, origin, "prompt rows")
     return PromptData(rows=checked.rows, origin=origin, skipped=checked.skipped, problems=checked.problems)
 
 
 def encode_prompts(tokenizer: Any, rows: list[PromptRow], max_tokens: int) -> tuple[list[PromptRow], list[list[int]], int]:
     """Renders each prompt with the chat template (ending where the assistant's answer starts) and
-    tokenises it; returns the rows kept, their token ids, and how many were longer than ``max_tokens``."""
+    tokenises it (a ``render: raw`` row: its text, with the tokenizer's special tokens); returns the rows kept,
+    their token ids, and how many were longer than ``max_tokens``."""
     from posttrain.data.packing import ChatRenderer, render_prompt
 
-    renderer = ChatRenderer(tokenizer)
-    texts = [render_prompt(tokenizer, row.messages, renderer) for row in rows]
-    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    encoded: list[Any] = [None] * len(rows)
+    chat = [i for i, row in enumerate(rows) if row.text is None]
+    if chat:  # a tokenizer without a chat template is fine for raw prompts only
+        renderer = ChatRenderer(tokenizer)
+        texts = [render_prompt(tokenizer, rows[i].messages, renderer) for i in chat]
+        for i, ids in zip(chat, tokenizer(texts, add_special_tokens=False)["input_ids"]):
+            encoded[i] = ids
+    raw = [i for i, row in enumerate(rows) if row.text is not None]
+    if raw:
+        for i, ids in zip(raw, tokenizer([rows[i].text for i in raw])["input_ids"]):
+            encoded[i] = ids
     kept = [(row, list(ids)) for row, ids in zip(rows, encoded) if 0 < len(ids) <= max_tokens]
     return [row for row, _ in kept], [ids for _, ids in kept], len(rows) - len(kept)

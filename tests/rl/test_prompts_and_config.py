@@ -71,6 +71,55 @@ def test_prompt_rows_in_every_layout(tmp_path: Path) -> None:
     assert rows[3].messages == [{"role": "user", "content": "What is 1 + 1?"}] and rows[3].example == {"answer": "2"}
 
 
+def bos_tokenizer(chat_template: bool = True):
+    """The built-in tokenizer with a bos token its tokenisation adds (as Llama's), to tell special tokens apart."""
+    from tokenizers.processors import TemplateProcessing
+
+    from posttrain.models.tiny import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    tokenizer.add_special_tokens({"bos_token": "<|bos|>"})
+    tokenizer._tokenizer.post_processor = TemplateProcessing(
+        single="<|bos|> $A", special_tokens=[("<|bos|>", tokenizer.bos_token_id)]
+    )
+    if not chat_template:
+        tokenizer.chat_template = None
+    return tokenizer
+
+
+def test_raw_render_gives_the_policy_string_prompts_as_they_are(tmp_path: Path) -> None:
+    """``render: raw``: a string prompt is tokenised as it is, with the tokenizer's special tokens (bos), as SFT
+    tokenises raw prompts; a `messages` row still goes through the chat template; ``auto`` templates both."""
+    from posttrain.data.packing import render_prompt
+    from posttrain.rl.prompts import encode_prompts
+
+    write_jsonl(tmp_path / "p.jsonl", [
+        {"prompt": "Q: 2 + 3 =", "answer": "5"},
+        {"messages": [{"role": "user", "content": "What is 1 + 1?"}], "answer": "2"},
+    ])
+    tokenizer = bos_tokenizer()
+    chat_ids = [
+        tokenizer(render_prompt(tokenizer, m), add_special_tokens=False)["input_ids"]
+        for m in ([{"role": "user", "content": "Q: 2 + 3 ="}], [{"role": "user", "content": "What is 1 + 1?"}])
+    ]
+    raw_rows = load_prompts(DataSpec(source="p.jsonl", render="raw"), tmp_path, seed=0).rows
+    _, raw_ids, _ = encode_prompts(tokenizer, raw_rows, 64)
+    assert raw_ids[0] == [tokenizer.bos_token_id] + tokenizer("Q: 2 + 3 =", add_special_tokens=False)["input_ids"]
+    assert raw_ids[1] == chat_ids[1] and raw_rows[0].question == "Q: 2 + 3 =" and raw_rows[0].example == {"answer": "5"}
+    _, auto_ids, _ = encode_prompts(tokenizer, load_prompts(DataSpec(source="p.jsonl"), tmp_path, seed=0).rows, 64)
+    assert auto_ids == chat_ids
+
+
+def test_raw_prompts_need_no_chat_template(tmp_path: Path) -> None:
+    """A base model's tokenizer without a chat template can run RL on raw prompts."""
+    from posttrain.rl.prompts import encode_prompts
+
+    write_jsonl(tmp_path / "p.jsonl", [{"question": "2 + 3 =", "answer": "5"}])
+    tokenizer = bos_tokenizer(chat_template=False)
+    kept, ids, dropped = encode_prompts(tokenizer, load_prompts(DataSpec(source="p.jsonl", render="raw"), tmp_path, 0).rows, 64)
+    assert len(kept) == 1 and dropped == 0 and ids[0][0] == tokenizer.bos_token_id
+
+
 def test_bad_prompt_rows_name_file_and_line_or_are_skipped(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "p.jsonl", [{"question": "ok?", "answer": "1"}, {"text": "no prompt"}, "{broken"])
     with pytest.raises(DataError, match=rf"{path}:2: an RL prompt row needs `question`, `prompt` or `messages`"):
