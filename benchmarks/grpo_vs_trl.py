@@ -2,10 +2,13 @@
 batch, completion length and reward function, in one run.
 
     python benchmarks/grpo_vs_trl.py [--steps 10] [--warmup 1] [--rounds 2] [--prompts 8] [--group-size 4]
-                                     [--new-tokens 32] [--size tiny] [--vllm] [--json PATH]
+                                     [--new-tokens 32] [--size tiny] [--vllm] [--vllm-dtype auto] [--json PATH]
 
 ``--vllm`` (in the vLLM environment, `.ci/vllm_tests`) also times ours with ``generation.backend: vllm``:
-its engine is built in the warm-up step (not timed) and its weights synced before every rollout (timed).
+its engine is built in the warm-up step (not timed) and its weights synced before every rollout (timed);
+``--vllm-dtype bfloat16`` runs that engine in bf16 (the trainer stays float32). ``--size llama-25m`` /
+``llama-50m``: the randomly initialised Llama shapes of benchmarks/rollout_engines.py, saved once to a
+temporary folder that every side loads (the compute floor too).
 
 Shape (defaults): the built-in ~0.85M-parameter Qwen2-shaped model, 8 prompts x G=4 = 32 completions per
 step, at most 32 new tokens, temperature 1, one optimizer step per generation, beta = 0, fp32 on CPU. The
@@ -53,6 +56,32 @@ def digit_share_reward(prompt: str, completion: str, example: dict) -> float:
     return digit_share(completion)
 
 
+def model_name(args) -> str:
+    """What both sides load: a built-in size, or the folder `main` saved a Llama shape to (``--size llama-*``)."""
+    return args.model_dir or f"builtin:{args.size}"
+
+
+def load_model(args):
+    """``(model, tokenizer)`` as TRL and the compute floor get them: the same weights ours loads."""
+    if args.model_dir is None:
+        from posttrain.models.tiny import build_tiny_model
+
+        return build_tiny_model(args.size)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(args.model_dir), AutoTokenizer.from_pretrained(args.model_dir)
+
+
+def save_llama(size: str, folder: Path) -> str:
+    """The Llama shapes of benchmarks/rollout_engines.py, randomly initialised, with the built-in tokenizer."""
+    from rollout_engines import build
+
+    model, tokenizer = build(size, "cpu")
+    model.save_pretrained(folder / size)
+    tokenizer.save_pretrained(folder / size)
+    return str(folder / size)
+
+
 def ours(args, workdir: Path, backend: str = "native") -> tuple[float, float]:
     from accelerate import Accelerator
 
@@ -66,7 +95,8 @@ def ours(args, workdir: Path, backend: str = "native") -> tuple[float, float]:
         "data": {"source": "builtin:arithmetic", "count": args.prompts * (args.steps + args.warmup)},
         "reward": [{"source": "python", "args": {"function": f"{Path(__file__).resolve()}:digit_share_reward"}}],
         "group_size": args.group_size,
-        "generation": {"max_new_tokens": args.new_tokens, "temperature": 1.0, "backend": backend},
+        "generation": {"max_new_tokens": args.new_tokens, "temperature": 1.0, "backend": backend,
+                       "vllm": {"dtype": args.vllm_dtype}},
         "train": {"steps": args.steps + args.warmup, "prompts_per_step": args.prompts, "lr": 1e-5},
     })
     stamps: list[float] = []
@@ -78,7 +108,7 @@ def ours(args, workdir: Path, backend: str = "native") -> tuple[float, float]:
             tokens.append(values["completion_tokens"])
 
     context = StageContext(
-        config=config, model_spec=ModelSpec(name_or_path=f"builtin:{args.size}"), input_checkpoint=None,
+        config=config, model_spec=ModelSpec(name_or_path=model_name(args)), input_checkpoint=None,
         stage_dir=workdir / f"ours_{backend}", recipe_dir=workdir, seed=0, accelerator=Accelerator(cpu=True),
         metrics=Stamps(None, "ours", stream=io.StringIO()),
     )
@@ -89,9 +119,7 @@ def ours(args, workdir: Path, backend: str = "native") -> tuple[float, float]:
 
 def compute_floor(args) -> float:
     """Seconds of one forward over 32 full rows (no grad) plus one forward+backward: see the docstring."""
-    from posttrain.models.tiny import build_tiny_model
-
-    model, _ = build_tiny_model(args.size)
+    model, _ = load_model(args)
     model.train()
     rows = args.prompts * args.group_size
     ids = torch.randint(3, model.config.vocab_size, (rows, 12 + args.new_tokens), generator=torch.Generator().manual_seed(0))
@@ -118,9 +146,8 @@ def trl(args, workdir: Path) -> tuple[float, float]:
     from trl import GRPOConfig, GRPOTrainer
 
     from posttrain.data.world import arithmetic_rows
-    from posttrain.models.tiny import build_tiny_model
 
-    model, tokenizer = build_tiny_model(args.size)
+    model, tokenizer = load_model(args)
     rows = arithmetic_rows("train", args.prompts * (args.steps + args.warmup), seed=0)
     dataset = datasets.Dataset.from_list([{"prompt": row["messages"][:1]} for row in rows])
     stamps: list[float] = []
@@ -162,12 +189,16 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--group-size", type=int, default=4)
     parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--size", default="tiny")
+    parser.add_argument("--size", default="tiny", help="a built-in size, or llama-25m / llama-50m (rollout_engines.py's shapes)")
+    parser.add_argument("--vllm-dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                        help="ours with vLLM: the engine's weights (generation.vllm.dtype)")
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument(
         "--vllm", action="store_true", help="also time ours with generation.backend: vllm (run in the vLLM environment)"
     )
     args = parser.parse_args()
+    saved = tempfile.TemporaryDirectory()
+    args.model_dir = save_llama(args.size, Path(saved.name)) if args.size.startswith("llama-") else None
     runs: dict[str, list[tuple[float, float]]] = {"ours": [], "trl": [], **({"ours_vllm": []} if args.vllm else {})}
     floors: list[float] = []
     for round_index in range(args.rounds):
