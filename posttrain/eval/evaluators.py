@@ -25,9 +25,13 @@ evaluator = EVALUATORS.get
 
 
 @torch.no_grad()
-def greedy_generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
+def greedy_generate(
+    model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int,
+    special_tokens: list[bool] | None = None,
+) -> list[str]:
     """Greedy completions of ``prompts`` (left-padded batches, stopping at the model's end tokens and the
-    chat template's end of turn)."""
+    chat template's end of turn). ``special_tokens``: per prompt, whether tokenising adds the tokenizer's own
+    special tokens (bos), as for `render: raw` prompts; default none (a rendered chat template has its own)."""
     model.eval()
     device = next(model.parameters()).device
     stop_ids = stop_token_ids(model, tokenizer)
@@ -37,7 +41,9 @@ def greedy_generate(model: Any, tokenizer: Any, prompts: list[str], max_new_toke
     try:
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start : start + batch_size]
-            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            flags = special_tokens[start : start + batch_size] if special_tokens else [False] * len(chunk)
+            ids = [tokenizer(text, add_special_tokens=flag)["input_ids"] for text, flag in zip(chunk, flags)]
+            enc = tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(device)
             generated = model.generate(
                 **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=stop_ids,
@@ -57,11 +63,13 @@ def exact_match(model: Any, tokenizer: Any, rows: list[dict[str, Any]], config: 
     if missing:
         raise ValueError(f"evaluation {config.name!r}: rows {missing[:5]} have no `answer` field")
     renderer = ChatRenderer(tokenizer)
-    # `render: raw` rows are asked their prompt text as it is (TRL's plain prompt-completion)
+    # `render: raw` rows are asked their prompt text as it is (TRL's plain prompt-completion), with the
+    # tokenizer's special tokens as SFT and RL tokenise raw prompts
     prompts = [
         row[RAW_TEXT]["prompt"] if RAW_TEXT in row else render_prompt(tokenizer, row["messages"], renderer) for row in rows
     ]
-    completions = greedy_generate(model, tokenizer, prompts, config.max_new_tokens, config.batch_size)
+    raw = [RAW_TEXT in row for row in rows]
+    completions = greedy_generate(model, tokenizer, prompts, config.max_new_tokens, config.batch_size, raw)
     correct = 0
     for row, completion in zip(rows, completions):
         gold = str(row["answer"]).strip()

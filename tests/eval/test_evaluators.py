@@ -51,7 +51,7 @@ def test_exact_match_accuracy_on_known_completions(micro, monkeypatch: pytest.Mo
     model, tokenizer = micro
     seen: dict = {}
 
-    def fake_generate(model, tokenizer, prompts, max_new_tokens, batch_size):
+    def fake_generate(model, tokenizer, prompts, max_new_tokens, batch_size, special_tokens=None):
         seen.update(prompts=prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
         return ["3", " the sum is 12 apples", "6", "1,000", "nothing"]
 
@@ -102,6 +102,31 @@ def test_exact_match_runs_end_to_end_on_the_micro_model(micro) -> None:
     rows = arithmetic_rows("test", 4, 0, (1,))
     result = evaluator("exact_match")(model, tokenizer, rows, config(max_new_tokens=2, batch_size=4))
     assert result["n"] == 4.0 and 0.0 <= result["accuracy"] <= 1.0
+
+
+def test_exact_match_asks_raw_prompts_with_the_tokenizers_special_tokens(micro, monkeypatch) -> None:
+    """A `render: raw` row is tokenised as SFT and RL tokenise raw prompts (with bos); a chat row as its
+    template renders it (no bos added), both in one left-padded batch."""
+    from posttrain.data.loading import RAW_TEXT
+    from tests.rl.test_prompts_and_config import bos_tokenizer
+
+    model, _ = micro
+    tokenizer = bos_tokenizer()
+    asked = []
+
+    def generate(input_ids, attention_mask, **_):
+        asked.extend(ids[mask.bool()].tolist() for ids, mask in zip(input_ids, attention_mask))
+        return input_ids  # no new tokens: every answer is empty
+
+    monkeypatch.setattr(model, "generate", generate)
+    rows = [
+        {"messages": [{"role": "user", "content": "2 + 3 ="}], RAW_TEXT: {"prompt": "2 + 3 ="}, "answer": "5"},
+        {"messages": [{"role": "user", "content": "1 + 1 ="}], "answer": "2"},
+    ]
+    exact_match(model, tokenizer, rows, config(max_new_tokens=2, batch_size=2))
+    assert asked[0] == [tokenizer.bos_token_id] + tokenizer("2 + 3 =", add_special_tokens=False)["input_ids"]
+    chat = evaluators.render_prompt(tokenizer, rows[1]["messages"])
+    assert asked[1] == tokenizer(chat, add_special_tokens=False)["input_ids"]
 
 
 @torch.no_grad()
@@ -178,7 +203,7 @@ def test_exact_match_on_a_question_answer_file(micro, tmp_path, monkeypatch: pyt
     rows = evaluation_rows(evaluation, tmp_path, seed=0)
     seen = {}
 
-    def fake_generate(model, tokenizer, prompts, max_new_tokens, batch_size):
+    def fake_generate(model, tokenizer, prompts, max_new_tokens, batch_size, special_tokens=None):
         seen["prompts"] = prompts
         return ["So it is 1.", "The answer is 3.", "The answer is 2. No, the answer is 3."]
 
