@@ -165,14 +165,8 @@ class VLLMServerSampler:
             # the same file as the server sees it (another host may mount the shared folder elsewhere)
             seen = os.path.join(self.server_weights_dir, os.path.basename(self._folder), "model.safetensors")
             try:
-                answer = _call(f"{self.url}/collective_rpc", {"method": "load_posttrain_weights", "kwargs": {"path": seen}})
+                answer = self._load_on_server(path, seen)
                 _call(f"{self.url}/reset_prefix_cache", {})
-            except RuntimeError as error:
-                raise RuntimeError(
-                    f"vLLM server {self.url} could not load the weights the trainer wrote to {path} (asked to read "
-                    f"{seen}): the server must see {self._where}.weights_dir; on another host mount it there and set "
-                    f"{self._where}.server_weights_dir to its path on that host. The server said: {error}"
-                ) from error
             finally:
                 os.unlink(path)  # a tmpfs file holds memory: gone once loaded
             loaded = (answer or {}).get("results") or []
@@ -182,6 +176,22 @@ class VLLMServerSampler:
             torch.distributed.barrier()  # no process samples before the server has the new weights
         self.stale = False
         self.syncs += 1
+
+    def _load_on_server(self, path: str, seen: str) -> Any:
+        """Has the server's workers load the weight file ``path`` (``seen``: its path on the server); a server
+        that has no such file is told apart, with the settings that fix it."""
+        try:
+            return _call(f"{self.url}/collective_rpc", {"method": "load_posttrain_weights", "kwargs": {"path": seen}})
+        except RuntimeError as error:
+            # vLLM 0.32 answers HTTP 500 "Worker failed with error 'No such file or directory: <path>'" (measured)
+            hint = (
+                f": the server must see {self._where}.weights_dir; on another host mount it there and set "
+                f"{self._where}.server_weights_dir to its path on that host" if "No such file" in str(error) else ""
+            )
+            raise RuntimeError(
+                f"vLLM server {self.url} could not load the weights the trainer wrote to {path} (asked to read "
+                f"{seen}){hint}. The server said: {error}"
+            ) from error
 
     def _request(self, prompt: Sequence[int], settings: SamplingSettings, seed: int | None) -> tuple[list[int], list[float]]:
         payload = {
